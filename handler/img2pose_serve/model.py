@@ -1,0 +1,77 @@
+"""FasterDoFRCNN: img2pose's Faster R-CNN with a 6DoF head, assembled from torchvision parts."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from .pose import PoseDecoder
+from .roi_heads import DoFRoIHeads
+from .rpn import LogitRankedRPN, SingleConvRPNHead, img2pose_anchor_generator
+
+MIN_SIZE = 640
+MAX_SIZE = 1400
+SIZE_DIVISIBLE = 32
+IMAGE_MEAN = [0.485, 0.456, 0.406]
+IMAGE_STD = [0.229, 0.224, 0.225]
+NUM_CLASSES = 2  # background, face
+
+
+class FasterDoFRCNN(GeneralizedRCNN):
+    """img2pose's detector with the settings the reference uses at inference.
+
+    ``forward(images)`` takes a list of float32 CHW tensors in [0, 1] and returns, per image,
+    ``{"boxes", "labels", "scores", "dofs"}``: boxes in original-image pixels, poses for the resized
+    image's camera, best score first.
+
+    Images that share one forward are zero-padded to a common canvas, and padding changes the
+    features near the borders. Callers that need each image's result to equal a single-image run
+    must only batch images with the same :func:`padded_canvas_shape` (see ``batching``).
+    """
+
+    def __init__(self, pose_decoder: PoseDecoder) -> None:
+        backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None)
+        anchors = img2pose_anchor_generator()
+        rpn = LogitRankedRPN(
+            anchors,
+            SingleConvRPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0]),
+            # Training-only matching settings.
+            fg_iou_thresh=0.5,
+            bg_iou_thresh=0.3,
+            batch_size_per_image=256,
+            positive_fraction=0.5,
+            pre_nms_top_n={"training": 6000, "testing": 6000},
+            post_nms_top_n={"training": 2000, "testing": 1000},
+            nms_thresh=0.4,
+        )
+        roi_heads = DoFRoIHeads(backbone.out_channels, NUM_CLASSES, pose_decoder)
+        transform = GeneralizedRCNNTransform(MIN_SIZE, MAX_SIZE, IMAGE_MEAN, IMAGE_STD, size_divisible=SIZE_DIVISIBLE)
+        super().__init__(backbone, rpn, roi_heads, transform)
+
+    @property
+    def pose_decoder(self) -> PoseDecoder:
+        return self.roi_heads.pose_decoder
+
+    @torch.inference_mode()
+    def detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """One forward over ``images`` in eval mode, without autograd bookkeeping."""
+        if self.training:
+            raise RuntimeError("FasterDoFRCNN is inference-only: call .eval() first")
+        return self(images)
+
+
+def resized_shape(height: int, width: int) -> tuple[int, int]:
+    """The (h, w) GeneralizedRCNNTransform resizes an image to (shortest side 640, longest <= 1400)."""
+    scale = min(MIN_SIZE / min(height, width), MAX_SIZE / max(height, width))
+    return math.floor(height * scale), math.floor(width * scale)
+
+
+def padded_canvas_shape(height: int, width: int) -> tuple[int, int]:
+    """The zero-padded canvas an image is run on alone; images sharing it batch bit-exactly."""
+    h, w = resized_shape(height, width)
+    return (math.ceil(h / SIZE_DIVISIBLE) * SIZE_DIVISIBLE, math.ceil(w / SIZE_DIVISIBLE) * SIZE_DIVISIBLE)

@@ -1,0 +1,129 @@
+"""RoI heads of img2pose: a face/background classifier and a 6DoF pose regressor on shared proposals."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import boxes as box_ops
+
+from .pose import PoseDecoder
+
+FACE = 1
+DOF_SIZE = 6
+REPRESENTATION_SIZE = 1024
+
+
+class DoFPredictor(nn.Module):
+    """Regresses a normalised, box-relative 6DoF pose per class: (R, 1024) -> (R, num_classes * 6)."""
+
+    def __init__(self, in_channels: int, num_classes: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.dof_pred = nn.Sequential(
+            nn.Linear(in_channels, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes * DOF_SIZE),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dof_pred(x.flatten(start_dim=1))
+
+
+class ClassPredictor(nn.Module):
+    """Face/background logits: (R, 1024) -> (R, num_classes)."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.cls_score(x.flatten(start_dim=1))
+
+
+def roi_pooler() -> MultiScaleRoIAlign:
+    return MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+
+
+class DoFRoIHeads(RoIHeads):
+    """Inference-only RoI heads: two independent branches (pose, class) over the same proposals.
+
+    There is no box regression: the output box of a face is the projection of the 3D reference face
+    under its predicted pose (see :class:`PoseDecoder`).
+
+    The reference pools the proposals once per branch with two identical RoIAlign poolers; pooling
+    is deterministic, so pooling once and feeding both heads gives bit-identical features at half
+    the pooling cost.
+    """
+
+    def __init__(
+        self,
+        out_channels: int,
+        num_classes: int,
+        pose_decoder: PoseDecoder,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 1000,
+    ) -> None:
+        pooler = roi_pooler()
+        pooled_size = out_channels * pooler.output_size[0] ** 2
+        super().__init__(
+            box_roi_pool=pooler,
+            box_head=TwoMLPHead(pooled_size, REPRESENTATION_SIZE),
+            box_predictor=DoFPredictor(REPRESENTATION_SIZE, num_classes),
+            # Training-only settings: matcher and sampler are never used at inference.
+            fg_iou_thresh=0.5,
+            bg_iou_thresh=0.5,
+            batch_size_per_image=512,
+            positive_fraction=0.25,
+            bbox_reg_weights=None,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+        )
+        self.class_head = TwoMLPHead(pooled_size, REPRESENTATION_SIZE)
+        self.class_predictor = ClassPredictor(REPRESENTATION_SIZE, num_classes)
+        self.pose_decoder = pose_decoder
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if self.training or targets is not None:
+            raise RuntimeError("DoFRoIHeads is inference-only")
+        pooled = self.box_roi_pool(features, proposals, image_shapes)
+        dof_regression = self.box_predictor(self.box_head(pooled))
+        class_logits = self.class_predictor(self.class_head(pooled))
+        per_image = zip(
+            proposals,
+            dof_regression.split([len(p) for p in proposals]),
+            class_logits.split([len(p) for p in proposals]),
+            image_shapes,
+        )
+        return [self.detect_faces(*args) for args in per_image], {}
+
+    def detect_faces(self, proposals: Tensor, dof_regression: Tensor, class_logits: Tensor,
+                     image_shape: tuple[int, int]) -> dict[str, Tensor]:
+        """Scores, global poses and pose-derived boxes for one image, NMS'd, best first."""
+        device = class_logits.device
+        scores = F.softmax(class_logits, -1)[:, FACE]
+        boxes = box_ops.clip_boxes_to_image(proposals, image_shape)
+        dofs = dof_regression[:, FACE * DOF_SIZE:(FACE + 1) * DOF_SIZE]
+
+        keep = torch.nonzero(scores > self.score_thresh).squeeze(1)
+        boxes, dofs, scores = boxes[keep], dofs[keep], scores[keep]
+        keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+        boxes, dofs, scores = boxes[keep], dofs[keep], scores[keep]
+
+        poses, face_boxes = self.pose_decoder.to_global(
+            boxes.cpu().numpy(), dofs.cpu().numpy(), (int(image_shape[0]), int(image_shape[1]))
+        )
+        face_boxes = torch.from_numpy(face_boxes).to(device)
+        poses = torch.from_numpy(np.ascontiguousarray(poses)).float().to(device)
+        labels = torch.full((len(scores),), FACE, dtype=torch.int64, device=device)
+
+        # detections_per_img is not applied: img2pose's own cap is a no-op, so every face that
+        # survives NMS is returned.
+        keep = box_ops.batched_nms(face_boxes, scores, labels, self.nms_thresh)
+        return {"boxes": face_boxes[keep], "labels": labels[keep], "scores": scores[keep], "dofs": poses[keep]}
