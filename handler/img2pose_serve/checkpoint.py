@@ -33,12 +33,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         container = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights_only" not in str(error):
-            raise CheckpointError(f"{path} could not be read as a torch checkpoint: {error}") from error
-        # Training checkpoints may pickle more than tensors (optimizer extras). The file is the
-        # operator's own, chosen at archive-build time, so it is trusted as the reference does.
-        warnings.warn(f"{path} holds objects beyond tensors; loading it with full unpickling")
-        container = torch.load(path, map_location=map_location, weights_only=False)
+        container = _load_trusted(path, map_location, error)
     except Exception as error:  # torch raises many types for truncated or foreign files
         raise CheckpointError(f"{path} could not be read as a torch checkpoint: {error}") from error
     if not isinstance(container, Mapping) or "fpn_model" not in container:
@@ -48,6 +43,17 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, Mapping):
         raise CheckpointError(f'{path}: "fpn_model" must be a state dict, found {type(state).__name__}')
     return dict(state)
+
+
+def _load_trusted(path: Path, map_location, refusal: Exception):
+    """Training checkpoints may pickle more than tensors (optimizer extras). The file is the
+    operator's own, chosen when the archive is built, so it is trusted as the reference does."""
+    try:
+        container = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:
+        raise CheckpointError(f"{path} could not be read as a torch checkpoint: {refusal}") from error
+    warnings.warn(f"{path} holds objects beyond tensors; it was loaded with full unpickling")
+    return container
 
 
 def canonical_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
