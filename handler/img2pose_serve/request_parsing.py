@@ -1,0 +1,387 @@
+"""Turn one TorchServe request row into image bytes and detection parameters.
+
+Request shapes accepted (TorchServe hands the handler one dict per request):
+
+* raw image bytes: ``{"body": bytearray}`` (or key ``"data"``) -> one image;
+* JSON ``{"image": "<base64>", "score_threshold": 0.3, "max_faces": 10}``
+  -> one image; TorchServe delivers it already parsed as ``{"body": dict}``;
+* JSON ``{"images": ["<base64>", ...], ...}`` -> a list of images, and the
+  response is a list of lists;
+* multipart/form-data: every field except ``score_threshold`` / ``max_faces``
+  is an image file, in field order; two or more files -> a list of lists.
+
+Content types (the request's ``Content-Type`` header, ``None`` when absent):
+415 for types that cannot carry an image (``text/*``, ``audio/*``,
+``video/*``, ``font/*``, ``application/x-www-form-urlencoded``, XML,
+``multipart/*`` other than form-data).  ``curl --data-binary`` sends
+``application/x-www-form-urlencoded`` by default and TorchServe then
+form-decodes the bytes, so refusing it with a hint beats a confusing 400.
+Any other type (``image/*``, ``application/octet-stream``, unknown binary
+types, none) is read as raw image bytes; the decoder answers 400 if they are not
+an image.
+
+Parameters: JSON needs JSON numbers (a JSON ``null`` means "use the default");
+multipart text fields are parsed from their text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, TypeVar
+
+__all__ = [
+    "RequestError",
+    "DetectionParams",
+    "ParsedRequest",
+    "parse_request",
+    "DEFAULT_MAX_IMAGES_PER_REQUEST",
+]
+
+DEFAULT_MAX_IMAGES_PER_REQUEST = 64
+
+T = TypeVar("T")
+
+SCORE_THRESHOLD = "score_threshold"
+MAX_FACES = "max_faces"
+PARAM_FIELDS = (SCORE_THRESHOLD, MAX_FACES)
+JSON_KEYS = ("image", "images", *PARAM_FIELDS)
+RAW_BODY_KEYS = ("body", "data")
+
+HOW_TO_SEND = (
+    "send the image as the raw request body (Content-Type: image/jpeg, image/png "
+    "or application/octet-stream), as multipart/form-data file fields, or as JSON "
+    '{"image": "<base64>"}'
+)
+
+_REFUSED_TYPE_PREFIXES = ("text/", "audio/", "video/", "font/", "multipart/")
+_REFUSED_TYPES = frozenset(
+    {"application/x-www-form-urlencoded", "application/xml", "application/javascript"}
+)
+_DATA_URL = re.compile(r"^data:[^,]*?(;base64)?,", re.IGNORECASE)
+_WHITESPACE = re.compile(r"\s+")
+_DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+class RequestError(Exception):
+    """An error answered to the client: an HTTP status and a message it can act on."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": self.message, "code": self.status}
+
+    def __repr__(self) -> str:
+        return f"RequestError({self.status}, {self.message!r})"
+
+
+@dataclass(frozen=True)
+class DetectionParams:
+    score_threshold: float
+    max_faces: int
+
+
+@dataclass
+class ParsedRequest:
+    images: list[bytes]
+    params: DetectionParams
+    many: bool
+
+
+def parse_request(
+    row: Mapping[str, Any],
+    defaults: DetectionParams,
+    content_type: str | None = None,
+    max_images_per_request: int = DEFAULT_MAX_IMAGES_PER_REQUEST,
+) -> ParsedRequest:
+    """Parse one request row; raises RequestError (400 / 415) on bad input."""
+    mime = _mime_type(content_type)
+    if mime == "multipart/form-data":
+        return _parse_multipart(row, defaults, max_images_per_request)
+    if mime in _REFUSED_TYPES or mime.startswith(_REFUSED_TYPE_PREFIXES):
+        raise RequestError(
+            415, f"Content-Type {mime!r} cannot carry an image; {HOW_TO_SEND}"
+        )
+    body_key = _raw_body_key(row)
+    if body_key is None:
+        if mime:
+            raise RequestError(400, f"the request has no body; {HOW_TO_SEND}")
+        # No Content-Type and not a single body: TorchServe's shape for a form.
+        return _parse_multipart(row, defaults, max_images_per_request)
+    body = row[body_key]
+    if _is_json_type(mime) or isinstance(body, (dict, list)):
+        return _parse_json(_load_json(body), defaults, max_images_per_request)
+    return _parse_raw(body, defaults)
+
+
+# --- content type and body --------------------------------------------------
+
+
+def _mime_type(content_type: str | None) -> str:
+    if not content_type:
+        return ""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _is_json_type(mime: str) -> bool:
+    return mime == "application/json" or (
+        mime.startswith("application/") and mime.endswith("+json")
+    )
+
+
+def _raw_body_key(row: Mapping[str, Any]) -> str | None:
+    """The key holding a whole raw body, if the row is one ({"body"} or {"data"})."""
+    keys = [k for k in RAW_BODY_KEYS if k in row]
+    if len(keys) == 1 and len(row) == 1:
+        return keys[0]
+    return None
+
+
+def _load_json(body: Any) -> Any:
+    """Parse a JSON body TorchServe left as bytes; anything else is already parsed."""
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        return body
+    body = bytes(body)
+    if not body:
+        raise RequestError(400, f"the request body is empty; {HOW_TO_SEND}")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RequestError(400, f"the request body is not valid JSON: {e}") from None
+
+
+def _parse_raw(body: Any, defaults: DetectionParams) -> ParsedRequest:
+    if isinstance(body, str):
+        # TorchServe decodes text/* bodies to str: text cannot be an image.
+        raise RequestError(415, f"the request body is text, not an image; {HOW_TO_SEND}")
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise RequestError(400, f"the request body is not an image; {HOW_TO_SEND}")
+    data = bytes(body)
+    if not data:
+        raise RequestError(400, f"the request body is empty; {HOW_TO_SEND}")
+    return ParsedRequest(images=[data], params=defaults, many=False)
+
+
+# --- JSON -------------------------------------------------------------------
+
+
+def _parse_json(
+    doc: Any, defaults: DetectionParams, max_images: int
+) -> ParsedRequest:
+    if not isinstance(doc, dict):
+        raise RequestError(
+            400,
+            f"the JSON body must be an object such as "
+            f'{{"image": "<base64>"}}, got {_describe(doc)}',
+        )
+    unknown = [k for k in doc if k not in JSON_KEYS]
+    if unknown:
+        raise RequestError(
+            400,
+            f"unknown JSON key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed keys are {', '.join(JSON_KEYS)}",
+        )
+    params = DetectionParams(
+        score_threshold=_json_param(doc, SCORE_THRESHOLD, _score_threshold_from_json,
+                                    defaults.score_threshold),
+        max_faces=_json_param(doc, MAX_FACES, _max_faces_from_json, defaults.max_faces),
+    )
+    if "image" in doc and "images" in doc:
+        raise RequestError(400, 'send either "image" or "images", not both')
+    if "image" in doc:
+        return ParsedRequest([_b64_image(doc["image"], "image")], params, many=False)
+    if "images" in doc:
+        return ParsedRequest(_b64_images(doc["images"], max_images), params, many=True)
+    raise RequestError(
+        400, 'the JSON body has no image: add "image": "<base64>" or "images": [...]'
+    )
+
+
+def _json_param(doc: dict[str, Any], name: str, parse: Callable[[Any], T], default: T) -> T:
+    value = doc.get(name)
+    return default if value is None else parse(value)
+
+
+def _b64_images(value: Any, max_images: int) -> list[bytes]:
+    if not isinstance(value, list):
+        raise RequestError(
+            400, f"images must be a list of base64 strings, got {_describe(value)}"
+        )
+    if not value:
+        raise RequestError(400, "images must hold at least one base64 image, got []")
+    _check_count(len(value), max_images)
+    return [_b64_image(item, f"images[{i}]") for i, item in enumerate(value)]
+
+
+def _b64_image(value: Any, field: str) -> bytes:
+    if not isinstance(value, str):
+        raise RequestError(
+            400, f"{field} must be a base64-encoded image string, got {_describe(value)}"
+        )
+    match = _DATA_URL.match(value)
+    if match:
+        if not match.group(1):
+            raise RequestError(400, f"{field} is a data URL without ';base64'; "
+                                    "only base64 data URLs are accepted")
+        value = value[match.end():]
+    text = _WHITESPACE.sub("", value)
+    if not text:
+        raise RequestError(400, f"{field} is empty; expected a base64-encoded image")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise RequestError(
+            400, f"{field} is not valid base64 (standard alphabet, padded): {e}"
+        ) from None
+    if not data:
+        raise RequestError(400, f"{field} is empty; expected a base64-encoded image")
+    return data
+
+
+# --- multipart --------------------------------------------------------------
+
+
+def _parse_multipart(
+    row: Mapping[str, Any], defaults: DetectionParams, max_images: int
+) -> ParsedRequest:
+    image_fields = [name for name in row if name not in PARAM_FIELDS]
+    _check_count(len(image_fields), max_images)
+    images = [_file_field(name, row[name]) for name in image_fields]
+    params = DetectionParams(
+        score_threshold=_form_param(row, SCORE_THRESHOLD, _score_threshold_from_text,
+                                    defaults.score_threshold),
+        max_faces=_form_param(row, MAX_FACES, _max_faces_from_text, defaults.max_faces),
+    )
+    if not images:
+        raise RequestError(400, f"the form has no image file field; {HOW_TO_SEND}")
+    return ParsedRequest(images, params, many=len(images) >= 2)
+
+
+def _file_field(name: str, value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        if not data:
+            raise RequestError(400, f"form field {name!r} is empty; expected an image file")
+        return data
+    kind = "text" if isinstance(value, str) else _describe(value)
+    raise RequestError(
+        400,
+        f"form field {name!r} must be an image file, got {kind}; the only text "
+        f"fields are {' and '.join(PARAM_FIELDS)}",
+    )
+
+
+def _form_param(
+    row: Mapping[str, Any], name: str, parse: Callable[[str], T], default: T
+) -> T:
+    if name not in row:
+        return default
+    value = row[name]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            value = bytes(value).decode("latin-1")
+    if isinstance(value, str):
+        return parse(value)
+    # A part sent as application/json arrives parsed by TorchServe.
+    json_parse = _score_threshold_from_json if name == SCORE_THRESHOLD else _max_faces_from_json
+    return json_parse(value)
+
+
+def _check_count(count: int, max_images: int) -> None:
+    if count > max_images:
+        raise RequestError(
+            400,
+            f"too many images in one request: {count}; the limit is {max_images}; "
+            "split them over several requests",
+        )
+
+
+# --- parameters -------------------------------------------------------------
+
+
+def _score_threshold_error(value: Any) -> RequestError:
+    return RequestError(
+        400, f"{SCORE_THRESHOLD} must be a number between 0 and 1, got {_describe(value)}"
+    )
+
+
+def _score_threshold_from_json(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _score_threshold_error(value)
+    return _check_score_threshold(float(value), value)
+
+
+def _score_threshold_from_text(text: str) -> float:
+    if not _DECIMAL.fullmatch(text.strip()):
+        raise _score_threshold_error(text)
+    return _check_score_threshold(float(text), text)
+
+
+def _check_score_threshold(number: float, original: Any) -> float:
+    if not (math.isfinite(number) and 0.0 <= number <= 1.0):
+        raise _score_threshold_error(original)
+    return number
+
+
+def _max_faces_error(value: Any) -> RequestError:
+    return RequestError(
+        400,
+        f"{MAX_FACES} must be an integer >= -1 (-1 means no limit), got {_describe(value)}",
+    )
+
+
+def _max_faces_from_json(value: Any) -> int:
+    """JSON has one number type, so an integral float such as 10.0 is accepted."""
+    if isinstance(value, bool):
+        raise _max_faces_error(value)
+    if isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer()):
+            raise _max_faces_error(value)
+        return _check_max_faces(int(value), value)
+    if not isinstance(value, int):
+        raise _max_faces_error(value)
+    return _check_max_faces(value, value)
+
+
+def _max_faces_from_text(text: str) -> int:
+    if not _INTEGER.fullmatch(text.strip()):
+        raise _max_faces_error(text)
+    try:
+        number = int(text)
+    except ValueError:  # more digits than int() allows
+        raise _max_faces_error(text) from None
+    return _check_max_faces(number, text)
+
+
+def _check_max_faces(number: int, original: Any) -> int:
+    if number < -1:
+        raise _max_faces_error(original)
+    return number
+
+
+def _describe(value: Any) -> str:
+    """Name a client-supplied value the way the client wrote it (JSON spelling)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return repr(shown)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
