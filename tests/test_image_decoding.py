@@ -1,0 +1,258 @@
+from __future__ import annotations
+
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFile
+
+from img2pose_serve.image_decoding import decode_image, decode_many, image_to_tensor
+from img2pose_serve.request_parsing import RequestError
+
+LIMIT = 10_000_000
+
+
+def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def noise_rgb(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def pixels(img: Image.Image) -> np.ndarray:
+    assert img.mode == "RGB"
+    return np.array(img)
+
+
+def png_with_declared_size(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose IHDR claims width x height, with a valid CRC."""
+    data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
+    ihdr_start = 8  # after the signature: length(4) type(4) payload(13) crc(4)
+    assert data[ihdr_start + 4 : ihdr_start + 8] == b"IHDR"
+    payload = bytearray(data[ihdr_start + 8 : ihdr_start + 21])
+    payload[0:8] = struct.pack(">II", width, height)
+    crc = zlib.crc32(b"IHDR" + payload) & 0xFFFFFFFF
+    data[ihdr_start + 8 : ihdr_start + 21] = payload
+    data[ihdr_start + 21 : ihdr_start + 25] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def decode_error(data: bytes, max_pixels: int = LIMIT) -> RequestError:
+    with pytest.raises(RequestError) as info:
+        decode_image(data, max_pixels)
+    return info.value
+
+
+# --- modes ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF"])
+def test_rgb_lossless_round_trip(fmt: str) -> None:
+    src = noise_rgb()
+    out = decode_image(encode(src, fmt), LIMIT)
+    assert out.size == (64, 48)
+    np.testing.assert_array_equal(pixels(out), np.array(src))
+
+
+def test_rgb_jpeg_matches_pil_decode() -> None:
+    data = encode(noise_rgb(), "JPEG", quality=90)
+    expected = np.array(Image.open(BytesIO(data)))
+    np.testing.assert_array_equal(pixels(decode_image(data, LIMIT)), expected)
+
+
+def test_rgba_drops_alpha_without_compositing() -> None:
+    src = Image.new("RGBA", (3, 2), (10, 20, 30, 0))
+    src.putpixel((1, 1), (200, 100, 50, 128))
+    out = pixels(decode_image(encode(src, "PNG"), LIMIT))
+    assert out.shape == (2, 3, 3)
+    assert out[0, 0].tolist() == [10, 20, 30]
+    assert out[1, 1].tolist() == [200, 100, 50]
+
+
+def test_la_drops_alpha_and_replicates_grey() -> None:
+    src = Image.new("LA", (2, 2), (77, 0))
+    out = pixels(decode_image(encode(src, "PNG"), LIMIT))
+    assert (out == 77).all()
+
+
+def test_greyscale_replicated_to_three_channels() -> None:
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    out = pixels(decode_image(encode(Image.fromarray(grey), "PNG"), LIMIT))
+    assert out.shape == (3, 4, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(out[..., channel], grey)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_palette_goes_through_palette(fmt: str) -> None:
+    src = Image.new("P", (2, 1))
+    src.putpalette([255, 0, 0, 0, 0, 255] + [0] * (256 * 3 - 6))
+    src.putpixel((0, 0), 0)
+    src.putpixel((1, 0), 1)
+    out = pixels(decode_image(encode(src, fmt), LIMIT))
+    assert out[0, 0].tolist() == [255, 0, 0]
+    assert out[0, 1].tolist() == [0, 0, 255]
+
+
+def test_cmyk_jpeg_uses_pil_conversion() -> None:
+    data = encode(Image.new("CMYK", (8, 8), (255, 0, 0, 0)), "JPEG", quality=100)
+    assert Image.open(BytesIO(data)).mode == "CMYK"
+    out = pixels(decode_image(data, LIMIT))
+    np.testing.assert_array_equal(out, np.array(Image.open(BytesIO(data)).convert("RGB")))
+    assert np.abs(out[0, 0].astype(int) - [0, 255, 255]).max() <= 2  # cyan
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped() -> None:
+    values = np.array([[0, 255, 256, 1000, 32768, 65535]], dtype=np.uint16)
+    data = encode(Image.fromarray(values), "PNG")
+    assert Image.open(BytesIO(data)).mode.startswith("I;16")
+    out = pixels(decode_image(data, LIMIT))
+    for channel in range(3):
+        assert out[0, :, channel].tolist() == [0, 0, 1, 3, 128, 255]
+
+
+def test_thirty_two_bit_integer_mode_is_clipped_then_scaled() -> None:
+    values = np.array([[-5, 256, 65535, 10**6]], dtype=np.int32)
+    data = encode(Image.fromarray(values), "TIFF")
+    assert Image.open(BytesIO(data)).mode == "I"
+    out = pixels(decode_image(data, LIMIT))
+    assert out[0, :, 0].tolist() == [0, 1, 255, 255]
+
+
+def test_one_bit_image() -> None:
+    src = Image.new("1", (2, 1), 0)
+    src.putpixel((1, 0), 1)
+    out = pixels(decode_image(encode(src, "PNG"), LIMIT))
+    assert out[0].tolist() == [[0, 0, 0], [255, 255, 255]]
+
+
+def test_one_by_one_image() -> None:
+    out = decode_image(encode(Image.new("RGB", (1, 1), (1, 2, 3)), "PNG"), LIMIT)
+    assert out.size == (1, 1)
+    assert pixels(out)[0, 0].tolist() == [1, 2, 3]
+
+
+def test_animated_gif_uses_first_frame() -> None:
+    frames = [Image.new("RGB", (4, 4), c) for c in [(255, 0, 0), (0, 255, 0)]]
+    buf = BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    assert Image.open(BytesIO(buf.getvalue())).n_frames == 2
+    out = pixels(decode_image(buf.getvalue(), LIMIT))
+    assert (out == [255, 0, 0]).all()
+
+
+def test_exif_orientation_is_ignored() -> None:
+    src = noise_rgb(8, 4)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    data = encode(src, "PNG", exif=exif)
+    assert Image.open(BytesIO(data)).getexif()[0x0112] == 6
+    out = decode_image(data, LIMIT)
+    assert out.size == (8, 4)
+    np.testing.assert_array_equal(pixels(out), np.array(src))
+
+
+# --- errors -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_image_is_400(fmt: str) -> None:
+    data = encode(noise_rgb(), fmt)
+    error = decode_error(data[: len(data) // 2])
+    assert error.status == 400
+    assert "could not be decoded as an image" in error.message
+    assert "truncated" in error.message
+
+
+def test_load_truncated_images_is_off() -> None:
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_random_bytes_are_400() -> None:
+    data = np.random.default_rng(1).bytes(2000)
+    error = decode_error(data)
+    assert error.status == 400
+    assert error.message.startswith("the data (2000 bytes) could not be decoded as an image")
+
+
+def test_empty_data_is_400() -> None:
+    error = decode_error(b"")
+    assert (error.status, error.message) == (400, "the image is empty (0 bytes)")
+
+
+def test_bomb_header_is_413_before_decoding() -> None:
+    data = png_with_declared_size(100_000, 100_000)
+    assert Image.open(BytesIO(data)).size == (100_000, 100_000)
+    error = decode_error(data, max_pixels=LIMIT)
+    assert error.status == 413
+    assert error.message == (
+        "image is 100000 x 100000 = 10000000000 pixels; the limit is 10000000"
+    )
+    assert error.to_json() == {"error": error.message, "code": 413}
+
+
+def test_limit_is_inclusive() -> None:
+    data = encode(Image.new("RGB", (10, 5)), "PNG")
+    assert decode_image(data, max_pixels=50).size == (10, 5)
+    assert decode_error(data, max_pixels=49).status == 413
+
+
+def test_pil_global_guard_is_replaced_by_ours() -> None:
+    assert Image.MAX_IMAGE_PIXELS is None
+
+
+def test_pil_bomb_error_becomes_413(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+    error = decode_error(encode(Image.new("RGB", (10, 10)), "PNG"), max_pixels=LIMIT)
+    assert error.status == 413
+
+
+# --- tensor -----------------------------------------------------------------
+
+
+def test_image_to_tensor_is_bit_identical_to_reference() -> None:
+    img = decode_image(encode(noise_rgb(37, 23, seed=3), "PNG"), LIMIT)
+    expected = torch.from_numpy(np.array(img, np.float32)).permute(2, 0, 1) / 255.0
+    tensor = image_to_tensor(img)
+    assert tensor.shape == (3, 23, 37)
+    assert tensor.dtype == torch.float32
+    assert tensor.device.type == "cpu"
+    assert torch.equal(tensor, expected)
+    assert float(tensor.min()) >= 0.0 and float(tensor.max()) <= 1.0
+    assert tensor[0, 5, 7].item() == np.float32(np.array(img)[5, 7, 0]) / np.float32(255.0)
+
+
+def test_image_to_tensor_refuses_non_rgb() -> None:
+    with pytest.raises(ValueError):
+        image_to_tensor(Image.new("L", (2, 2)))
+
+
+# --- decode_many ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_pool", [False, True])
+def test_decode_many_isolates_bad_items(use_pool: bool) -> None:
+    good_a = encode(Image.new("RGB", (3, 3), (9, 9, 9)), "PNG")
+    good_b = encode(Image.new("L", (2, 5), 40), "PNG")
+    bomb = png_with_declared_size(5000, 5000)
+    datas = [good_a, b"not an image", good_b, bomb, b""]
+    if use_pool:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            results = decode_many(datas, 1000, pool)
+    else:
+        results = decode_many(datas, 1000, None)
+    assert len(results) == 5
+    assert isinstance(results[0], Image.Image) and results[0].size == (3, 3)
+    assert isinstance(results[1], RequestError) and results[1].status == 400
+    assert isinstance(results[2], Image.Image) and results[2].size == (2, 5)
+    assert pixels(results[2])[0, 0].tolist() == [40, 40, 40]
+    assert isinstance(results[3], RequestError) and results[3].status == 413
+    assert isinstance(results[4], RequestError) and results[4].status == 400
