@@ -1,0 +1,36 @@
+"""Handler settings read from the archive's model-config.yaml (``handler:`` section)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    score_threshold: float = 0.5  # default per-request threshold (requests may override)
+    max_faces: int = -1  # default per-request cap; -1 = all faces
+    max_images_per_forward: int = 8  # images of one padded canvas per forward, bounds memory
+    max_image_pixels: int = 40_000_000  # declared width*height above this -> 413, checked before decoding
+    max_images_per_request: int = 64
+    decode_threads: int = 2
+    torch_threads: int = 0  # 0 = leave torch's default (one per core)
+
+    @classmethod
+    def from_mapping(cls, section: dict[str, Any] | None) -> "HandlerConfig":
+        section = dict(section or {})
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(section) - set(known))
+        if unknown:
+            raise ValueError(f"model-config.yaml handler section: unknown setting(s) {unknown}; known: {sorted(known)}")
+        defaults = cls()
+        values = {name: type(getattr(defaults, name))(section[name]) for name in section}
+        config = cls(**values)
+        if not 0.0 <= config.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {config.score_threshold}")
+        if config.max_faces < -1:
+            raise ValueError(f"max_faces must be >= -1, got {config.max_faces}")
+        for name in ("max_images_per_forward", "max_image_pixels", "max_images_per_request", "decode_threads"):
+            if getattr(config, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+        return config
