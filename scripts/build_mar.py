@@ -8,9 +8,15 @@
 The archive holds the handler (``handler/img2pose_handler.py``), the ``img2pose_serve`` package (as a
 package directory, so the worker can ``import img2pose_serve``), the checkpoint, ``pose_mean.npy`` /
 ``pose_stddev.npy`` (float32, 6 values), ``archive_info.json`` (where the weights and statistics came
-from) and a ``model-config.yaml`` with the handler's settings only. Batching, worker counts and
-timeouts are deliberately NOT in the archive: values in an archive's model-config.yaml override
-config.properties, so they live in ``config/config.properties`` where operators can tune them.
+from) and a ``model-config.yaml`` with the handler's settings plus ``responseTimeout``. Batch size,
+batch delay and worker counts are deliberately NOT in the archive: values in an archive's
+model-config.yaml override config.properties, so they live in ``config/config.properties`` where
+operators can tune them.
+
+``responseTimeout`` is the exception, measured with TorchServe 0.12: as soon as an archive has a
+model-config.yaml, its responseTimeout (default 120 s when unset, values <= 0 rejected) replaces
+both the per-model ``responseTimeout`` and ``default_response_timeout`` of config.properties. So it
+cannot be tuned there for this archive; it is set here (``--response-timeout``, default 600 s).
 
 The archive is written with torch-model-archiver's Python API (no hand-made zips).
 """
@@ -44,8 +50,13 @@ HANDLER_SETTINGS = {
     "max_image_pixels": 40_000_000,
     "decode_threads": 2,
 }
-# Keys that must never appear at the top level of the archive's model-config.yaml.
-FRONTEND_KEYS = ("batchSize", "maxBatchDelay", "minWorkers", "maxWorkers", "responseTimeout")
+# Seconds one handler call may take before TorchServe kills the worker (see the module docstring
+# for why this is in the archive). A batch of 8 requests of several large images takes minutes on
+# a 2-core CPU at ~3 s per forward.
+DEFAULT_RESPONSE_TIMEOUT = 600
+# Frontend settings that must never appear in the archive's model-config.yaml (they would
+# silently override config.properties).
+FRONTEND_KEYS = ("batchSize", "maxBatchDelay", "minWorkers", "maxWorkers")
 
 IDENTITY_POSE_MEAN = [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
 IDENTITY_POSE_STDDEV = [1.0] * 6
@@ -181,6 +192,7 @@ def build_archive(
     force: bool = True,
     demo_seed: int = 0,
     handler_settings: dict | None = None,
+    response_timeout: int = DEFAULT_RESPONSE_TIMEOUT,
     quiet: bool = False,
 ) -> Path:
     """Write ``<export_path>/<model_name>.mar`` and return its path.
@@ -203,6 +215,8 @@ def build_archive(
     for key in FRONTEND_KEYS:
         if key in settings:
             raise BuildError(f"{key} belongs in config.properties, not in the archive's model-config.yaml")
+    if int(response_timeout) <= 0:
+        raise BuildError(f"--response-timeout must be a positive number of seconds, got {response_timeout}")
 
     export_path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="img2pose-mar-") as tmp:
@@ -237,9 +251,10 @@ def build_archive(
         (extra / "archive_info.json").write_text(json.dumps(info, indent=2) + "\n")
         config_file = tmp / "model-config.yaml"
         config_file.write_text(
-            "# Handler settings only. Batching, workers and timeouts live in config.properties:\n"
-            "# values here would override it.\n"
-            + yaml.safe_dump({"handler": settings}, sort_keys=False))
+            "# Batch size, batch delay and workers live in config.properties (values here would\n"
+            "# override it). responseTimeout must be here: TorchServe 0.12 takes it from the archive\n"
+            "# (default 120) whenever the archive has a model-config.yaml.\n"
+            + yaml.safe_dump({"responseTimeout": int(response_timeout), "handler": settings}, sort_keys=False))
 
         staging = tmp / "archiver-tmp"
         staging.mkdir()
@@ -270,11 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-path", type=Path, default=DEFAULT_EXPORT_PATH,
                         help=f"directory for the .mar (default: {DEFAULT_EXPORT_PATH})")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="archive/model name (default: img2pose)")
+    parser.add_argument("--response-timeout", type=int, default=DEFAULT_RESPONSE_TIMEOUT,
+                        help="seconds a handler call may take before TorchServe restarts the worker "
+                             f"(default {DEFAULT_RESPONSE_TIMEOUT}; config.properties cannot override it)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing archive")
     args = parser.parse_args(argv)
     try:
         build_archive(args.checkpoint, args.pose_mean, args.pose_stddev, args.export_path,
-                      args.model_name, force=args.force)
+                      args.model_name, force=args.force, response_timeout=args.response_timeout)
     except (BuildError, FileExistsError) as error:
         print(f"build_mar.py: error: {error}", file=sys.stderr)
         return 2
