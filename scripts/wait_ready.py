@@ -63,7 +63,7 @@ def wait_ready(
     last = "nothing yet (server not answering)"
     while True:
         if alive is not None and not alive():
-            raise NotReady(f"TorchServe stopped before {model!r} was ready; last seen: {last}")
+            raise NotReady(f"TorchServe stopped or failed before {model!r} was ready; last seen: {last}")
         token = key
         if token is None and key_file is not None:
             try:

@@ -1,0 +1,242 @@
+"""Starting and stopping a private TorchServe for the server tests (see conftest.torchserve_server).
+
+Isolation from any other TorchServe on the machine (a developer's, another test run's):
+
+* ``torchserve --start`` refuses to start, and ``torchserve --stop`` stops, whatever process
+  ``<tempfile.gettempdir()>/.model_server.pid`` names. The server here runs with its own
+  ``TMPDIR`` (and ``TEMP``, TorchServe's Java temp dir where archives are unpacked), so its pid
+  file and unpacked models are private, and start/stop use the same environment.
+* Free loopback ports (found by binding port 0), its own log/metrics dir (LOG_LOCATION,
+  METRICS_LOCATION) and its own working directory, where TorchServe writes key_file.json.
+* TorchServe's output goes to a file: ``torchserve --start`` leaves a Java process holding
+  whatever stdout it inherited, so a captured pipe would never close.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from scripts.wait_ready import NotReady, read_keys, ready_workers, wait_ready
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS_CONFIG = REPO / "config" / "metrics.yaml"
+MODEL_VERSION = "1.0"  # scripts/build_mar.py's archive version
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerSettings:
+    """Frontend settings of the test server, applied to every model via the models= JSON."""
+
+    batch_size: int = 8
+    max_batch_delay_ms: int = 2000  # long, so that concurrent test requests land in one batch
+    workers: int = 1
+    startup_timeout_s: float = 300.0  # how long the fixture waits for READY workers
+
+
+def write_config(path: Path, *, ports: tuple[int, int, int], model_store: Path, archives: dict[str, Path],
+                 settings: ServerSettings, metrics_config: Path = METRICS_CONFIG) -> Path:
+    """A config.properties like config/config.properties, on the given ports and model store."""
+    models = {
+        name: {MODEL_VERSION: {
+            "defaultVersion": True,
+            "marName": archive.name,
+            "minWorkers": settings.workers,
+            "maxWorkers": settings.workers,
+            "batchSize": settings.batch_size,
+            "maxBatchDelay": settings.max_batch_delay_ms,
+        }}
+        for name, archive in archives.items()
+    }
+    inference, management, metrics = ports
+    lines = [
+        f"inference_address=http://127.0.0.1:{inference}",
+        f"management_address=http://127.0.0.1:{management}",
+        f"metrics_address=http://127.0.0.1:{metrics}",
+        # gRPC listeners are on by default (7070/7071): give them free ports too, so that several
+        # servers (a developer's and the tests') can run side by side.
+        f"grpc_inference_port={free_port()}",
+        f"grpc_management_port={free_port()}",
+        "enable_model_api=false",
+        "allowed_urls=(?!)",
+        f"model_store={model_store}",
+        f"models={json.dumps(models)}",
+        "max_request_size=104857600",
+        "max_response_size=104857600",
+        "default_response_timeout=600",
+        "job_queue_size=1000",
+        "number_of_netty_threads=4",
+        "metrics_mode=prometheus",
+        f"metrics_config={metrics_config}",
+        "model_metrics_auto_detect=false",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class TorchServeServer:
+    inference_url: str
+    management_url: str
+    metrics_url: str
+    inference_key: str
+    management_key: str
+    model_name: str  # the primary model (served_checkpoint's archive)
+    model_names: list[str]
+    log_dir: Path
+    workdir: Path
+    config_path: Path
+    env: dict = field(repr=False)
+    java_pid: int | None = None
+
+    def predict(self, body, headers: dict | None = None, model: str | None = None, **kwargs) -> requests.Response:
+        """POST ``body`` to /predictions/<model> (default: the primary model) with the inference token."""
+        all_headers = {"Authorization": f"Bearer {self.inference_key}", **(headers or {})}
+        kwargs.setdefault("timeout", 600)
+        return requests.post(f"{self.inference_url}/predictions/{model or self.model_name}",
+                             data=body, headers=all_headers, **kwargs)
+
+    def manage(self, method: str, path: str, **kwargs) -> requests.Response:
+        """A management API call (``path`` like "/models/img2pose") with the management token."""
+        headers = {"Authorization": f"Bearer {self.management_key}", **kwargs.pop("headers", {})}
+        kwargs.setdefault("timeout", 30)
+        return requests.request(method, f"{self.management_url}{path}", headers=headers, **kwargs)
+
+    def describe(self, model: str | None = None) -> list[dict]:
+        answer = self.manage("GET", f"/models/{model or self.model_name}")
+        answer.raise_for_status()
+        return answer.json()
+
+    def metrics(self) -> str:
+        """The Prometheus text of GET /metrics."""
+        answer = requests.get(f"{self.metrics_url}/metrics", timeout=30)
+        answer.raise_for_status()
+        return answer.text
+
+    def log_tail(self, chars: int = 6000) -> str:
+        parts = []
+        for path in [self.workdir / "torchserve.out", self.log_dir / "model_log.log"]:
+            if path.is_file():
+                parts.append(f"--- {path.name} ---\n{path.read_text(errors='replace')[-chars:]}")
+        return "\n".join(parts)
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our child that exited but was not reaped) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _read_pid(pid_file: Path, timeout: float = 30.0) -> int | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            time.sleep(0.1)
+    return None
+
+
+# A worker that cannot load its model dies and TorchServe restarts it forever (with back-off);
+# after this many deaths during start-up the fixture gives up instead of waiting for the timeout.
+MAX_WORKER_DEATHS_AT_START = 3
+
+
+def _worker_deaths(log_dir: Path) -> int:
+    try:
+        return (log_dir / "model_log.log").read_text(errors="replace").count("Backend worker process died")
+    except OSError:
+        return 0
+
+
+def start_torchserve(workdir: Path, model_store: Path, archives: dict[str, Path], primary: str,
+                     settings: ServerSettings | None = None) -> TorchServeServer:
+    """Start TorchServe serving ``archives`` ({name: .mar in model_store}); wait until all are READY."""
+    if shutil.which("java") is None:
+        raise RuntimeError("java is not on PATH")
+    settings = settings or ServerSettings()
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp, log_dir = workdir / "tmp", workdir / "logs"
+    tmp.mkdir(exist_ok=True)
+    log_dir.mkdir(exist_ok=True)
+    ports = (free_port(), free_port(), free_port())
+    config = write_config(workdir / "config.properties", ports=ports, model_store=model_store,
+                          archives=archives, settings=settings)
+    env = {**os.environ, "TMPDIR": str(tmp), "TEMP": str(tmp),
+           "LOG_LOCATION": str(log_dir), "METRICS_LOCATION": str(log_dir)}
+    command = ["torchserve", "--start", "--ncs", "--model-store", str(model_store),
+               "--models", *[f"{name}={archive.name}" for name, archive in archives.items()],
+               "--ts-config", str(config)]
+    with open(workdir / "torchserve.out", "ab") as out:
+        subprocess.run(command, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                       stderr=subprocess.STDOUT, check=True, timeout=120)
+    java_pid = _read_pid(tmp / ".model_server.pid")
+    server = TorchServeServer(
+        inference_url=f"http://127.0.0.1:{ports[0]}", management_url=f"http://127.0.0.1:{ports[1]}",
+        metrics_url=f"http://127.0.0.1:{ports[2]}", inference_key="", management_key="",
+        model_name=primary, model_names=list(archives), log_dir=log_dir, workdir=workdir,
+        config_path=config, env=env, java_pid=java_pid)
+    def healthy() -> bool:
+        return _pid_alive(java_pid) and _worker_deaths(log_dir) < MAX_WORKER_DEATHS_AT_START
+
+    try:
+        for name in archives:
+            wait_ready(name, timeout=settings.startup_timeout_s, management=server.management_url,
+                       key_file=workdir / "key_file.json", alive=healthy)
+        keys = read_keys(workdir / "key_file.json")
+        server.inference_key, server.management_key = keys["inference"], keys["management"]
+    except (NotReady, OSError, KeyError, ValueError) as error:
+        tail = server.log_tail()
+        stop_torchserve(server)
+        raise RuntimeError(f"TorchServe did not get ready: {error}\n{tail}") from error
+    return server
+
+
+def stop_torchserve(server: TorchServeServer, timeout: float = 60.0) -> None:
+    """``torchserve --stop`` (same cwd/env, so it finds this server's pid file); wait for Java to exit."""
+    worker_pids = []
+    if server.management_key:
+        for name in server.model_names:
+            try:
+                worker_pids += [w.get("pid") for w in ready_workers(server.describe(name))]
+            except (requests.RequestException, ValueError):
+                pass
+    with open(server.workdir / "torchserve.out", "ab") as out:
+        subprocess.run(["torchserve", "--stop"], cwd=server.workdir, env=server.env, stdin=subprocess.DEVNULL,
+                       stdout=out, stderr=subprocess.STDOUT, timeout=120)
+    deadline = time.monotonic() + timeout
+    pids = [p for p in [server.java_pid, *worker_pids] if isinstance(p, int)]
+    while any(_pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in pids:  # only processes this server started (its Java frontend and its workers)
+        if _pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
