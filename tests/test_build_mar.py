@@ -1,0 +1,211 @@
+"""Fast tests of the demo checkpoint and of scripts/build_mar.py (no server)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from img2pose_serve import reference_data
+from img2pose_serve.demo_checkpoint import build_demo_state_dict, write_demo_checkpoint
+from scripts.build_mar import (
+    FRONTEND_KEYS,
+    SOURCE_DEMO,
+    SOURCE_NPY,
+    SOURCE_PUBLISHED,
+    BuildError,
+    build_archive,
+    main,
+)
+
+DTYPES = {"float32": torch.float32, "int64": torch.int64}
+
+
+@pytest.fixture(scope="module")
+def demo_state() -> dict[str, torch.Tensor]:
+    return build_demo_state_dict(0)
+
+
+@pytest.fixture(scope="module")
+def demo_archive(tmp_path_factory) -> Path:
+    return build_archive(None, export_path=tmp_path_factory.mktemp("store"), quiet=True)
+
+
+def _stats(directory: Path, mean, stddev) -> tuple[Path, Path]:
+    np.save(directory / "m.npy", np.asarray(mean))
+    np.save(directory / "s.npy", np.asarray(stddev))
+    return directory / "m.npy", directory / "s.npy"
+
+
+# --- demo checkpoint ---------------------------------------------------------------------------
+
+def test_demo_state_dict_matches_manifest(demo_state):
+    manifest = reference_data.state_dict_manifest()
+    assert [e["key"] for e in manifest] == list(demo_state)
+    for entry in manifest:
+        tensor = demo_state[entry["key"]]
+        assert list(tensor.shape) == entry["shape"], entry["key"]
+        assert tensor.dtype == DTYPES[entry["dtype"]], entry["key"]
+        assert torch.isfinite(tensor.double()).all(), entry["key"]
+
+
+def test_demo_state_dict_is_deterministic(demo_state):
+    again = build_demo_state_dict(0)
+    other = build_demo_state_dict(1)
+    for key, tensor in demo_state.items():
+        assert tensor.numpy().tobytes() == again[key].numpy().tobytes(), key
+    random_keys = [k for k, t in demo_state.items() if k.endswith(".weight") and t.std() > 0]
+    assert len(random_keys) == 38  # every conv and linear weight
+    assert all(not torch.equal(demo_state[k], other[k]) for k in random_keys)
+
+
+def test_demo_state_dict_conditioning(demo_state):
+    assert torch.all(demo_state["backbone.body.layer1.0.bn2.weight"] == 0.5)
+    assert torch.all(demo_state["backbone.body.layer1.0.bn1.weight"] == 1.0)
+    assert torch.all(demo_state["backbone.body.bn1.running_var"] == 1.0)
+    assert demo_state["roi_heads.class_predictor.cls_score.bias"][0] == 0.0
+    assert demo_state["roi_heads.class_predictor.cls_score.bias"][1] < 0.0
+    assert demo_state["roi_heads.box_predictor.dof_pred.3.bias"][11] == 2.0
+    bbox_bias = demo_state["rpn.head.bbox_pred.bias"]
+    assert torch.allclose(bbox_bias[2::4], torch.tensor(np.log(2.0), dtype=torch.float32))
+    assert torch.all(bbox_bias[0::4] == 0)
+    assert demo_state["roi_heads.box_predictor.dof_pred.1.num_batches_tracked"].item() == 0
+
+
+def test_demo_checkpoint_loads_strictly(tmp_path):
+    from img2pose_serve.checkpoint import read_checkpoint
+
+    path = write_demo_checkpoint(tmp_path / "demo.pth", seed=3)
+    state = read_checkpoint(path)
+    reference = build_demo_state_dict(3)
+    assert list(state) == list(reference)
+    assert all(torch.equal(state[k], reference[k]) for k in state)
+
+
+# --- archive -----------------------------------------------------------------------------------
+
+def test_demo_archive_contents(demo_archive):
+    assert demo_archive.name == "img2pose.mar"
+    assert zipfile.is_zipfile(demo_archive)
+    with zipfile.ZipFile(demo_archive) as archive:
+        names = set(archive.namelist())
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+        info = json.loads(archive.read("archive_info.json"))
+        config_text = archive.read("model-config.yaml").decode()
+        mean = np.load(archive.open("pose_mean.npy"))
+        stddev = np.load(archive.open("pose_stddev.npy"))
+        weights = manifest["model"]["serializedFile"]
+        assert weights in names and archive.getinfo(weights).file_size > 100_000_000
+    assert manifest["model"]["handler"] == "img2pose_handler.py"
+    assert manifest["model"]["modelVersion"] == "1.0"
+    assert manifest["model"]["configFile"] == "model-config.yaml"
+    package = Path(__file__).resolve().parents[1] / "handler" / "img2pose_serve"
+    expected = {f"img2pose_serve/{p.relative_to(package).as_posix()}" for p in package.rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+    assert expected <= names, sorted(expected - names)
+    assert {"img2pose_handler.py", "img2pose_serve/__init__.py", "img2pose_serve/data/state_dict_manifest.json",
+            "pose_mean.npy", "pose_stddev.npy", "archive_info.json"} <= names
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    assert info["demo"] is True
+    assert info["pose_stats_source"] == SOURCE_DEMO
+    assert len(info["checkpoint_sha256"]) == 64
+    assert info["built_by"].startswith("img2pose-serve ")
+    assert mean.dtype == np.float32 and mean.tolist() == [0, 0, 0, 0, 0, 1]
+    assert stddev.dtype == np.float32 and stddev.tolist() == [1] * 6
+    config = yaml.safe_load(config_text)
+    for key in FRONTEND_KEYS:
+        assert key not in config_text
+    assert config["handler"] == {"score_threshold": 0.5, "max_faces": -1, "max_images_per_forward": 8,
+                                 "max_image_pixels": 40_000_000, "decode_threads": 2}
+    assert config["responseTimeout"] == 600  # see build_mar's docstring: config.properties cannot set it
+
+
+def test_handler_settings_are_valid_for_the_handler(demo_archive):
+    from img2pose_serve.handler_config import HandlerConfig
+
+    with zipfile.ZipFile(demo_archive) as archive:
+        HandlerConfig.from_mapping(yaml.safe_load(archive.read("model-config.yaml"))["handler"])
+
+
+def test_checkpoint_with_npy_stats(tmp_path):
+    checkpoint = write_demo_checkpoint(tmp_path / "real_name.pth", seed=0)
+    mean, stddev = _stats(tmp_path, [1, 2, 3, 4, 5, 6], [[0.5] * 6])  # any shape with 6 values
+    mar = build_archive(checkpoint, mean, stddev, export_path=tmp_path / "store", model_name="custom", quiet=True)
+    assert mar == tmp_path / "store" / "custom.mar"
+    with zipfile.ZipFile(mar) as archive:
+        info = json.loads(archive.read("archive_info.json"))
+        assert json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"] == "real_name.pth"
+        assert np.load(archive.open("pose_mean.npy")).tolist() == [1, 2, 3, 4, 5, 6]
+        assert np.load(archive.open("pose_stddev.npy")).tolist() == [0.5] * 6
+    assert info["demo"] is False
+    assert info["pose_stats_source"] == SOURCE_NPY
+    assert info["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+
+
+def test_checkpoint_without_stats_uses_published_approximation(tmp_path, capsys):
+    checkpoint = write_demo_checkpoint(tmp_path / "c.pth")
+    mar = build_archive(checkpoint, export_path=tmp_path, quiet=False)
+    assert "WARNING" in capsys.readouterr().err
+    with zipfile.ZipFile(mar) as archive:
+        info = json.loads(archive.read("archive_info.json"))
+        mean = np.load(archive.open("pose_mean.npy"))
+    assert info["pose_stats_source"] == SOURCE_PUBLISHED and info["demo"] is False
+    np.testing.assert_array_equal(mean, reference_data.published_pose_stats()[0])
+
+
+def test_existing_archive_needs_force(tmp_path):
+    (tmp_path / "img2pose.mar").write_bytes(b"old")
+    with pytest.raises(FileExistsError):
+        build_archive(None, export_path=tmp_path, force=False, quiet=True)
+    assert main(["--export-path", str(tmp_path)]) == 2
+    assert (tmp_path / "img2pose.mar").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("mean, stddev, message", [
+    ([1, 2, 3], [1] * 6, "must hold 6 numbers"),
+    ([1] * 6, [1] * 7, "must hold 6 numbers"),
+    (["a"] * 6, [1] * 6, "must hold 6 numbers"),
+    ([1] * 6, [1, 1, 1, 0, 1, 1], "must be positive"),
+    ([np.nan] * 6, [1] * 6, "non-finite"),
+])
+def test_bad_pose_stats(tmp_path, mean, stddev, message):
+    checkpoint = tmp_path / "c.pth"
+    checkpoint.write_bytes(b"never read")
+    mean_file, stddev_file = _stats(tmp_path, mean, stddev)
+    with pytest.raises(BuildError, match=message):
+        build_archive(checkpoint, mean_file, stddev_file, export_path=tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out" / "img2pose.mar").exists()
+
+
+def test_input_errors(tmp_path):
+    checkpoint = tmp_path / "c.pth"
+    checkpoint.write_bytes(b"never read")
+    mean, stddev = _stats(tmp_path, [0] * 6, [1] * 6)
+    out = tmp_path / "out"
+    with pytest.raises(BuildError, match="checkpoint not found"):
+        build_archive(tmp_path / "missing.pth", export_path=out)
+    with pytest.raises(BuildError, match="--pose-mean was given without --pose-stddev"):
+        build_archive(checkpoint, pose_mean=mean, export_path=out)
+    with pytest.raises(BuildError, match="--pose-stddev was given without --pose-mean"):
+        build_archive(checkpoint, pose_stddev=stddev, export_path=out)
+    with pytest.raises(BuildError, match="file not found"):
+        build_archive(checkpoint, tmp_path / "nope.npy", stddev, export_path=out)
+    with pytest.raises(BuildError, match="need --checkpoint"):
+        build_archive(None, mean, stddev, export_path=out)
+    (tmp_path / "junk.npy").write_bytes(b"not an npy file")
+    with pytest.raises(BuildError, match="not a readable .npy"):
+        build_archive(checkpoint, tmp_path / "junk.npy", stddev, export_path=out)
+    with pytest.raises(BuildError, match="belongs in config.properties"):
+        build_archive(None, export_path=out, handler_settings={"batchSize": 4})
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_reports_errors(tmp_path, capsys):
+    assert main(["--checkpoint", str(tmp_path / "missing.pth"), "--export-path", str(tmp_path)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
