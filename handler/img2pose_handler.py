@@ -17,7 +17,6 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +25,13 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from img2pose_serve import reference_data
+from img2pose_serve.batch_items import BatchImage, RequestState
 from img2pose_serve.batching import plan_forwards
 from img2pose_serve.detector import build_detector
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.handler_config import HandlerConfig
 from img2pose_serve.image_decoding import decode_many, image_to_tensor
-from img2pose_serve.request_parsing import DetectionParams, ParsedRequest, RequestError, parse_request
+from img2pose_serve.request_parsing import DetectionParams, RequestError, parse_request
 
 logger = logging.getLogger(__name__)
 
@@ -43,22 +43,6 @@ DEMO_NOTICE = (
     "--pose-stddev WIDER_train_pose_stddev_v1.npy`."
 )
 JSON = "application/json"
-
-
-@dataclass
-class RequestState:
-    """One HTTP request on its way through the batch."""
-
-    parsed: ParsedRequest | None = None
-    error: RequestError | None = None
-    image_ids: list[int] = field(default_factory=list)  # indices into the batch's image list
-
-
-@dataclass
-class BatchImage:
-    tensor: torch.Tensor  # float32 CHW in [0, 1], on the CPU
-    width: int
-    height: int
 
 
 class Img2PoseHandler(BaseHandler):
@@ -146,15 +130,14 @@ class Img2PoseHandler(BaseHandler):
 
     def inference(self, images: list[BatchImage]) -> list[dict | Exception]:
         """One prediction (or the exception that prevented it) per image, in order."""
-        started = time.perf_counter()
         results: dict[int, dict | Exception] = {}
         for group in plan_forwards([(im.height, im.width) for im in images], self.config.max_images_per_forward):
             results.update(self._forward(group, images))
-        self._record_time("Img2PoseForwardMs", started)
         return [results[i] for i in range(len(images))]
 
     def _forward(self, group: list[int], images: list[BatchImage]) -> dict[int, dict | Exception]:
         """Run ``group`` as one forward; if it fails (e.g. out of memory), retry it in halves."""
+        started = time.perf_counter()
         try:
             predictions = self.model.detect([images[i].tensor.to(self.device) for i in group])
         except Exception as error:  # noqa: BLE001 - any failure is retried smaller, then reported per image
@@ -166,6 +149,7 @@ class Img2PoseHandler(BaseHandler):
             logger.warning("forward of %d images failed (%s); retrying in halves", len(group), error)
             half = len(group) // 2
             return {**self._forward(group[:half], images), **self._forward(group[half:], images)}
+        self._record_time("Img2PoseForwardMs", started)
         self._record("Img2PoseForwardBatchSize", len(group), "count")
         return dict(zip(group, predictions))
 

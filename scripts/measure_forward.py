@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Time FasterDoFRCNN forwards in-process (no server) at given batch sizes: the compute bound.
+
+    python scripts/measure_forward.py [--checkpoint PATH] [--batch-sizes 1 8] [--size 640x480] [--repeats 3]
+
+Images are deterministic synthetic photos-like arrays of one size, so every batch shares a canvas
+(the case where batching is exact). Prints the median time per forward and per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "handler"))
+
+from img2pose_serve.demo_checkpoint import write_demo_checkpoint  # noqa: E402
+from img2pose_serve.detector import build_detector  # noqa: E402
+
+
+def synthetic_images(count: int, width: int, height: int) -> list[torch.Tensor]:
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    images = []
+    for _ in range(count):
+        phase = rng.uniform(0, 2 * np.pi, size=3)
+        base = np.stack([np.sin(7 * x + 5 * y + p) for p in phase], axis=0) * 0.35 + 0.5
+        noise = rng.normal(0, 0.05, size=base.shape)
+        images.append(torch.from_numpy(np.clip(base + noise, 0, 1).astype(np.float32)))
+    return images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, help="official-layout checkpoint (default: the demo one)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the test images")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.lower().split("x"))
+
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = args.checkpoint or write_demo_checkpoint(Path(scratch) / "demo.pth")
+        model = build_detector(checkpoint, device=args.device)
+    images = [t.to(args.device) for t in synthetic_images(max(args.batch_sizes), width, height)]
+    model.detect(images[:1])  # warm-up: allocator, kernels, RoIAlign scale cache
+
+    print(f"device={args.device} threads={torch.get_num_threads()} images={width}x{height} repeats={args.repeats}")
+    print("batch  s/forward  s/image  images/s")
+    for batch in args.batch_sizes:
+        times = []
+        for _ in range(args.repeats):
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            model.detect(images[:batch])
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+        median = statistics.median(times)
+        print(f"{batch:5d}  {median:9.3f}  {median / batch:7.3f}  {batch / median:8.2f}")
+
+
+if __name__ == "__main__":
+    main()

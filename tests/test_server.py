@@ -1,0 +1,140 @@
+"""Against a real TorchServe (one per test session): formats, exact batching, metrics, demo marking."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from PIL import Image
+
+from tests.golden_set import GOLDEN, compare_faces, image_names, reference_outputs
+
+pytestmark = [pytest.mark.server,
+              pytest.mark.skipif(not GOLDEN.is_dir(), reason="../shared/img2pose/golden is not present")]
+
+
+def _bytes(name: str) -> bytes:
+    return (GOLDEN / "images" / name).read_bytes()
+
+
+def _cropped_01() -> bytes:
+    """638x479: a different size from 01 (640x480) with the same padded canvas (640x864)."""
+    image = Image.open(GOLDEN / "images" / "01_rgb_640x480.jpg").crop((1, 0, 639, 479))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _inputs() -> dict[str, bytes]:
+    inputs = {name: _bytes(name) for name in image_names()}
+    inputs["01_cropped_638x479.png"] = _cropped_01()
+    return inputs
+
+
+def _ok_json(response) -> list:
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    return response.json()
+
+
+@pytest.fixture(scope="module")
+def sequential(torchserve_server) -> dict[str, list]:
+    """Each input sent alone, one request at a time, at threshold 0: the ground truth for batching."""
+    return {
+        name: _ok_json(torchserve_server.predict(None, json={"image": base64.b64encode(data).decode(),
+                                                             "score_threshold": 0.0}))
+        for name, data in _inputs().items()
+    }
+
+
+def test_served_results_match_the_reference_library(sequential):
+    for name in image_names():
+        faces = [f for f in sequential[name] if f["confidence"] >= 0.5]
+        assert compare_faces(faces, reference_outputs()["sequential"][name], 0.5) == [], name
+        assert compare_faces(sequential[name], reference_outputs()["sequential_threshold0"][name], 0.0) == [], name
+
+
+def _forward_sizes(server) -> tuple[float, float]:
+    text = server.metrics()
+    def value(suffix):
+        found = re.findall(rf'^Img2PoseForwardBatchSize_{suffix}\{{[^}}]*ModelName="img2pose"[^}}]*\}} ([0-9.eE+]+)$', text, re.M)
+        return sum(float(v) for v in found)
+    return value("sum"), value("count")
+
+
+def test_concurrent_requests_batch_and_equal_sequential_exactly(torchserve_server, sequential):
+    inputs = _inputs()
+    before_sum, before_count = _forward_sizes(torchserve_server)
+    # Raw bodies, sent all at once: TorchServe aggregates them into batches of up to 8.
+    order = list(inputs) + ["01_rgb_640x480.jpg", "04_gray_320x240.png"]
+
+    def send(name):
+        response = torchserve_server.predict(inputs[name], headers={"Content-Type": "application/octet-stream"})
+        return name, response
+
+    with ThreadPoolExecutor(len(order)) as pool:
+        answers = list(pool.map(send, order))
+    for name, response in answers:
+        faces = _ok_json(response)
+        assert faces == [f for f in sequential[name] if f["confidence"] >= 0.5], name
+
+    after_sum, after_count = _forward_sizes(torchserve_server)
+    images, forwards = after_sum - before_sum, after_count - before_count
+    assert images == len(order)
+    # 01, its crop and 04 (twice) share one canvas: some forward must have carried several images.
+    assert forwards < images, f"{forwards} forwards for {images} images: nothing was batched"
+
+
+def test_each_request_format(torchserve_server, sequential):
+    a, b = "01_rgb_640x480.jpg", "06_palette_100x100.png"
+    expected = {n: [f for f in sequential[n] if f["confidence"] >= 0.5] for n in (a, b)}
+    raw = torchserve_server.predict(_bytes(a))
+    assert _ok_json(raw) == expected[a]
+
+    one = torchserve_server.predict(None, json={"image": base64.b64encode(_bytes(b)).decode(),
+                                                "score_threshold": 0.3, "max_faces": 1})
+    assert _ok_json(one) == [f for f in sequential[b] if f["confidence"] >= 0.3][:1]
+
+    many = torchserve_server.predict(None, json={"images": [base64.b64encode(_bytes(n)).decode() for n in (a, b)]})
+    assert _ok_json(many) == [expected[a], expected[b]]
+
+    single_file = torchserve_server.predict(None, files={"photo": (a, _bytes(a), "image/jpeg")})
+    assert _ok_json(single_file) == expected[a]
+
+    form = torchserve_server.predict(None, files=[("first", (b, _bytes(b), "image/png")),
+                                                  ("second", (a, _bytes(a), "image/jpeg")),
+                                                  ("score_threshold", (None, "0.6"))])
+    assert _ok_json(form) == [[f for f in sequential[n] if f["confidence"] >= 0.6] for n in (b, a)]
+
+
+def test_bad_request_fails_alone_inside_a_batch(torchserve_server, sequential):
+    good = "04_gray_320x240.png"
+    bodies = [_bytes(good), b"\x89PNG\r\n\x1a\n truncated", _bytes(good)[: len(_bytes(good)) // 3], _bytes(good)]
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(torchserve_server.predict, bodies))
+    expected = [f for f in sequential[good] if f["confidence"] >= 0.5]
+    assert _ok_json(answers[0]) == expected and _ok_json(answers[3]) == expected
+    for bad in answers[1:3]:
+        assert bad.status_code == 400, bad.text
+        assert bad.json()["code"] == 400 and bad.json()["error"]
+
+
+def test_demo_archive_is_marked_everywhere(torchserve_server):
+    response = torchserve_server.predict(_bytes("06_palette_100x100.png"), model="img2pose_demo")
+    assert response.status_code == 200, response.text
+    assert "meaningless" in response.headers.get("X-Img2Pose-Demo", "")
+    assert isinstance(response.json(), list)
+    assert "DEMO ARCHIVE" in torchserve_server.log_tail(200_000)
+    primary = torchserve_server.predict(_bytes("06_palette_100x100.png"))
+    assert "X-Img2Pose-Demo" not in primary.headers
+
+
+def test_worker_settings_come_from_config_properties(torchserve_server):
+    description = torchserve_server.describe()[0]
+    assert description["batchSize"] == 8
+    assert all(w["status"] == "READY" for w in description["workers"])
