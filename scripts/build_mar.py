@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -102,10 +103,9 @@ def project_version() -> str:
         from importlib.metadata import PackageNotFoundError, version
 
         return version("img2pose-serve")
-    except PackageNotFoundError:
-        import tomllib
-
-        return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    except PackageNotFoundError:  # running from a checkout without `pip install -e .`
+        match = re.search(r'^version\s*=\s*"([^"]+)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE)
+        return match.group(1) if match else "unknown"
 
 
 def sha256_of(path: Path) -> str:

@@ -68,8 +68,11 @@ def wait_ready(
         if token is None and key_file is not None:
             try:
                 token = read_keys(key_file).get("management")
+                if token is None:
+                    last = f"{key_file} has no management key"
             except (OSError, ValueError):
-                last = f"no readable key file yet at {key_file}"
+                last = (f"no readable key file yet at {key_file} (TorchServe writes it in the directory it "
+                        "was started from; token authorization disabled? then pass --no-token)")
         if token is not None or key_file is None:
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             try:

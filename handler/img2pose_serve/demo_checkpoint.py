@@ -17,9 +17,14 @@ size:
 * FPN convs LeCun-normal with zero bias;
 * RPN head conv He-normal, objectness weights N(0.01, 0.01), box deltas N(0, 0.01) with the dw/dh
   biases at ln 2 (proposals twice the anchor size);
-* RoI head linears N(0, 1/fan_in); classifier bias ``[0, CLASS_BIAS_FACE]`` sets how many RoIs pass
-  the threshold; the 6DoF head's last bias for tz (index 11) is 2.0 so the decoded depth is about 3
-  (with the identity pose stats), which projects to face-sized boxes.
+* RoI head linears N(0, 1/fan_in) with each row shifted to sum to zero (the ReLU features they read
+  have an image-dependent positive mean; zero-sum rows keep it from shifting every score of an
+  image alike); classifier bias ``[0, CLASS_BIAS_FACE]`` sets how many RoIs pass the threshold; the
+  6DoF head's last bias for tz (index 11) is 2.0 so the decoded depth is about 3 (with the identity
+  pose stats), which projects to face-sized boxes.
+
+Measured with seed 0 on the golden set's 8 images (../shared/img2pose/golden/images), threshold
+0.5: 5 / 29 / 15 / 16 / 29 / 1 / 4 / 11 detections, boxes ~15-150 px.
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ import torch
 
 from . import reference_data
 
-# Face-logit bias of the RoI classifier (background logit bias is 0). Tuned on the demo images in
-# tests (a few detections at threshold 0.5); more negative gives fewer faces.
+# Face-logit bias of the RoI classifier (background logit bias is 0). Tuned on the golden set's
+# images for a handful of detections at threshold 0.5 (-3.0 gave dozens to hundreds); more
+# negative gives fewer faces.
 CLASS_BIAS_FACE = -4.5
 # Bias of the 6DoF head output for tz (normalised); with identity stats tz = 1 + this.
 TZ_BIAS = 2.0
