@@ -240,3 +240,5 @@ def stop_torchserve(server: TorchServeServer, timeout: float = 60.0) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    # The unpacked archives (hundreds of MB each) in the private temp dir; logs stay for inspection.
+    shutil.rmtree(server.workdir / "tmp" / "models", ignore_errors=True)
