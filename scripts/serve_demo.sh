@@ -20,11 +20,7 @@ for arg in "$@"; do
   esac
 done
 
-if ! command -v java >/dev/null 2>&1; then
-  echo "serve_demo.sh: java not found on PATH; TorchServe needs a Java 11+ runtime (e.g. apt-get install openjdk-17-jre-headless)." >&2
-  exit 1
-fi
-
+bash scripts/install_java.sh  # TorchServe's frontend needs Java 17
 python3 -m pip install --quiet --disable-pip-version-check -e .
 
 if [[ $rebuild == 1 || ! -f model_store/img2pose.mar ]]; then
