@@ -138,3 +138,9 @@ def test_worker_settings_come_from_config_properties(torchserve_server):
     description = torchserve_server.describe()[0]
     assert description["batchSize"] == 8
     assert all(w["status"] == "READY" for w in description["workers"])
+
+
+def test_worker_log_has_no_torch_warnings(torchserve_server, sequential):
+    log = torchserve_server.log_tail(2_000_000)
+    for marker in ("UserWarning", "DeprecationWarning", "FutureWarning", "torch.meshgrid", "pretrained"):
+        assert marker not in log, f"{marker} in the worker log"
