@@ -48,7 +48,7 @@ HANDLER_SETTINGS = {
     "score_threshold": 0.5,
     "max_faces": -1,
     "max_images_per_forward": 8,
-    "max_image_pixels": 40_000_000,
+    "max_image_pixels": 120_000_000,
     "max_images_per_request": 16,
     "decode_threads": 2,
 }

@@ -11,7 +11,9 @@ class HandlerConfig:
     score_threshold: float = 0.5  # default per-request threshold (requests may override)
     max_faces: int = -1  # default per-request cap; -1 = all faces
     max_images_per_forward: int = 8  # images of one padded canvas per forward, bounds memory
-    max_image_pixels: int = 40_000_000  # declared width*height above this -> 413, checked before decoding
+    # Declared width*height above this -> 413, checked from the header before decoding. 120 M admits
+    # 108 MP phone photos; each admitted image costs ~12 bytes/pixel as a float32 tensor.
+    max_image_pixels: int = 120_000_000
     max_images_per_request: int = 16  # with batchSize 8, bounds one handler call (responseTimeout)
     decode_threads: int = 2
     torch_threads: int = 0  # 0 = leave torch's default (one per core)
