@@ -158,6 +158,22 @@ def resolve_pose_stats(checkpoint, pose_mean, pose_stddev) -> tuple[np.ndarray, 
     return mean, stddev, SOURCE_NPY
 
 
+def check_checkpoint(checkpoint: Path) -> None:
+    """Load the checkpoint strictly into the model now, so a wrong file fails the build with the
+    offending keys named, instead of failing every worker start of the server."""
+    _ensure_package_importable()
+    from img2pose_serve.checkpoint import CheckpointError, load_into, read_checkpoint
+    from img2pose_serve.model import FasterDoFRCNN
+    from img2pose_serve.pose import PoseDecoder
+    from img2pose_serve import reference_data
+
+    model = FasterDoFRCNN(PoseDecoder.create(IDENTITY_POSE_MEAN, IDENTITY_POSE_STDDEV, reference_data.points_68()))
+    try:
+        load_into(model, read_checkpoint(checkpoint))
+    except CheckpointError as error:
+        raise BuildError(str(error)) from error
+
+
 @contextmanager
 def _private_tempdir(parent: Path):
     """Point tempfile at a private directory while the archiver runs.
@@ -206,11 +222,10 @@ def build_archive(
     mar = export_path / f"{model_name}.mar"
     if mar.exists() and not force:
         raise FileExistsError(f"{mar} already exists (use --force to overwrite)")
+    mean, stddev, stats_source = resolve_pose_stats(checkpoint, pose_mean, pose_stddev)
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
-        if not checkpoint.is_file():
-            raise BuildError(f"checkpoint not found: {checkpoint}")
-    mean, stddev, stats_source = resolve_pose_stats(checkpoint, pose_mean, pose_stddev)
+        check_checkpoint(checkpoint)
     settings = dict(HANDLER_SETTINGS)
     settings.update(handler_settings or {})
     for key in FRONTEND_KEYS:

@@ -207,6 +207,22 @@ def test_input_errors(tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_checkpoint_is_checked_strictly_at_build_time(tmp_path):
+    mean, stddev = _stats(tmp_path, [0] * 6, [1] * 6)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"never a checkpoint")
+    with pytest.raises(BuildError, match="could not be read as a torch checkpoint"):
+        build_archive(junk, mean, stddev, export_path=tmp_path / "out")
+    state = build_demo_state_dict(0)
+    del state["roi_heads.class_predictor.cls_score.bias"]
+    state["extra.key"] = torch.zeros(1)
+    truncated = tmp_path / "truncated_layout.pth"
+    torch.save({"fpn_model": state}, truncated)
+    with pytest.raises(BuildError, match=r"missing key\(s\): roi_heads\.class_predictor\.cls_score\.bias.*extra\.key"):
+        build_archive(truncated, mean, stddev, export_path=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_reports_errors(tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path / "missing.pth"), "--export-path", str(tmp_path)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
