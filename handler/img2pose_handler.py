@@ -69,8 +69,8 @@ class Img2PoseHandler(BaseHandler):
         self.decode_pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="img2pose-decode")
         self.initialized = True
 
-        logger.info("img2pose loaded on %s from %s (pose stats: %s; %s)", self.device, checkpoint.name,
-                    self.archive_info.get("pose_stats_source"), self.config)
+        logger.info("img2pose loaded on %s (%d torch threads) from %s (pose stats: %s; %s)", self.device,
+                    torch.get_num_threads(), checkpoint.name, self.archive_info.get("pose_stats_source"), self.config)
         if self.is_demo:
             logger.warning(DEMO_NOTICE)
 
