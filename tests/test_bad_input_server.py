@@ -1,0 +1,113 @@
+"""The bad-request corpus (tests/bad_inputs.py): in-process, and against a real TorchServe in mixed batches.
+
+The server test sends every bad case concurrently (16 threads) interleaved with a few good requests
+(all the same small image, so they share one padded canvas), so that TorchServe aggregates bad and
+good requests into the same batches of 8: every bad one must fail alone with its own status and JSON
+error, every good one must answer exactly what it answers when sent alone, and the worker must
+survive (same PID).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from img2pose_serve.image_decoding import decode_many
+from img2pose_serve.request_parsing import DetectionParams, RequestError, parse_request
+from tests.bad_inputs import CASES, BadCase
+from tests.golden_set import GOLDEN
+
+GOOD_IMAGE = GOLDEN / "images" / "06_palette_100x100.png"
+GOOD_COUNT = 7  # interleaved good requests (plus one sent alone first: 8 forwards in all)
+MAX_PIXELS = 120_000_000  # HandlerConfig defaults, as in the served archives
+MAX_IMAGES = 16
+
+
+def _answer_in_process(case: BadCase) -> tuple[int, str]:
+    """What the handler's preprocess answers for the case: (status, message); (200, "") if accepted."""
+    try:
+        parsed = parse_request(case.row(), DetectionParams(0.5, -1), case.header_content_type(),
+                               max_images_per_request=MAX_IMAGES)
+    except RequestError as error:
+        return error.status, error.message
+    decoded = decode_many(parsed.images, MAX_PIXELS)
+    for n, item in enumerate(decoded):
+        if isinstance(item, RequestError):
+            return item.status, (f"image {n}: " if parsed.many else "") + item.message
+    return 200, ""
+
+
+def test_corpus_is_large_and_covers_each_status():
+    assert len(CASES) >= 40
+    assert {c.status for c in CASES} == {400, 413, 415}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_case_in_process(case):
+    status, message = _answer_in_process(case)
+    assert status == case.status, message
+    assert case.substring in message
+
+
+def _send_bad(server, case: BadCase):
+    kwargs = case.request_kwargs()
+    body = kwargs.pop("body")
+    return server.predict(body, timeout=900, **kwargs)
+
+
+@pytest.mark.server
+@pytest.mark.skipif(not GOLDEN.is_dir(), reason="../shared/img2pose/golden is not present")
+def test_corpus_in_mixed_batches(torchserve_server):
+    server = torchserve_server
+    good = GOOD_IMAGE.read_bytes()
+    headers = {"Content-Type": "application/octet-stream"}
+    pid_before = server.describe()[0]["workers"][0]["pid"]
+
+    alone = server.predict(good, headers=headers)
+    assert alone.status_code == 200, alone.text
+    expected_good = alone.json()
+
+    # Interleave: a good request after every ~len(CASES)/GOOD_COUNT bad ones.
+    jobs: list[tuple[str, object]] = []
+    step = max(1, len(CASES) // GOOD_COUNT)
+    goods = 0
+    for i, case in enumerate(CASES):
+        if i % step == 0 and goods < GOOD_COUNT:
+            jobs.append(("good", None))
+            goods += 1
+        jobs.append(("bad", case))
+
+    def send(job):
+        kind, case = job
+        if kind == "good":
+            return job, server.predict(good, headers=headers, timeout=900)
+        return job, _send_bad(server, case)
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(send, jobs))
+
+    failures = []
+    for (kind, case), response in answers:
+        name = "good" if kind == "good" else case.name
+        if response.status_code >= 500:
+            failures.append(f"{name}: {response.status_code} {response.text[:300]}")
+            continue
+        if kind == "good":
+            if response.status_code != 200 or response.json() != expected_good:
+                failures.append(f"good: {response.status_code} {response.text[:300]}")
+            continue
+        try:
+            body = response.json()
+        except ValueError:
+            failures.append(f"{name}: {response.status_code}, not JSON: {response.text[:300]}")
+            continue
+        if (response.status_code != case.status or not isinstance(body, dict) or set(body) != {"error", "code"}
+                or body["code"] != case.status or case.substring not in str(body["error"])):
+            failures.append(f"{name}: expected {case.status} with {case.substring!r}, "
+                            f"got {response.status_code} {response.text[:300]}")
+    assert not failures, "\n".join(failures)
+    assert sum(1 for (kind, _), _r in answers if kind == "good") == GOOD_COUNT
+
+    pid_after = server.describe()[0]["workers"][0]["pid"]
+    assert pid_after == pid_before, "the worker was restarted"
