@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""A bounded load test against a running img2pose TorchServe (loopback only).
+
+    python scripts/load_test.py --requests 300 --concurrency 32 --bad-fraction 0.9 --max-seconds 300 \\
+        [--url http://127.0.0.1:8080] [--management-url http://127.0.0.1:8081] [--model img2pose] \\
+        [--key-file key_file.json | --token KEY] [--image photo.jpg] [--seed 0] [--json-out out.json]
+
+Sends N requests from C threads and stops by itself after N requests or T seconds (no request is
+started after T; those in flight get until T + --grace seconds). A share F of the requests are
+bad ones drawn from tests/bad_inputs.py (each checked against its expected status); the rest post
+--image (default: a generated 320x240 JPEG) as a raw body. Reports counts by status, lost
+responses (sent - answered), latency p50/p95/p99 (all, good, bad), throughput, wrong answers, and
+the worker's RSS before and after (psutil on the PID from the management API; only when the
+worker runs on this machine and the management key is known).
+
+Only loopback URLs are accepted (127.0.0.0/8 or localhost): this is not a tool for other people's
+servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import ipaddress
+import json
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import requests
+from PIL import Image
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.bad_inputs import CASES, BadCase  # noqa: E402
+
+
+def check_loopback(url: str) -> str:
+    """``url`` without a trailing slash if its host is loopback; SystemExit otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SystemExit(f"load_test.py: not an http(s) URL: {url!r}")
+    host = parts.hostname
+    if host != "localhost":
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            raise SystemExit(f"load_test.py: refusing {url!r}: only 127.0.0.0/8 or localhost is allowed") from None
+        if address not in ipaddress.ip_network("127.0.0.0/8"):
+            raise SystemExit(f"load_test.py: refusing {url!r}: only 127.0.0.0/8 or localhost is allowed")
+    return url.rstrip("/")
+
+
+def default_image() -> bytes:
+    """A deterministic 320x240 JPEG."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(240, 320, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 4) if values else None
+
+
+@dataclass
+class Outcome:
+    kind: str  # "good" or the bad case's name
+    expected: int  # expected status (200 for good)
+    status: int | None  # None: no answer (connection error / timeout)
+    seconds: float
+    error: str = ""
+
+
+class Worker:
+    """The model's first worker, looked up through the management API."""
+
+    def __init__(self, management_url: str, model: str, key: str | None) -> None:
+        self.url, self.model, self.key = management_url, model, key
+
+    def pid(self) -> int | None:
+        if not self.key:
+            return None
+        try:
+            answer = requests.get(f"{self.url}/models/{self.model}", timeout=10,
+                                  headers={"Authorization": f"Bearer {self.key}"})
+            answer.raise_for_status()
+            return answer.json()[0]["workers"][0]["pid"]
+        except (requests.RequestException, ValueError, KeyError, IndexError, TypeError):
+            return None
+
+    def rss(self) -> tuple[int | None, int | None]:
+        """(pid, RSS in bytes) or Nones when unknown or not on this machine."""
+        pid = self.pid()
+        if pid is None:
+            return None, None
+        try:
+            import psutil
+
+            return pid, psutil.Process(pid).memory_info().rss
+        except Exception:  # noqa: BLE001 - psutil missing, other machine, no permission
+            return pid, None
+
+
+def run(args) -> dict:
+    url = check_loopback(args.url)
+    management = check_loopback(args.management_url) if args.management_url else \
+        check_loopback(urlsplit(url)._replace(netloc=f"{urlsplit(url).hostname}:8081").geturl())
+    inference_key, management_key = args.token, None
+    if args.key_file:
+        keys = json.loads(Path(args.key_file).read_text())
+        inference_key = inference_key or keys["inference"]["key"]
+        management_key = keys.get("management", {}).get("key")
+    if not inference_key:
+        raise SystemExit("load_test.py: give --token or --key-file")
+    image = Path(args.image).read_bytes() if args.image else default_image()
+
+    rng = random.Random(args.seed)
+    plan: list[BadCase | None] = [rng.choice(CASES) if rng.random() < args.bad_fraction else None
+                                  for _ in range(args.requests)]
+    worker = Worker(management, args.model, management_key)
+    pid_before, rss_before = worker.rss()
+
+    endpoint = f"{url}/predictions/{args.model}"
+    auth = {"Authorization": f"Bearer {inference_key}"}
+    started = time.monotonic()
+    deadline = started + args.max_seconds
+    lock = threading.Lock()
+    next_index = [0]
+    outcomes: list[Outcome] = []
+    progress = tqdm(total=args.requests, unit="req", disable=args.quiet)
+    session_local = threading.local()
+
+    def take() -> int | None:
+        with lock:
+            if next_index[0] >= len(plan) or time.monotonic() >= deadline:
+                return None
+            next_index[0] += 1
+            return next_index[0] - 1
+
+    def send(index: int) -> Outcome:
+        case = plan[index]
+        session = getattr(session_local, "session", None)
+        if session is None:
+            session = session_local.session = requests.Session()
+        timeout = max(1.0, deadline + args.grace - time.monotonic())
+        t0 = time.monotonic()
+        try:
+            if case is None:
+                response = session.post(endpoint, data=image, timeout=timeout,
+                                        headers={**auth, "Content-Type": "application/octet-stream"})
+                kind, expected = "good", 200
+            else:
+                kwargs = case.request_kwargs()
+                body = kwargs.pop("body")
+                kwargs["headers"] = {**auth, **kwargs.get("headers", {})}
+                response = session.post(endpoint, data=body, timeout=timeout, **kwargs)
+                kind, expected = case.name, case.status
+            return Outcome(kind, expected, response.status_code, time.monotonic() - t0,
+                           "" if response.status_code == expected else response.text[:200])
+        except requests.RequestException as error:
+            return Outcome("good" if case is None else case.name, 200 if case is None else case.status,
+                           None, time.monotonic() - t0, f"{type(error).__name__}: {error}"[:200])
+
+    def loop() -> None:
+        while (index := take()) is not None:
+            outcome = send(index)
+            with lock:
+                outcomes.append(outcome)
+            progress.update(1)
+
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        for future in [pool.submit(loop) for _ in range(args.concurrency)]:
+            future.result()
+    progress.close()
+    elapsed = time.monotonic() - started
+    pid_after, rss_after = worker.rss()
+
+    answered = [o for o in outcomes if o.status is not None]
+    latencies = [o.seconds for o in answered]
+    good = [o.seconds for o in answered if o.kind == "good"]
+    bad = [o.seconds for o in answered if o.kind != "good"]
+    wrong = [o for o in answered if o.status != o.expected]
+    return {
+        "url": endpoint,
+        "planned": args.requests,
+        "sent": len(outcomes),
+        "answered": len(answered),
+        "lost": len(outcomes) - len(answered),
+        "stopped_by_time": len(outcomes) < args.requests,
+        "good_sent": sum(1 for o in outcomes if o.kind == "good"),
+        "bad_sent": sum(1 for o in outcomes if o.kind != "good"),
+        "by_status": dict(sorted(Counter(str(o.status) for o in outcomes).items())),
+        "server_errors_5xx": sum(1 for o in answered if o.status >= 500),
+        "unexpected_status": len(wrong),
+        "unexpected_examples": [f"{o.kind}: expected {o.expected}, got {o.status}: {o.error}" for o in wrong[:10]],
+        "lost_examples": [f"{o.kind}: {o.error}" for o in outcomes if o.status is None][:10],
+        "elapsed_s": round(elapsed, 2),
+        "throughput_rps": round(len(answered) / elapsed, 3) if elapsed else None,
+        "good_throughput_rps": round(len(good) / elapsed, 3) if elapsed else None,
+        "latency_s": {name: {"p50": percentile(v, 50), "p95": percentile(v, 95), "p99": percentile(v, 99)}
+                      for name, v in (("all", latencies), ("good", good), ("bad", bad))},
+        "worker": {"pid_before": pid_before, "pid_after": pid_after,
+                   "rss_before_mb": round(rss_before / 2**20, 1) if rss_before else None,
+                   "rss_after_mb": round(rss_after / 2**20, 1) if rss_after else None},
+    }
+
+
+def summary(report: dict) -> str:
+    lines = [
+        f"{report['url']}: {report['sent']} sent ({report['good_sent']} good, {report['bad_sent']} bad) of "
+        f"{report['planned']} planned in {report['elapsed_s']} s"
+        + (" (stopped by --max-seconds)" if report["stopped_by_time"] else ""),
+        f"answered {report['answered']}, lost {report['lost']}; by status: {report['by_status']}",
+        f"5xx: {report['server_errors_5xx']}; unexpected status: {report['unexpected_status']}",
+        f"throughput: {report['throughput_rps']} req/s ({report['good_throughput_rps']} good req/s)",
+    ]
+    for name, values in report["latency_s"].items():
+        lines.append(f"latency {name:>4}: p50 {values['p50']} s, p95 {values['p95']} s, p99 {values['p99']} s")
+    w = report["worker"]
+    lines.append(f"worker pid {w['pid_before']} -> {w['pid_after']}; RSS {w['rss_before_mb']} MB -> {w['rss_after_mb']} MB")
+    lines += [f"  unexpected: {e}" for e in report["unexpected_examples"]]
+    lines += [f"  lost: {e}" for e in report["lost_examples"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="inference API (loopback only)")
+    parser.add_argument("--management-url", default=None,
+                        help="management API, for the worker PID/RSS (default: the --url host, port 8081)")
+    parser.add_argument("--model", default="img2pose")
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument("--token", help="inference key (no RSS figures without --key-file)")
+    auth.add_argument("--key-file", default=None, help="TorchServe's key_file.json (default: ./key_file.json)")
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--image", default=None, help="image posted by good requests (default: generated 320x240 JPEG)")
+    parser.add_argument("--bad-fraction", type=float, default=0.0, help="share of requests drawn from the bad corpus")
+    parser.add_argument("--max-seconds", type=float, default=300.0)
+    parser.add_argument("--grace", type=float, default=60.0, help="extra seconds for requests in flight at the deadline")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json-out", default=None)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.requests < 1 or args.concurrency < 1 or args.max_seconds <= 0 or not 0 <= args.bad_fraction <= 1:
+        parser.error("need --requests >= 1, --concurrency >= 1, --max-seconds > 0, 0 <= --bad-fraction <= 1")
+    if not args.token and not args.key_file:
+        args.key_file = "key_file.json"
+
+    report = run(args)
+    print(summary(report))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
