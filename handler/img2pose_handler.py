@@ -95,16 +95,13 @@ class Img2PoseHandler(BaseHandler):
         started = time.perf_counter()
         requests = [self._parse(index, row) for index, row in enumerate(data)]
 
-        blobs, owners = [], []
-        for request_index, request in enumerate(requests):
-            if request.parsed is not None:
-                blobs.extend(request.parsed.images)
-                owners.extend([request_index] * len(request.parsed.images))
-        decoded = decode_many(blobs, self.config.max_image_pixels, self.decode_pool)
+        good = [request for request in requests if request.parsed is not None]
+        decoded = iter(decode_many([blob for request in good for blob in request.parsed.images],
+                                   self.config.max_image_pixels, self.decode_pool))
 
         images: list[BatchImage] = []
-        for request_index, request in enumerate(requests):
-            mine = [d for d, owner in zip(decoded, owners) if owner == request_index]
+        for request in good:
+            mine = [next(decoded) for _ in request.parsed.images]
             failure = next(((n, d) for n, d in enumerate(mine) if isinstance(d, RequestError)), None)
             if failure is not None:
                 n, error = failure
