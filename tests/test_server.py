@@ -141,6 +141,13 @@ def test_worker_settings_come_from_config_properties(torchserve_server):
 
 
 def test_worker_log_has_no_torch_warnings(torchserve_server, sequential):
-    log = torchserve_server.log_tail(2_000_000)
-    for marker in ("UserWarning", "DeprecationWarning", "FutureWarning", "torch.meshgrid", "pretrained"):
-        assert marker not in log, f"{marker} in the worker log"
+    """No torch/torchvision warning (meshgrid indexing, pretrained/backbone_name deprecations, ...).
+
+    Other libraries may warn about bad client input (PIL: corrupt EXIF), which is not checked here.
+    """
+    log = torchserve_server.log_tail(5_000_000)
+    torch_warnings = [line for line in log.splitlines()
+                      if "Warning" in line and re.search(r"/torch(vision)?/|torch\.meshgrid|pretrained|backbone_name", line)]
+    assert torch_warnings == []
+    for message in ("torch.meshgrid", "backbone_name", "'pretrained' is deprecated"):
+        assert message not in log
