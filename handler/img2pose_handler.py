@@ -115,7 +115,7 @@ class Img2PoseHandler(BaseHandler):
         return requests, images
 
     def _parse(self, index: int, row: dict) -> RequestState:
-        content_type = self.context.get_request_header(index, "Content-Type") if self.context else None
+        content_type = self.context.get_request_header(index, "Content-Type")
         try:
             parsed = parse_request(row, self.defaults, content_type,
                                    max_images_per_request=self.config.max_images_per_request)

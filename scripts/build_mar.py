@@ -37,6 +37,13 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "handler") not in sys.path:  # also usable from a checkout without `pip install -e .`
+    sys.path.insert(0, str(REPO / "handler"))
+
+from img2pose_serve import reference_data  # noqa: E402
+from img2pose_serve.checkpoint import CheckpointError  # noqa: E402
+from img2pose_serve.demo_checkpoint import write_demo_checkpoint  # noqa: E402
+from img2pose_serve.detector import build_detector  # noqa: E402
 HANDLER_FILE = REPO / "handler" / "img2pose_handler.py"
 PACKAGE_DIR = REPO / "handler" / "img2pose_serve"
 DEFAULT_EXPORT_PATH = REPO / "model_store"
@@ -60,8 +67,6 @@ DEFAULT_RESPONSE_TIMEOUT = 1200
 # silently override config.properties).
 FRONTEND_KEYS = ("batchSize", "maxBatchDelay", "minWorkers", "maxWorkers")
 
-IDENTITY_POSE_MEAN = [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
-IDENTITY_POSE_STDDEV = [1.0] * 6
 SOURCE_NPY = "npy files"
 SOURCE_PUBLISHED = "published 4-decimal approximation"
 SOURCE_DEMO = "demo (identity: mean [0,0,0,0,0,1], std 1)"
@@ -91,12 +96,6 @@ APPROX_STATS_WARNING = """
 
 class BuildError(ValueError):
     """The inputs cannot make an archive; the message says what to fix."""
-
-
-def _ensure_package_importable() -> None:
-    handler_dir = str(REPO / "handler")
-    if handler_dir not in sys.path:
-        sys.path.insert(0, handler_dir)
 
 
 def project_version() -> str:
@@ -144,11 +143,9 @@ def resolve_pose_stats(checkpoint, pose_mean, pose_stddev) -> tuple[np.ndarray, 
     if checkpoint is None:
         if pose_mean is not None:
             raise BuildError("--pose-mean/--pose-stddev need --checkpoint (the demo archive uses identity statistics)")
-        return (np.float32(IDENTITY_POSE_MEAN), np.float32(IDENTITY_POSE_STDDEV), SOURCE_DEMO)
+        return (np.float32(reference_data.IDENTITY_POSE_MEAN), np.float32(reference_data.IDENTITY_POSE_STDDEV),
+                SOURCE_DEMO)
     if pose_mean is None:
-        _ensure_package_importable()
-        from img2pose_serve import reference_data
-
         mean, stddev = reference_data.published_pose_stats()
         return (np.asarray(mean, np.float32), np.asarray(stddev, np.float32), SOURCE_PUBLISHED)
     mean = load_pose_stat(pose_mean, "--pose-mean")
@@ -161,15 +158,8 @@ def resolve_pose_stats(checkpoint, pose_mean, pose_stddev) -> tuple[np.ndarray, 
 def check_checkpoint(checkpoint: Path) -> None:
     """Load the checkpoint strictly into the model now, so a wrong file fails the build with the
     offending keys named, instead of failing every worker start of the server."""
-    _ensure_package_importable()
-    from img2pose_serve.checkpoint import CheckpointError, load_into, read_checkpoint
-    from img2pose_serve.model import FasterDoFRCNN
-    from img2pose_serve.pose import PoseDecoder
-    from img2pose_serve import reference_data
-
-    model = FasterDoFRCNN(PoseDecoder.create(IDENTITY_POSE_MEAN, IDENTITY_POSE_STDDEV, reference_data.points_68()))
     try:
-        load_into(model, read_checkpoint(checkpoint))
+        build_detector(checkpoint)
     except CheckpointError as error:
         raise BuildError(str(error)) from error
 
@@ -239,9 +229,6 @@ def build_archive(
         tmp = Path(tmp)
         demo = checkpoint is None
         if demo:
-            _ensure_package_importable()
-            from img2pose_serve.demo_checkpoint import write_demo_checkpoint
-
             if not quiet:
                 print(DEMO_BANNER, file=sys.stderr)
             checkpoint = write_demo_checkpoint(tmp / "img2pose_demo.pth", seed=demo_seed)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from img2pose_serve import reference_data
 from tests.serving import REPO, ServerSettings, start_torchserve, stop_torchserve
 
 SHARED = REPO.parent / "shared" / "img2pose"
@@ -66,8 +67,8 @@ def served_pose_stats(tmp_path_factory) -> tuple[Path, Path]:
     """Identity pose statistics (mean [0,0,0,0,0,1], stddev 1) as .npy files."""
     directory = tmp_path_factory.mktemp("pose_stats")
     mean, stddev = directory / "pose_mean.npy", directory / "pose_stddev.npy"
-    np.save(mean, np.float32([0, 0, 0, 0, 0, 1]))
-    np.save(stddev, np.ones(6, np.float32))
+    np.save(mean, np.float32(reference_data.IDENTITY_POSE_MEAN))
+    np.save(stddev, np.float32(reference_data.IDENTITY_POSE_STDDEV))
     return mean, stddev
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 
-import numpy as np
 import pytest
 
 from img2pose_handler import DEMO_HEADER, Img2PoseHandler
@@ -30,11 +29,12 @@ def _b64(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(golden_checkpoint, tmp_path_factory):
+def model_dir(golden_checkpoint, served_pose_stats, tmp_path_factory):
+    """An unpacked archive's directory, as TorchServe gives it to the handler."""
     directory = tmp_path_factory.mktemp("model_dir")
     (directory / "weights.pth").symlink_to(golden_checkpoint)
-    np.save(directory / "pose_mean.npy", np.float32(reference_data.IDENTITY_POSE_MEAN))
-    np.save(directory / "pose_stddev.npy", np.float32(reference_data.IDENTITY_POSE_STDDEV))
+    for stats in served_pose_stats:
+        (directory / stats.name).symlink_to(stats)
     (directory / "archive_info.json").write_text(json.dumps({"demo": True, "pose_stats_source": "test"}))
     return directory
 
