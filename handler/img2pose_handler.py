@@ -105,8 +105,7 @@ class Img2PoseHandler(BaseHandler):
             failure = next(((n, d) for n, d in enumerate(mine) if isinstance(d, RequestError)), None)
             if failure is not None:
                 n, error = failure
-                prefix = f"image {n}: " if request.parsed.many else ""
-                request.error = RequestError(error.status, prefix + error.message)
+                request.error = RequestError(error.status, request.parsed.error_prefix(n) + error.message)
                 continue
             for picture in mine:
                 request.image_ids.append(len(images))

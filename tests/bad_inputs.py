@@ -121,39 +121,42 @@ def _cases() -> list[BadCase]:
 
     undecodable = "could not be decoded as an image"
     unknown_format = "unrecognised file format"
+    is_text = "it is text ("
+    truncated_header = "signature, but the data ends inside its header (truncated)"
 
     # Truncated files of each format, cut at several points.
     for fmt, data in [("jpeg", jpeg), ("png", png), ("gif", gif), ("webp", webp), ("bmp", bmp), ("tiff", tiff)]:
         for fraction in (0.5, 0.9):
             raw(f"{fmt}_truncated_{int(fraction * 100)}pct", 400, undecodable, data[: int(len(data) * fraction)])
-    raw("jpeg_truncated_after_soi", 400, undecodable, jpeg[:4])
-    raw("png_signature_only", 400, undecodable, png[:8])
+    raw("jpeg_truncated_after_soi", 400, truncated_header, jpeg[:4])
+    raw("png_signature_only", 400, truncated_header, png[:8])
     raw("png_truncated_in_ihdr", 400, undecodable, png[:20])
-    raw("gif_header_only", 400, undecodable, gif[:6])
+    raw("gif_header_only", 400, "GIF signature, but", gif[:6])
     raw("tiff_header_only", 400, undecodable, tiff[:8])
     # Flipped bytes in headers.
     raw("jpeg_flipped_soi", 400, unknown_format, flip(jpeg, 1))
     raw("png_flipped_signature", 400, unknown_format, flip(png, 1))
-    # LEFT OUT (reported): a PNG whose IHDR CRC is wrong answers 400 "unrecognised file format (send
-    # JPEG, PNG, ...)": PIL's "broken PNG file" is lost in Image.open, and the message misleads.
+    raw("png_broken_ihdr_crc", 400, "PNG signature, but broken PNG file (bad header checksum", flip(png, 29))
     raw("gif_flipped_magic", 400, unknown_format, flip(gif, 0))
     raw("webp_flipped_riff", 400, unknown_format, flip(webp, 0))
     raw("bmp_flipped_magic", 400, unknown_format, flip(bmp, 0))
     raw("tiff_flipped_byte_order", 400, unknown_format, flip(tiff, 0))
     # Zero and giant declared dimensions.
-    # LEFT OUT (reported): headers declaring 0 x 0 (PNG, GIF, BMP) answer 400 "unrecognised file format
-    # (send JPEG, PNG, ...)": PIL refuses them inside Image.open, so the handler's own "it has no
-    # pixels" message is never reached and the client is told its PNG is not a PNG.
+    no_pixels = "header declares no pixels"
+    raw("png_0x0", 400, no_pixels, png_with_size(0, 0))
+    raw("png_0x480", 400, no_pixels, png_with_size(0, 480))
+    raw("bmp_0x0", 400, no_pixels, bmp_with_size(0, 0), "image/bmp")
+    raw("gif_0x0", 400, no_pixels, gif_with_size(0, 0), "image/gif")
     raw("png_100000x100000", 413, "the limit is", png_with_size(100_000, 100_000))
     raw("png_20000x10000", 413, "the limit is", png_with_size(20_000, 10_000))
     raw("bmp_200000x1000", 413, "the limit is", bmp_with_size(200_000, 1000), "image/bmp")
     raw("gif_65535x65535", 413, "the limit is", gif_with_size(65535, 65535), "image/gif")
     # Non-image bytes.
-    raw("text_as_octet_stream", 400, unknown_format, b"hello, this is not an image\n")
+    raw("text_as_octet_stream", 400, is_text, b"hello, this is not an image\n")
     raw("pdf_header", 400, unknown_format, b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", "application/pdf")
     raw("zip_file", 400, unknown_format, b"PK\x03\x04" + b"\x00" * 26 + b"PK\x05\x06" + b"\x00" * 18, "application/zip")
     raw("elf_binary", 400, unknown_format, b"\x7fELF\x02\x01\x01" + b"\x00" * 57)
-    raw("html_as_image_jpeg", 400, unknown_format, b"<!doctype html><html><body>hi</body></html>", "image/jpeg")
+    raw("html_as_image_jpeg", 400, is_text, b"<!doctype html><html><body>hi</body></html>", "image/jpeg")
     raw("empty_body_octet_stream", 400, "empty", b"")
     raw("empty_body_image_png", 400, "empty", b"", "image/png")
     # Unsupported content types.
@@ -187,11 +190,11 @@ def _cases() -> list[BadCase]:
     js("b64_wrong_padding", "not valid base64", {"image": "iVBORw0KGgoAAAANSUhEUg"})
     js("b64_empty_string", "is empty", {"image": ""})
     js("data_url_without_base64", "without ';base64'", {"image": "data:image/png," + good})
-    js("data_url_base64_not_an_image", unknown_format, {"image": "data:image/png;base64," + b64(b"not an image at all")})
-    js("b64_decodes_to_text", unknown_format, {"image": b64(b"plain text, not an image")})
+    js("data_url_base64_not_an_image", is_text, {"image": "data:image/png;base64," + b64(b"not an image at all")})
+    js("b64_decodes_to_text", is_text, {"image": b64(b"plain text, not an image")})
     js("b64_giant_png", "the limit is", {"image": b64(png_with_size(100_000, 100_000))}, status=413)
     js("b64_too_many_images", "too many images", {"images": [good] * 17})
-    js("b64_second_image_corrupt", "image 1:", {"images": [good, b64(png[:40])]})
+    js("b64_second_image_corrupt", "images[1]: the data (40 bytes)", {"images": [good, b64(png[:40])]})
     # Multipart.
     cases.append(BadCase("multipart_empty_file", 400, "is empty", files=[("photo", ("a.png", b"", "image/png"))]))
     cases.append(BadCase("multipart_only_parameters", 400, "no image file field",
@@ -201,9 +204,10 @@ def _cases() -> list[BadCase]:
                          files=[("photo", ("a.png", png, "image/png")), ("score_threshold", (None, "abc"))]))
     cases.append(BadCase("multipart_bad_max_faces", 400, "max_faces",
                          files=[("photo", ("a.png", png, "image/png")), ("max_faces", (None, "1.5"))]))
-    # LEFT OUT (reported): a stray text field ("comment=hello") next to a file. TorchServe hands text
-    # parts over as bytes, so the handler's "must be an image file, got text" never fires; the client
-    # gets 400 "image 1: ... unrecognised file format" for what it did not mean as an image.
+    # TorchServe hands text parts over as bytes, so a stray field is read as an image and named.
+    cases.append(BadCase("multipart_stray_text_field", 400, "form field 'comment': the data (5 bytes) could not "
+                         "be decoded as an image: it is text ('hello')",
+                         files=[("photo", ("a.png", png, "image/png")), ("comment", (None, "hello"))]))
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "duplicate case names"
     return cases

@@ -34,7 +34,7 @@ def _answer_in_process(case: BadCase) -> tuple[int, str]:
     decoded = decode_many(parsed.images, MAX_PIXELS)
     for n, item in enumerate(decoded):
         if isinstance(item, RequestError):
-            return item.status, (f"image {n}: " if parsed.many else "") + item.message
+            return item.status, parsed.error_prefix(n) + item.message
     return 200, ""
 
 

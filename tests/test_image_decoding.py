@@ -183,6 +183,32 @@ def test_random_bytes_are_400() -> None:
     assert error.message.startswith("the data (2000 bytes) could not be decoded as an image")
 
 
+def test_text_is_named_as_text() -> None:
+    error = decode_error(b"hello")
+    assert error.status == 400
+    assert error.message.endswith("it is text ('hello'), not an image file")
+
+
+def test_broken_header_checksum_names_the_format() -> None:
+    data = bytearray(encode(noise_rgb(), "PNG"))
+    data[29] ^= 0xFF  # inside the IHDR CRC
+    error = decode_error(bytes(data))
+    assert error.status == 400
+    assert "it has a PNG signature, but broken PNG file (bad header checksum" in error.message
+
+
+@pytest.mark.parametrize("size", [(0, 0), (0, 48), (64, 0)])
+def test_zero_declared_size_is_400_naming_it(size: tuple[int, int]) -> None:
+    error = decode_error(png_with_declared_size(*size))
+    assert error.status == 400
+    assert "PNG signature, but its header declares no pixels (width or height 0)" in error.message
+
+
+def test_header_cut_short_says_truncated() -> None:
+    error = decode_error(encode(noise_rgb(), "JPEG")[:4])
+    assert error.message.endswith("it has a JPEG signature, but the data ends inside its header (truncated)")
+
+
 def test_empty_data_is_400() -> None:
     error = decode_error(b"")
     assert (error.status, error.message) == (400, "the image is empty (0 bytes)")

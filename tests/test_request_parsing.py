@@ -238,6 +238,14 @@ def test_multipart_field_order_kept_and_params_read() -> None:
     assert parsed.many is True
 
 
+def test_errors_name_the_image_the_way_the_client_sent_it() -> None:
+    form = parse_request({"photo": bytearray(JPEG), "comment": bytearray(b"hi")}, DEFAULTS, MULTIPART)
+    assert [form.error_prefix(n) for n in range(2)] == ["form field 'photo': ", "form field 'comment': "]
+    listed = parse_request({"body": {"images": [B64_JPEG, B64_JPEG]}}, DEFAULTS, "application/json")
+    assert listed.error_prefix(1) == "images[1]: "
+    assert parse_request({"body": bytearray(JPEG)}, DEFAULTS, "image/jpeg").error_prefix(0) == ""
+
+
 def test_multipart_without_content_type_header() -> None:
     row = {"file1": bytearray(JPEG), "file2": bytearray(PNG), "max_faces": b"3"}
     parsed = parse_request(row, DEFAULTS, None)

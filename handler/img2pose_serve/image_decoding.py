@@ -28,6 +28,7 @@ path bit for bit, with these documented choices:
 
 from __future__ import annotations
 
+import struct
 from concurrent.futures import Executor
 from io import BytesIO
 
@@ -43,6 +44,7 @@ Image.MAX_IMAGE_PIXELS = None
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+_MAX_TEXT_PREVIEW_BYTES = 4096
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -125,9 +127,60 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def _undecodable(data: bytes, error: Exception) -> RequestError:
     if isinstance(error, UnidentifiedImageError):
-        reason = "unrecognised file format (send JPEG, PNG, BMP, GIF, TIFF or WebP)"
+        reason = (_header_problem(data) or _text_preview(data)
+                  or "unrecognised file format (send JPEG, PNG, BMP, GIF, TIFF or WebP)")
     else:
         reason = str(error) or type(error).__name__
     return RequestError(
         400, f"the data ({len(data)} bytes) could not be decoded as an image: {reason}"
     )
+
+
+def _text_preview(data: bytes) -> str | None:
+    """'it is text: ...' when the bytes are short printable text (a stray form field, a file path)."""
+    if len(data) > _MAX_TEXT_PREVIEW_BYTES:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not all(ch.isprintable() or ch.isspace() for ch in text):
+        return None
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    return f"it is text ({shown!r}), not an image file"
+
+
+def _header_problem(data: bytes) -> str | None:
+    """Why the format whose signature the data carries refused it.
+
+    ``Image.open`` answers "cannot identify image file" for every failure while reading a
+    header, so a PNG with a broken checksum is reported like random bytes; asking the plugin
+    that accepts the signature gives the client the real reason.
+    """
+    Image.init()
+    prefix = data[:16]
+    for name, (factory, accept) in Image.OPEN.items():
+        if accept is None or not _accepts(accept, prefix):
+            continue
+        try:
+            factory(BytesIO(data), "")
+        except Exception as e:  # noqa: BLE001 - any plugin error is the reason we report
+            return f"it has a {name} signature, but {_plugin_reason(e)}"
+        return None
+    return None
+
+
+def _plugin_reason(error: Exception) -> str:
+    # PIL re-raises a short read of the header as SyntaxError from the struct.error.
+    if isinstance(error, (struct.error, EOFError)) or isinstance(error.__cause__, (struct.error, EOFError)):
+        return "the data ends inside its header (truncated)"
+    if str(error) == "not identified by this driver":  # PIL's words for a 0-pixel size or unknown mode
+        return "its header declares no pixels (width or height 0) or an unsupported pixel format"
+    return str(error) or type(error).__name__
+
+
+def _accepts(accept, prefix: bytes) -> bool:
+    try:
+        return bool(accept(prefix))
+    except Exception:  # noqa: BLE001 - a plugin's signature check must not break the error path
+        return False

@@ -31,7 +31,7 @@ import binascii
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar
 
 __all__ = [
@@ -94,6 +94,12 @@ class ParsedRequest:
     images: list[bytes]
     params: DetectionParams
     many: bool
+    # How an error names each image: "" for a lone body, "images[2]", "form field 'photo'".
+    labels: list[str] = field(default_factory=list, compare=False)
+
+    def error_prefix(self, n: int) -> str:
+        label = self.labels[n] if n < len(self.labels) else (f"image {n}" if self.many else "")
+        return f"{label}: " if label else ""
 
 
 def parse_request(
@@ -199,7 +205,8 @@ def _parse_json(
     if "image" in doc:
         return ParsedRequest([_b64_image(doc["image"], "image")], params, many=False)
     if "images" in doc:
-        return ParsedRequest(_b64_images(doc["images"], max_images), params, many=True)
+        images = _b64_images(doc["images"], max_images)
+        return ParsedRequest(images, params, many=True, labels=[f"images[{n}]" for n in range(len(images))])
     raise RequestError(
         400, 'the JSON body has no image: add "image": "<base64>" or "images": [...]'
     )
@@ -262,7 +269,8 @@ def _parse_multipart(
     )
     if not images:
         raise RequestError(400, f"the form has no image file field; {HOW_TO_SEND}")
-    return ParsedRequest(images, params, many=len(images) >= 2)
+    return ParsedRequest(images, params, many=len(images) >= 2,
+                         labels=[f"form field {name!r}" for name in image_fields])
 
 
 def _file_field(name: str, value: Any) -> bytes:
