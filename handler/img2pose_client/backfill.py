@@ -1,0 +1,216 @@
+"""Run a whole photo library through an img2pose TorchServe into a resumable JSON-lines file.
+
+    backfill INPUT... --url http://127.0.0.1:8080 [--model img2pose]
+        [--token KEY | --token-file key_file.json] --output results.jsonl [--concurrency 16]
+        [--score-threshold X] [--max-faces N] [--retry-errors] [--retries 5] [--timeout 300]
+
+INPUT: image files, directories (recursive) or lists of paths (``*.txt``, ``*.lst`` or ``@FILE``);
+see img2pose_client.inputs. Each image gets one line in --output, ``{"path", "faces"}`` or
+``{"path", "error", "status"}``; paths already there are skipped, so re-running resumes (with
+--retry-errors, paths whose last line is an error are sent again and the new line appended).
+
+Exit status: 0 every image sent in this run succeeded; 1 some were recorded as errors; 2 usage
+error, or the run was aborted: the server rejected the token or does not know the model, or
+stopped answering (ABORT_AFTER_TRANSPORT_ERRORS images in a row without an HTTP answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .inputs import Item, iter_inputs
+from .predict_client import TRANSPORT_ERROR, FatalServerError, Outcome, PredictClient
+from .results_file import ResultWriter, ResumeIndex
+
+DEFAULT_KEY_FILE = "key_file.json"
+LOCAL_ERROR = "local"  # the status recorded when the file itself could not be read
+ABORT_AFTER_TRANSPORT_ERRORS = 20
+
+
+def read_inference_key(key_file: str | Path) -> str:
+    """The inference key from TorchServe's key_file.json (same layout as scripts/wait_ready.py reads)."""
+    return json.loads(Path(key_file).read_text())["inference"]["key"]
+
+
+@dataclass
+class Tally:
+    processed: int = 0
+    skipped: int = 0
+    faces: int = 0
+    errors: Counter = field(default_factory=Counter)  # str(status) -> count
+    demo: bool = False
+    transport_errors_in_a_row: int = 0
+
+    def add(self, outcome: Outcome) -> None:
+        self.processed += 1
+        self.demo |= outcome.demo
+        if outcome.faces is not None:
+            self.faces += len(outcome.faces)
+        else:
+            self.errors[str(outcome.status)] += 1
+        self.transport_errors_in_a_row = (self.transport_errors_in_a_row + 1
+                                          if outcome.status == TRANSPORT_ERROR else 0)
+
+    def postfix(self) -> dict[str, int]:
+        return {"faces": self.faces, "errors": sum(self.errors.values()), "skipped": self.skipped}
+
+
+def record_of(path: str, outcome: Outcome) -> dict[str, Any]:
+    if outcome.faces is not None:
+        return {"path": path, "faces": outcome.faces}
+    return {"path": path, "error": outcome.error, "status": outcome.status}
+
+
+def process(client: PredictClient, path: str) -> Outcome:
+    """Read one image and send it; runs in the thread pool."""
+    try:
+        image = Path(path).read_bytes()
+    except OSError as error:
+        return Outcome(error=f"cannot read: {error.strerror or error}", status=LOCAL_ERROR)
+    return client.predict(image)
+
+
+def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
+    """Backfill ``args.inputs`` into ``args.output``; returns the summary (see ``summary_text``)."""
+    client = PredictClient(args.url, args.model, args.token, timeout=args.timeout, retries=args.retries,
+                           backoff=args.backoff, options=args.options)
+    tally = Tally()
+    aborted = None
+    started = time.monotonic()
+    pending: dict[Future, str] = {}
+    with (client,  # closed last, once the pool has finished with it
+          ResultWriter(args.output) as writer,
+          ThreadPoolExecutor(args.concurrency, thread_name_prefix="backfill") as pool,
+          tqdm(unit="img", disable=not progress, smoothing=0.05) as bar):
+        index = ResumeIndex.load(args.output)  # read under the writer's lock
+        writer.cut_after(index.end_offset)
+
+        def record(path: str, outcome: Outcome) -> None:
+            writer.write(record_of(path, outcome))
+            tally.add(outcome)
+            bar.update(1)
+            bar.set_postfix(tally.postfix(), refresh=False)
+            if tally.transport_errors_in_a_row >= ABORT_AFTER_TRANSPORT_ERRORS:
+                raise FatalServerError(f"no answer from {client.endpoint} for {ABORT_AFTER_TRANSPORT_ERRORS} "
+                                       f"images in a row (last: {outcome.error})")
+
+        def collect(futures: Iterable[Future]) -> None:
+            for future in futures:
+                record(pending.pop(future), future.result())
+
+        try:
+            for item in iter_inputs(args.inputs):
+                if index.should_skip(item.path, args.retry_errors):
+                    tally.skipped += 1
+                elif item.error is not None:
+                    record(item.path, Outcome(error=item.error, status=LOCAL_ERROR))
+                else:
+                    pending[pool.submit(process, client, item.path)] = item.path
+                    if len(pending) >= args.concurrency:  # keep N in flight, never more
+                        collect(wait(pending, return_when=FIRST_COMPLETED).done)
+            collect(wait(pending).done)
+        except FatalServerError as error:
+            aborted = str(error)
+            for future in pending:
+                future.cancel()
+    wall = time.monotonic() - started
+    return {
+        "output": str(args.output),
+        "processed": tally.processed,
+        "skipped": tally.skipped,
+        "faces": tally.faces,
+        "errors": dict(sorted(tally.errors.items())),
+        "error_count": sum(tally.errors.values()),
+        "wall_s": round(wall, 2),
+        "images_per_s": round(tally.processed / wall, 3) if wall > 0 else None,
+        "demo_weights": tally.demo,
+        "aborted": aborted,
+    }
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    errors = ", ".join(f"{count} x {status}" for status, count in summary["errors"].items()) or "none"
+    lines = [
+        f"{summary['output']}: {summary['processed']} processed, {summary['skipped']} skipped (already done), "
+        f"{summary['faces']} faces",
+        f"errors: {summary['error_count']} ({errors})",
+        f"{summary['wall_s']} s, {summary['images_per_s']} images/s",
+    ]
+    if summary["demo_weights"]:
+        lines.append("note: the server runs demo weights; its detections are meaningless")
+    if summary["aborted"]:
+        lines.append(f"ABORTED: {summary['aborted']}; images in flight were not recorded, re-run to resume")
+    return "\n".join(lines)
+
+
+def exit_status(summary: dict[str, Any]) -> int:
+    if summary["aborted"]:
+        return 2
+    return 1 if summary["error_count"] else 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="backfill", description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image file, directory (recursive) or list of paths (*.txt, *.lst, @FILE)")
+    parser.add_argument("--url", required=True, help="inference API, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--model", default="img2pose")
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument("--token", help="inference key")
+    auth.add_argument("--token-file", help=f"TorchServe's key_file.json (default: ./{DEFAULT_KEY_FILE} if "
+                                           "present, else no token)")
+    parser.add_argument("--output", required=True, type=Path, help="results JSONL; appended to, and resumed from")
+    parser.add_argument("--concurrency", type=int, default=16,
+                        help="requests in flight (default 16: two TorchServe batches of 8)")
+    parser.add_argument("--score-threshold", type=float, help="per-request override of the model's default")
+    parser.add_argument("--max-faces", type=int, help="per-request override of the model's default")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="send again the paths whose last line in --output is an error")
+    parser.add_argument("--retries", type=int, default=5, help="retries of 429/502/503/504/no answer (default 5)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for an answer (default 300)")
+    parser.add_argument("--backoff", type=float, default=1.0,
+                        help="first retry delay in seconds, doubled per retry, jittered (default 1)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.concurrency < 1 or args.retries < 0 or args.timeout <= 0 or args.backoff < 0:
+        parser.error("need --concurrency >= 1, --retries >= 0, --timeout > 0, --backoff >= 0")
+    if not args.url.startswith(("http://", "https://")):
+        parser.error(f"--url must be an http:// or https:// URL, got {args.url!r}")
+    if args.token is None:
+        key_file = args.token_file or (DEFAULT_KEY_FILE if Path(DEFAULT_KEY_FILE).is_file() else None)
+        try:
+            args.token = read_inference_key(key_file) if key_file else None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            parser.error(f"cannot read the inference key from {key_file}: {type(error).__name__}: {error}")
+    args.options = {name: value for name, value in
+                    (("score_threshold", args.score_threshold), ("max_faces", args.max_faces)) if value is not None}
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        summary = run(args, progress=not args.quiet)
+    except OSError as error:  # an unreadable list file or output file
+        print(f"backfill: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("backfill: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    print(summary_text(summary))
+    return exit_status(summary)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

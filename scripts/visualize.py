@@ -1,0 +1,12 @@
+#!/usr/bin/env python3
+"""``python scripts/visualize.py ...``: the ``visualize`` console command (img2pose_client.visualize), runnable from a checkout."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "handler"))
+
+from img2pose_client.visualize import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main())

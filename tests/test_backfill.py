@@ -1,0 +1,341 @@
+"""backfill: input enumeration, the resumable results file, retries against a stand-in server, and
+whole runs against the session's TorchServe (the demo model)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from img2pose_client import backfill as backfill_module
+from img2pose_client import inputs
+from img2pose_client.backfill import exit_status, main, parse_args, run
+from img2pose_client.results_file import ResultWriter, ResumeIndex, iter_records
+from tests.conftest import DEMO_MODEL
+from tests.serving import REPO
+
+FACE = {"box": [1.0, 2.0, 30.0, 40.0], "confidence": 0.9, "pose": [0, 0, 0, 0, 0, 5.0],
+        "keypoints": {"nose": [10.0, 20.0]}}
+
+
+def image_bytes(seed: int, fmt: str = "JPEG", size: tuple[int, int] = (160, 120)) -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise(size, 40 + seed).convert("RGB").save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def backfill(*argv: str) -> dict:
+    return run(parse_args([*map(str, argv), "--quiet"]), progress=False)
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+
+def test_directories_are_walked_sorted_recursively_keeping_image_extensions(tmp_path):
+    for name in ["b.JPG", "a.png", "sub/c.webp", "sub/deeper/d.TIFF", "notes.txt", "z.jpeg.bak", "sub/e.gif"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "sub")  # not followed: no duplicates, no cycles
+    found = [item.path for item in inputs.iter_inputs([str(tmp_path)])]
+    assert found == [str(tmp_path / n) for n in ["a.png", "b.JPG", "sub/c.webp", "sub/deeper/d.TIFF", "sub/e.gif"]]
+
+
+def test_explicit_files_and_list_files(tmp_path, monkeypatch):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "x.jpg").write_bytes(b"x")
+    (tmp_path / "odd.dat").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "list.TXT").write_text("odd.dat\n\nphotos\r\n/missing.jpg\n")
+    (tmp_path / "paths").write_text(f"{tmp_path}/odd.dat\n")
+    found = [item.path for item in inputs.iter_inputs(["list.TXT", "@paths", "odd.dat"])]
+    odd = str(tmp_path / "odd.dat")
+    assert found == [odd, str(tmp_path / "photos" / "x.jpg"), "/missing.jpg", odd, odd]
+    with pytest.raises(OSError):
+        list(inputs.iter_inputs(["absent.lst"]))
+
+
+def test_an_unlistable_directory_is_an_error_item(tmp_path, monkeypatch):
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "locked").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(inputs.os, "scandir", scandir)
+    items = list(inputs.iter_inputs([str(tmp_path)]))
+    assert items[0] == inputs.Item(str(tmp_path / "a.jpg"))
+    assert items[1].path == str(tmp_path / "locked") and "Permission denied" in items[1].error
+
+
+# --- results file --------------------------------------------------------------------------------
+
+
+def test_resume_index_last_line_wins_and_a_torn_line_is_cut(tmp_path):
+    results = tmp_path / "results.jsonl"
+    results.write_text("\n".join([
+        json.dumps({"path": "/a", "faces": []}),
+        json.dumps({"path": "/b", "error": "bad", "status": 400}),
+        "not json",
+        json.dumps({"path": "/c", "error": "busy", "status": 503}),
+        json.dumps({"path": "/c", "faces": [FACE]}),
+        json.dumps({"path": "/a", "error": "later failure", "status": "connection"}),
+    ]) + '\n{"path": "/d", "fa')
+    index = ResumeIndex.load(results)
+    assert index.bad_lines == 1
+    assert [index.should_skip(p, retry_errors=False) for p in "/a /b /c /d".split()] == [True, True, True, False]
+    assert [index.should_skip(p, retry_errors=True) for p in "/a /b /c /d".split()] == [False, False, True, False]
+    assert [r["path"] for r in iter_records(results)] == ["/a", "/b", "/c", "/c", "/a"]
+
+    with ResultWriter(results) as writer:
+        with pytest.raises(OSError, match="locked"):
+            ResultWriter(results)  # a second run on the same file
+        writer.cut_after(index.end_offset)
+        writer.write({"path": "/d", "faces": []})
+    # the torn line is gone: the new line starts on a line of its own
+    assert results.read_text().endswith('"status": "connection"}\n{"path":"/d","faces":[]}\n')
+    assert ResumeIndex.load(results).bad_lines == 1
+
+
+def test_an_absent_results_file_is_an_empty_index(tmp_path):
+    index = ResumeIndex.load(tmp_path / "none.jsonl")
+    assert index.end_offset == 0 and not index.should_skip("/a", retry_errors=False)
+
+
+# --- against a stand-in server -------------------------------------------------------------------
+
+
+class StandIn:
+    """A tiny HTTP server: POST /predictions/<model> answers from a script per model (the last
+    answer repeats) and records every request."""
+
+    def __init__(self) -> None:
+        self.scripts: dict[str, list[tuple[int, object]]] = {}
+        self.requests: list[tuple[str, dict, bytes]] = []
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                model = self.path.rsplit("/", 1)[-1]
+                stand_in.requests.append((model, dict(self.headers), body))
+                script = stand_in.scripts[model]
+                status, answer = script.pop(0) if len(script) > 1 else script[0]
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def hits(self) -> Counter:
+        return Counter(model for model, _, _ in self.requests)
+
+
+@pytest.fixture
+def stand_in():
+    server = StandIn()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(image_bytes(0))
+    return path
+
+
+def test_503_is_retried_until_it_succeeds(stand_in, photo, tmp_path):
+    stand_in.scripts["flaky"] = [(503, {"error": "busy", "code": 503})] * 2 + [(200, [FACE])]
+    out = tmp_path / "out.jsonl"
+    summary = backfill(photo, "--url", stand_in.url, "--model", "flaky", "--output", out, "--backoff", "0.01")
+    assert stand_in.hits()["flaky"] == 3
+    assert lines(out) == [{"path": str(photo), "faces": [FACE]}]
+    assert (summary["processed"], summary["faces"], summary["error_count"], exit_status(summary)) == (1, 1, 0, 0)
+
+
+def test_a_4xx_is_not_retried(stand_in, photo, tmp_path):
+    stand_in.scripts["strict"] = [(400, {"error": "cannot decode the image", "code": 400})]
+    out = tmp_path / "out.jsonl"
+    summary = backfill(photo, "--url", stand_in.url, "--model", "strict", "--output", out, "--backoff", "0.01")
+    assert stand_in.hits()["strict"] == 1
+    assert lines(out) == [{"path": str(photo), "error": "cannot decode the image", "status": 400}]
+    assert summary["errors"] == {"400": 1} and exit_status(summary) == 1
+
+
+def test_retries_run_out_and_no_answer_is_a_connection_error(photo, tmp_path):
+    out = tmp_path / "out.jsonl"
+    summary = backfill(photo, "--url", "http://127.0.0.1:9", "--output", out, "--retries", "1", "--backoff", "0.01")
+    [line] = lines(out)
+    assert line["status"] == "connection" and "ConnectionError" in line["error"]
+    assert summary["errors"] == {"connection": 1}
+
+
+def test_a_server_that_stops_answering_aborts_the_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(backfill_module, "ABORT_AFTER_TRANSPORT_ERRORS", 2)
+    for n in range(4):
+        (tmp_path / f"{n}.jpg").write_bytes(b"x")
+    out = tmp_path / "out.jsonl"
+    summary = backfill(tmp_path, "--url", "http://127.0.0.1:9", "--output", out, "--retries", "0",
+                       "--concurrency", "1")
+    assert "no answer from http://127.0.0.1:9/predictions/img2pose for 2 images" in summary["aborted"]
+    assert [line["status"] for line in lines(out)] == ["connection", "connection"]
+    assert exit_status(summary) == 2
+
+
+def test_the_token_file_gives_the_bearer_token_and_options_go_as_json(stand_in, photo, tmp_path):
+    stand_in.scripts["m"] = [(200, [])]
+    key_file = tmp_path / "key_file.json"
+    key_file.write_text(json.dumps({"management": {"key": "M"}, "inference": {"key": "I-KEY"}, "API": {"key": "A"}}))
+    backfill(photo, "--url", stand_in.url, "--model", "m", "--output", tmp_path / "a.jsonl", "--token-file", key_file)
+    backfill(photo, "--url", stand_in.url, "--model", "m", "--output", tmp_path / "b.jsonl", "--token", "T",
+             "--score-threshold", "0.3", "--max-faces", "2")
+    (_, raw_headers, raw_body), (_, json_headers, json_body) = stand_in.requests
+    assert raw_headers["Authorization"] == "Bearer I-KEY" and raw_body == photo.read_bytes()
+    assert raw_headers["Content-Type"] == "application/octet-stream"
+    assert json_headers["Authorization"] == "Bearer T"
+    assert json.loads(json_body)["score_threshold"] == 0.3 and json.loads(json_body)["max_faces"] == 2
+
+
+def test_a_rejected_token_aborts_the_run_without_recording(stand_in, photo, tmp_path, capsys):
+    stand_in.scripts["m"] = [(401, {"message": "no"})]
+    out = tmp_path / "out.jsonl"
+    code = main([str(photo), str(photo), "--url", stand_in.url, "--model", "m", "--output", str(out), "--quiet"])
+    assert code == 2 and "ABORTED: the server rejects the token" in capsys.readouterr().out
+    assert out.read_text() == ""
+
+
+def test_a_list_file_of_paths(stand_in, tmp_path):
+    stand_in.scripts["m"] = [(200, [FACE])]
+    good = tmp_path / "good.jpg"
+    good.write_bytes(image_bytes(1))
+    listing = tmp_path / "paths.lst"
+    listing.write_text(f"{good}\n{tmp_path / 'gone.jpg'}\n")
+    out = tmp_path / "out.jsonl"
+    summary = backfill(listing, "--url", stand_in.url, "--model", "m", "--output", out)
+    first, second = sorted(lines(out), key=lambda line: "error" in line)  # written as they come
+    assert first == {"path": str(good), "faces": [FACE]}
+    assert second["path"] == str(tmp_path / "gone.jpg") and second["status"] == "local"
+    assert "No such file" in second["error"]
+    assert stand_in.hits()["m"] == 1 and summary["errors"] == {"local": 1}
+
+
+# --- against the session's TorchServe ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> dict[str, list[Path]]:
+    """4 good images, 2 corrupt ones and a text file named .jpg; a good one sorts first."""
+    root = tmp_path_factory.mktemp("library")
+    (root / "nested").mkdir()
+    good = [root / "a_first.jpg", root / "b.png", root / "nested" / "c.jpg", root / "nested" / "d.webp"]
+    for n, path in enumerate(good):
+        path.write_bytes(image_bytes(n, {".jpg": "JPEG", ".png": "PNG", ".webp": "WEBP"}[path.suffix]))
+    bad = [root / "corrupt_truncated.jpg", root / "nested" / "corrupt_header.png", root / "notes.jpg"]
+    bad[0].write_bytes(image_bytes(9)[:300])
+    bad[1].write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    bad[2].write_text("shopping list: milk, eggs\n")
+    return {"good": good, "bad": bad}
+
+
+@pytest.fixture(scope="module")
+def direct(torchserve_server, library) -> dict[str, list]:
+    """Each good image predicted by a plain request: what backfill must record."""
+    def predict(path: Path) -> list:
+        answer = torchserve_server.predict(path.read_bytes(), model=DEMO_MODEL,
+                                           headers={"Content-Type": "application/octet-stream"})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    with ThreadPoolExecutor(len(library["good"])) as pool:
+        return dict(zip(map(str, library["good"]), pool.map(predict, library["good"])))
+
+
+def server_args(server, output: Path) -> list:
+    return ["--url", server.inference_url, "--model", DEMO_MODEL, "--output", output,
+            "--token-file", server.workdir / "key_file.json"]
+
+
+def check_one_line_per_input(output: Path, library, direct) -> None:
+    by_path = Counter(line["path"] for line in lines(output))
+    assert by_path == Counter(str(p) for p in library["good"] + library["bad"])  # each exactly once
+    for line in lines(output):
+        if line["path"] in direct:
+            assert line == {"path": line["path"], "faces": direct[line["path"]]}
+        else:
+            assert line["status"] == 400 and line["error"] and set(line) == {"path", "error", "status"}
+
+
+@pytest.mark.server
+def test_a_folder_is_backfilled_once_and_errors_retried_on_request(torchserve_server, library, direct, tmp_path):
+    out = tmp_path / "results.jsonl"
+    first = backfill(library["good"][0].parent, *server_args(torchserve_server, out), "--concurrency", "8")
+    check_one_line_per_input(out, library, direct)
+    assert first["processed"] == 7 and first["errors"] == {"400": 3} and exit_status(first) == 1
+    assert first["faces"] == sum(map(len, direct.values())) and first["demo_weights"]
+
+    again = backfill(library["good"][0].parent, *server_args(torchserve_server, out))
+    assert (again["processed"], again["skipped"], exit_status(again)) == (0, 7, 0)
+
+    retried = backfill(library["good"][0].parent, *server_args(torchserve_server, out), "--retry-errors")
+    assert (retried["processed"], retried["skipped"], retried["errors"]) == (3, 4, {"400": 3})
+    appended = lines(out)[7:]
+    assert sorted(line["path"] for line in appended) == sorted(map(str, library["bad"]))
+
+
+@pytest.mark.server
+def test_a_killed_run_resumes_without_duplicates(torchserve_server, library, direct, tmp_path):
+    out = tmp_path / "results.jsonl"
+    argv = [library["good"][0].parent, *server_args(torchserve_server, out), "--concurrency", "1", "--quiet"]
+    process = subprocess.Popen([sys.executable, "scripts/backfill.py", *map(str, argv)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.is_file() and out.read_text().count("\n") >= 1):
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "no result line within 120 s"
+            time.sleep(0.05)
+    finally:
+        process.kill()  # SIGKILL: no clean-up in the client
+        process.wait()
+    done_before = len(lines(out))
+    assert 1 <= done_before < 7
+
+    resumed = backfill(*argv)
+    assert resumed["skipped"] == done_before and resumed["processed"] == 7 - done_before
+    check_one_line_per_input(out, library, direct)
+
+
+@pytest.mark.server
+def test_a_wrong_token_aborts_against_torchserve(torchserve_server, library, tmp_path):
+    out = tmp_path / "results.jsonl"
+    summary = backfill(library["bad"][0], "--url", torchserve_server.inference_url, "--model", DEMO_MODEL,
+                       "--output", out, "--token", "not-the-key")
+    assert exit_status(summary) == 2 and "rejects the token" in summary["aborted"]
+    assert out.read_text() == ""
