@@ -10,8 +10,10 @@ started after T; those in flight get until T + --grace seconds). A share F of th
 bad ones drawn from tests/bad_inputs.py (each checked against its expected status); the rest post
 --image (default: a generated 320x240 JPEG) as a raw body. Reports counts by status, lost
 responses (sent - answered), latency p50/p95/p99 (all, good, bad), throughput, wrong answers, and
-the worker's RSS before and after (psutil on the PID from the management API; only when the
-worker runs on this machine and the management key is known).
+the worker's RSS before, after and every --rss-every seconds in between, summarised by quarter of
+the run (psutil on the PID from the management API; only when the worker runs on this machine and
+the management key is known). Exit status 1 when a response was lost, a 5xx came back or a
+status differed from the expected one.
 
 Only loopback URLs are accepted (127.0.0.0/8 or localhost): this is not a tool for other people's
 servers.
@@ -31,6 +33,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -99,9 +102,9 @@ class Worker:
         except (requests.RequestException, ValueError, KeyError, IndexError, TypeError):
             return None
 
-    def rss(self) -> tuple[int | None, int | None]:
+    def rss(self, pid: int | None = None) -> tuple[int | None, int | None]:
         """(pid, RSS in bytes) or Nones when unknown or not on this machine."""
-        pid = self.pid()
+        pid = pid or self.pid()
         if pid is None:
             return None, None
         try:
@@ -110,6 +113,42 @@ class Worker:
             return pid, psutil.Process(pid).memory_info().rss
         except Exception:  # noqa: BLE001 - psutil missing, other machine, no permission
             return pid, None
+
+
+class RssSampler(threading.Thread):
+    """Samples the worker's RSS every ``every`` seconds, with how many answers had arrived by then."""
+
+    def __init__(self, worker: Worker, pid: int | None, answered: Callable[[], int], every: float) -> None:
+        super().__init__(daemon=True)
+        self.worker, self.pid, self.answered, self.every = worker, pid, answered, every
+        self.samples: list[tuple[float, int, float]] = []  # (seconds since start, answered, RSS MB)
+        self.stopped = threading.Event()
+        self.started_at = time.monotonic()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every):
+            _, rss = self.worker.rss(self.pid)
+            if rss:
+                self.samples.append((round(time.monotonic() - self.started_at, 1), self.answered(), round(rss / 2**20, 1)))
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+
+    def report(self) -> dict:
+        """RSS by quarter of the run. Peaks follow how many good images one forward happened to get;
+        the medians and minimums show whether memory keeps growing (a leak) or levels off."""
+        if len(self.samples) < 8:
+            return {"samples": self.samples}
+        quarters = np.array_split(np.array([sample[2] for sample in self.samples]), 4)
+        medians = [round(float(np.median(q)), 1) for q in quarters]
+        return {
+            "quarters_mb": [{"min": float(q.min()), "median": medians[i], "max": float(q.max())}
+                            for i, q in enumerate(quarters)],
+            # The first quarter is warm-up (allocator pools, kernel caches): compare from the second.
+            "median_growth_after_warmup_mb": round(medians[3] - medians[1], 1),
+            "samples": self.samples,
+        }
 
 
 def run(args) -> dict:
@@ -130,6 +169,7 @@ def run(args) -> dict:
                                   for _ in range(args.requests)]
     worker = Worker(management, args.model, management_key)
     pid_before, rss_before = worker.rss()
+    sampler = RssSampler(worker, pid_before, lambda: len(outcomes), args.rss_every)
 
     endpoint = f"{url}/predictions/{args.model}"
     auth = {"Authorization": f"Bearer {inference_key}"}
@@ -179,10 +219,14 @@ def run(args) -> dict:
                 outcomes.append(outcome)
             progress.update(1)
 
+    if pid_before is not None:
+        sampler.start()
     with ThreadPoolExecutor(args.concurrency) as pool:
         for future in [pool.submit(loop) for _ in range(args.concurrency)]:
             future.result()
     progress.close()
+    if sampler.is_alive():
+        sampler.stop()
     elapsed = time.monotonic() - started
     pid_after, rss_after = worker.rss()
 
@@ -212,7 +256,8 @@ def run(args) -> dict:
                       for name, v in (("all", latencies), ("good", good), ("bad", bad))},
         "worker": {"pid_before": pid_before, "pid_after": pid_after,
                    "rss_before_mb": round(rss_before / 2**20, 1) if rss_before else None,
-                   "rss_after_mb": round(rss_after / 2**20, 1) if rss_after else None},
+                   "rss_after_mb": round(rss_after / 2**20, 1) if rss_after else None,
+                   "rss_over_time": sampler.report()},
     }
 
 
@@ -229,6 +274,11 @@ def summary(report: dict) -> str:
         lines.append(f"latency {name:>4}: p50 {values['p50']} s, p95 {values['p95']} s, p99 {values['p99']} s")
     w = report["worker"]
     lines.append(f"worker pid {w['pid_before']} -> {w['pid_after']}; RSS {w['rss_before_mb']} MB -> {w['rss_after_mb']} MB")
+    over_time = w["rss_over_time"]
+    if "quarters_mb" in over_time:
+        quarters = ", ".join(f"{q['min']:.0f}/{q['median']:.0f}/{q['max']:.0f}" for q in over_time["quarters_mb"])
+        lines.append(f"worker RSS min/median/max MB by quarter of the run: {quarters}; median growth after "
+                     f"warm-up {over_time['median_growth_after_warmup_mb']:+} MB ({len(over_time['samples'])} samples)")
     lines += [f"  unexpected: {e}" for e in report["unexpected_examples"]]
     lines += [f"  lost: {e}" for e in report["lost_examples"]]
     return "\n".join(lines)
@@ -250,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--grace", type=float, default=60.0, help="extra seconds for requests in flight at the deadline")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rss-every", type=float, default=2.0, help="seconds between samples of the worker's RSS")
     parser.add_argument("--json-out", default=None)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -262,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(report))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    failed = report["lost"] + report["server_errors_5xx"] + report["unexpected_status"]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
