@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "handler"))
 
 from img2pose_serve.demo_checkpoint import write_demo_checkpoint  # noqa: E402
 from img2pose_serve.detector import build_detector  # noqa: E402
+from img2pose_serve.handler_config import HandlerConfig  # noqa: E402
 
 
 def synthetic_images(count: int, width: int, height: int) -> list[torch.Tensor]:
@@ -44,16 +45,21 @@ def main() -> None:
     parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the test images")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--images-per-pass", type=int, default=0,
+                        help="passes inside a forward (0: the handler's automatic choice, 1 on CPU, all on CUDA)")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
 
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = args.checkpoint or write_demo_checkpoint(Path(scratch) / "demo.pth")
         model = build_detector(checkpoint, device=args.device)
+    images_per_pass = HandlerConfig(images_per_pass=args.images_per_pass).resolved_images_per_pass(
+        torch.device(args.device).type)
+    model.set_images_per_pass(images_per_pass)
     images = [t.to(args.device) for t in synthetic_images(max(args.batch_sizes), width, height)]
     model.detect(images[:1])  # warm-up: allocator, kernels, RoIAlign scale cache
 
-    print(f"device={args.device} threads={torch.get_num_threads()} images={width}x{height} repeats={args.repeats}")
+    print(f"device={args.device} threads={torch.get_num_threads()} images_per_pass={images_per_pass or 'all'} images={width}x{height} repeats={args.repeats}")
     print("batch  s/forward  s/image  images/s")
     for batch in args.batch_sizes:
         times = []

@@ -19,3 +19,11 @@ def test_defaults_and_overrides_from_the_yaml_section():
 def test_invalid_settings_are_named(section, message):
     with pytest.raises(ValueError, match=message):
         HandlerConfig.from_mapping(section)
+
+
+def test_images_per_pass_is_automatic_per_device_unless_set():
+    assert HandlerConfig().resolved_images_per_pass("cpu") == 1
+    assert HandlerConfig().resolved_images_per_pass("cuda") is None
+    assert HandlerConfig.from_mapping({"images_per_pass": 4}).resolved_images_per_pass("cpu") == 4
+    with pytest.raises(ValueError, match="images_per_pass"):
+        HandlerConfig.from_mapping({"images_per_pass": -1})

@@ -17,6 +17,14 @@ class HandlerConfig:
     max_images_per_request: int = 16  # with batchSize 8, bounds one handler call (responseTimeout)
     decode_threads: int = 2
     torch_threads: int = 0  # 0 = leave torch's default (one per core)
+    # Images per pass through backbone / RPN head / RoI heads inside one forward (see passes.py).
+    # 0 = automatic: 1 on CPU (measured fastest there), the whole forward at once on CUDA.
+    images_per_pass: int = 0
+
+    def resolved_images_per_pass(self, device_type: str) -> int | None:
+        if self.images_per_pass > 0:
+            return self.images_per_pass
+        return 1 if device_type == "cpu" else None
 
     @classmethod
     def from_mapping(cls, section: dict[str, Any] | None) -> "HandlerConfig":
@@ -35,4 +43,7 @@ class HandlerConfig:
         for name in ("max_images_per_forward", "max_image_pixels", "max_images_per_request", "decode_threads"):
             if getattr(config, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+        for name in ("torch_threads", "images_per_pass"):
+            if getattr(config, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = automatic), got {getattr(config, name)}")
         return config

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
-from torch import Tensor
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torch import Tensor, nn
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from .passes import cat_feature_maps, pass_slices
 from .pose import PoseDecoder
 from .roi_heads import DoFRoIHeads
 from .rpn import LogitRankedRPN, SingleConvRPNHead, img2pose_anchor_generator
@@ -35,7 +37,7 @@ class FasterDoFRCNN(GeneralizedRCNN):
     """
 
     def __init__(self, pose_decoder: PoseDecoder) -> None:
-        backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None)
+        backbone = BackboneInPasses(resnet_fpn_backbone(backbone_name="resnet18", weights=None))
         anchors = img2pose_anchor_generator()
         rpn = LogitRankedRPN(
             anchors,
@@ -57,12 +59,36 @@ class FasterDoFRCNN(GeneralizedRCNN):
     def pose_decoder(self) -> PoseDecoder:
         return self.roi_heads.pose_decoder
 
+    def set_images_per_pass(self, images_per_pass: int | None) -> None:
+        """Run backbone, RPN head and RoI heads in passes of this many images (None: all at once).
+
+        Results are identical either way; see ``passes`` for why a CPU wants small passes.
+        """
+        if images_per_pass is not None and images_per_pass < 1:
+            raise ValueError(f"images_per_pass must be >= 1 or None, got {images_per_pass}")
+        for stage in (self.backbone, self.rpn.head, self.roi_heads):
+            stage.images_per_pass = images_per_pass
+
     @torch.inference_mode()
     def detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """One forward over ``images`` in eval mode, without autograd bookkeeping."""
         if self.training:
             raise RuntimeError("FasterDoFRCNN is inference-only: call .eval() first")
         return self(images)
+
+
+class BackboneInPasses(nn.Module):
+    """torchvision's ResNet-FPN backbone (its ``body`` and ``fpn``, same state-dict keys), run in passes."""
+
+    def __init__(self, backbone: BackboneWithFPN) -> None:
+        super().__init__()
+        self.body = backbone.body
+        self.fpn = backbone.fpn
+        self.out_channels = backbone.out_channels
+        self.images_per_pass: int | None = None
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        return cat_feature_maps([self.fpn(self.body(x[part])) for part in pass_slices(x.shape[0], self.images_per_pass)])
 
 
 def resized_shape(height: int, width: int) -> tuple[int, int]:

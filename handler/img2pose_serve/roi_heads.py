@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
 
+from .passes import pass_slices
 from .pose import PoseDecoder
 
 FACE = 1
@@ -89,9 +92,18 @@ class DoFRoIHeads(RoIHeads):
         self.class_predictor = ClassPredictor(REPRESENTATION_SIZE, num_classes)
         self.pose_decoder = pose_decoder
 
+    images_per_pass: int | None = None  # see passes.py
+
     def forward(self, features, proposals, image_shapes, targets=None):
         if self.training or targets is not None:
             raise RuntimeError("DoFRoIHeads is inference-only")
+        detections = []
+        for part in pass_slices(len(proposals), self.images_per_pass):
+            detections += self._detect(OrderedDict((level, f[part]) for level, f in features.items()),
+                                       proposals[part], image_shapes[part])
+        return detections, {}
+
+    def _detect(self, features, proposals, image_shapes) -> list[dict[str, Tensor]]:
         pooled = self.box_roi_pool(features, proposals, image_shapes)
         dof_regression = self.box_predictor(self.box_head(pooled))
         class_logits = self.class_predictor(self.class_head(pooled))
@@ -101,7 +113,7 @@ class DoFRoIHeads(RoIHeads):
             class_logits.split([len(p) for p in proposals]),
             image_shapes,
         )
-        return [self.detect_faces(*args) for args in per_image], {}
+        return [self.detect_faces(*args) for args in per_image]
 
     def detect_faces(self, proposals: Tensor, dof_regression: Tensor, class_logits: Tensor,
                      image_shape: tuple[int, int]) -> dict[str, Tensor]:

@@ -9,6 +9,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import boxes as box_ops
 
+from .passes import cat_levels, pass_slices
+
 # img2pose declares a sixth anchor size (512) for five feature maps; only the first five are ever
 # used, and torchvision's AnchorGenerator rightly refuses the mismatch.
 ANCHOR_SIZES = ((16,), (32,), (64,), (128,), (256,))
@@ -36,7 +38,13 @@ class SingleConvRPNHead(RPNHead):
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         nn.Module._load_from_state_dict(self, *args, **kwargs)
 
+    images_per_pass: int | None = None  # see passes.py
+
     def forward(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        passes = [self._head([level[part] for level in x]) for part in pass_slices(x[0].shape[0], self.images_per_pass)]
+        return cat_levels([logits for logits, _ in passes]), cat_levels([deltas for _, deltas in passes])
+
+    def _head(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         logits, deltas = [], []
         for feature in x:
             shared = F.relu(self.conv(feature))

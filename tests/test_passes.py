@@ -1,0 +1,42 @@
+"""Passes inside one forward (passes.py): any pass size gives the same bits as one image at a time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from img2pose_serve.detector import build_detector
+from img2pose_serve.passes import pass_slices
+from scripts.measure_forward import synthetic_images
+
+
+@pytest.mark.parametrize("batch, per_pass, expected", [
+    (5, 2, [slice(0, 2), slice(2, 4), slice(4, 5)]),
+    (4, 4, [slice(0, 4)]),
+    (3, 8, [slice(0, 3)]),
+    (3, None, [slice(0, 3)]),
+    (3, 0, [slice(0, 3)]),
+    (0, 1, [slice(0, 0)]),
+])
+def test_pass_slices(batch, per_pass, expected):
+    assert pass_slices(batch, per_pass) == expected
+
+
+def test_every_pass_size_gives_identical_detections(served_checkpoint):
+    model = build_detector(served_checkpoint)
+    images = synthetic_images(3, 320, 240)
+    alone = [model.detect([image])[0] for image in images]
+    for per_pass in (None, 1, 2):
+        model.set_images_per_pass(per_pass)
+        batched = model.detect(images)
+        for single, together in zip(alone, batched, strict=True):
+            assert single.keys() == together.keys()
+            for key in single:
+                assert torch.equal(single[key], together[key]), (per_pass, key)
+    assert any(len(result["scores"]) for result in alone), "no detections: the comparison would be vacuous"
+
+
+def test_images_per_pass_must_be_positive(served_checkpoint):
+    model = build_detector(served_checkpoint)
+    with pytest.raises(ValueError, match="images_per_pass"):
+        model.set_images_per_pass(0)
