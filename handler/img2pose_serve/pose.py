@@ -31,7 +31,7 @@ def camera_matrix(focal, cx, cy) -> np.ndarray:
     return np.array([[focal, 0, cx], [0, focal, cy], [0, 0, 1]])
 
 
-def _project(points: np.ndarray, poses: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
+def project_points(points: np.ndarray, poses: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
     """Project 3D reference points through each pose: (P, 3) x (N, 6) -> (N, P, 2) pixels."""
     rotations = Rotation.from_rotvec(poses[:, :3]).as_matrix()  # (N, 3, 3) float64
     camera_points = points @ rotations.transpose(0, 2, 1) + poses[:, None, 3:]
@@ -117,7 +117,7 @@ class PoseDecoder:
 
     def _face_boxes(self, poses: np.ndarray, image_camera: np.ndarray, w: int, h: int) -> np.ndarray:
         """The face box: the projected 68 landmarks' extent, enlarged, with room for the forehead."""
-        landmarks = _project(self.points_68, poses, image_camera)  # (N, 68, 2)
+        landmarks = project_points(self.points_68, poses, image_camera)  # (N, 68, 2)
         low = landmarks.min(axis=1)
         high = landmarks.max(axis=1)
         extent = high - low
@@ -158,4 +158,4 @@ def project_keypoints(points_68: np.ndarray, poses: np.ndarray, width: int, heig
         return np.zeros((0, len(KEYPOINT_INDICES), 2), np.float64)
     selected = points_68[list(KEYPOINT_INDICES.values())]
     camera = camera_matrix(width + height, width / 2, height / 2)
-    return _project(selected, poses, camera)
+    return project_points(selected, poses, camera)
