@@ -1,0 +1,449 @@
+#!/usr/bin/env python3
+"""Throughput and latency of img2pose on TorchServe, swept over the batching settings.
+
+Against an archive (starts a private TorchServe per batch size x delay x workers setting, on
+free loopback ports, the same launcher the tests use):
+
+    python scripts/benchmark.py --archive model_store/img2pose.mar --out benchmarks/cpu \\
+        [--batch-sizes 1 4 8] [--delays 10 100] [--workers 1] [--concurrency 1 8] \\
+        [--image-sets same mixed] [--requests 24] [--cell-seconds 120]
+
+Against a running server (its batch settings are whatever it was started with; only the client
+side is swept):
+
+    python scripts/benchmark.py --url http://127.0.0.1:8080 --model img2pose --key-file key_file.json ...
+
+Every cell sends ``--requests`` requests (one image each, raw JPEG bodies) from ``concurrency``
+client threads, keeping that many in flight; no request starts after ``--cell-seconds``. A cell
+reports images/s (answered 200s / wall time), latency p50/p95/p99 and the mean forward batch the
+handler ran (from its Img2PoseForwardBatchSize metric; only when the metrics API is reachable).
+
+``--compute-bound`` (with --archive) also times the archive's model in this process (no server) on
+the same images, grouped exactly as the handler groups them, right after each server setting's
+cells, at that batch size and at batch 1. Cells with concurrency >= batch size then get
+``serving_ratio`` (served images/s / in-process images/s at the same batch size) and
+``vs_in_process_batch1`` (served / in-process batch 1): measured minutes apart, plain images/s of
+two settings differ by the CPU's drift (~10% here); these ratios do not.
+
+Outputs in --out: results.csv, results.json (cells, compute bound, machine facts) and
+throughput.png (images/s and p95 latency vs batch size, one line per delay, per image set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "handler")]
+
+from scripts.wait_ready import read_keys  # noqa: E402
+from tests.serving import ServerSettings, start_torchserve, stop_torchserve  # noqa: E402
+
+SAME_SIZE = (640, 480)
+MIXED_SIZES = [(640, 480), (480, 640), (800, 600), (320, 240), (1024, 768), (640, 360)]
+
+
+# --- images ----------------------------------------------------------------------------------------
+
+
+def photo_like(width: int, height: int, seed: int) -> Image.Image:
+    """A deterministic smooth-plus-noise RGB image (JPEG-compressible like a photo, unlike noise)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    phase = rng.uniform(0, 2 * np.pi, size=3)
+    base = np.stack([np.sin(7 * x + 5 * y + p) for p in phase], axis=-1) * 90 + 128
+    pixels = np.clip(base + rng.normal(0, 12, size=base.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def image_set(name: str, count: int) -> list[bytes]:
+    """``count`` JPEGs: "same" all 640x480, "mixed" cycling through MIXED_SIZES."""
+    sizes = [SAME_SIZE] * count if name == "same" else [MIXED_SIZES[i % len(MIXED_SIZES)] for i in range(count)]
+    bodies = []
+    for seed, (width, height) in enumerate(sizes):
+        buffer = io.BytesIO()
+        photo_like(width, height, seed).save(buffer, format="JPEG", quality=90)
+        bodies.append(buffer.getvalue())
+    return bodies
+
+
+# --- one cell: a closed-loop client at a fixed concurrency ------------------------------------------
+
+
+@dataclass
+class Cell:
+    image_set: str
+    batch_size: int
+    max_batch_delay_ms: int
+    workers: int
+    concurrency: int
+    requests: int = 0
+    ok: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    p50_s: float | None = None
+    p95_s: float | None = None
+    p99_s: float | None = None
+    mean_forward_batch: float | None = None
+    in_process_images_per_s: float | None = None  # measured right after this setting's cells
+    serving_ratio: float | None = None  # images_per_s / in-process images/s at this batch size
+    vs_in_process_batch1: float | None = None  # images_per_s / in-process images/s at batch 1
+    error_examples: list[str] = field(default_factory=list)
+
+
+def drive(endpoint: str, token: str, bodies: list[bytes], concurrency: int, total: int,
+          seconds: float) -> tuple[list[tuple[int | None, float, str]], float]:
+    """Send ``total`` requests (cycling through ``bodies``) keeping ``concurrency`` in flight.
+
+    Returns ([(status or None, latency s, error text)], wall seconds from first send to last answer).
+    """
+    lock = threading.Lock()
+    sent = [0]
+    results: list[tuple[int | None, float, str]] = []
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
+    started = time.monotonic()
+    deadline = started + seconds
+
+    def next_body() -> bytes | None:
+        with lock:
+            if sent[0] >= total or time.monotonic() >= deadline:
+                return None
+            sent[0] += 1
+            return bodies[(sent[0] - 1) % len(bodies)]
+
+    def client() -> None:
+        with requests.Session() as session:
+            while (body := next_body()) is not None:
+                t0 = time.monotonic()
+                try:
+                    answer = session.post(endpoint, data=body, headers=headers, timeout=1800)
+                    outcome = (answer.status_code, time.monotonic() - t0,
+                               "" if answer.status_code == 200 else answer.text[:200])
+                except requests.RequestException as error:
+                    outcome = (None, time.monotonic() - t0, f"{type(error).__name__}: {error}"[:200])
+                with lock:
+                    results.append(outcome)
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        for future in [pool.submit(client) for _ in range(concurrency)]:
+            future.result()
+    return results, time.monotonic() - started
+
+
+class ForwardBatchMeter:
+    """Mean images per forward between two reads of the handler's Img2PoseForwardBatchSize metric."""
+
+    def __init__(self, metrics_url: str | None, model: str) -> None:
+        self.url, self.model = metrics_url, model
+
+    def read(self) -> tuple[float, float] | None:
+        if not self.url:
+            return None
+        try:
+            text = requests.get(f"{self.url}/metrics", timeout=10).text
+        except requests.RequestException:
+            return None
+
+        def total(suffix: str) -> float:
+            pattern = rf'^Img2PoseForwardBatchSize_{suffix}\{{[^}}]*ModelName="{re.escape(self.model)}"[^}}]*\}} (\S+)$'
+            return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+        return total("sum"), total("count")
+
+    @staticmethod
+    def mean(before, after) -> float | None:
+        if before is None or after is None or after[1] <= before[1]:
+            return None
+        return round((after[0] - before[0]) / (after[1] - before[1]), 2)
+
+
+def run_cell(cell: Cell, endpoint: str, token: str, bodies: list[bytes], total: int, seconds: float,
+             meter: ForwardBatchMeter) -> Cell:
+    before = meter.read()
+    results, wall = drive(endpoint, token, bodies, cell.concurrency, total, seconds)
+    cell.mean_forward_batch = ForwardBatchMeter.mean(before, meter.read())
+    latencies = [latency for status, latency, _ in results if status == 200]
+    cell.requests, cell.ok, cell.seconds = len(results), len(latencies), round(wall, 2)
+    cell.errors = cell.requests - cell.ok
+    cell.error_examples = sorted({f"{status}: {text}" for status, _, text in results if status != 200})[:5]
+    cell.images_per_s = round(cell.ok / wall, 4) if wall else 0.0
+    if latencies:
+        cell.p50_s, cell.p95_s, cell.p99_s = (round(float(np.percentile(latencies, q)), 3) for q in (50, 95, 99))
+    return cell
+
+
+# --- the compute bound: the same model in this process ---------------------------------------------
+
+
+def load_archive_model(archive: Path, scratch: Path):
+    """The detector an archive serves, built and configured the way the handler does it (CPU)."""
+    import yaml
+
+    from img2pose_serve.detector import build_detector
+    from img2pose_serve.handler_config import HandlerConfig
+
+    with zipfile.ZipFile(archive) as mar:
+        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+        serialized = manifest["model"]["serializedFile"]
+        for name in (serialized, "pose_mean.npy", "pose_stddev.npy"):
+            mar.extract(name, scratch)
+        model_config = yaml.safe_load(mar.read("model-config.yaml")) if "model-config.yaml" in mar.namelist() else {}
+    model = build_detector(scratch / serialized, pose_mean=np.load(scratch / "pose_mean.npy"),
+                           pose_stddev=np.load(scratch / "pose_stddev.npy"), device="cpu")
+    config = HandlerConfig.from_mapping((model_config or {}).get("handler"))
+    model.set_images_per_pass(config.resolved_images_per_pass("cpu"))
+    return model
+
+
+class InProcess:
+    """The archive's model in this process: images/s for a batch size, grouping as the handler does."""
+
+    def __init__(self, archive: Path, sets: dict[str, list[bytes]], images: int, repeats: int) -> None:
+        from img2pose_serve.image_decoding import decode_image, image_to_tensor
+
+        with tempfile.TemporaryDirectory() as scratch:
+            self.model = load_archive_model(archive, Path(scratch))
+        self.tensors = {name: [image_to_tensor(decode_image(body, 10**9)) for body in bodies[:images]]
+                        for name, bodies in sets.items()}
+        self.repeats = repeats
+        self.model.detect(next(iter(self.tensors.values()))[:1])  # warm-up
+
+    def images_per_s(self, image_set: str, batch: int) -> float:
+        from img2pose_serve.batching import plan_forwards
+
+        tensors = self.tensors[image_set]
+        runs = []
+        for _ in range(self.repeats):
+            started = time.perf_counter()
+            for chunk_start in range(0, len(tensors), batch):  # requests arrive batch by batch
+                chunk = tensors[chunk_start:chunk_start + batch]
+                for group in plan_forwards([tuple(t.shape[-2:]) for t in chunk], batch):
+                    self.model.detect([chunk[i] for i in group])
+            runs.append(len(tensors) / (time.perf_counter() - started))
+        return round(statistics.median(runs), 4)
+
+
+def measure_in_process(in_process: InProcess | None, cells: list[Cell], bound: dict) -> None:
+    """Time the model in-process right after a server setting's cells (same minutes, same machine
+    state: this CPU's speed drifts by ~10% over a sweep) and attach the ratios to those cells.
+
+    ``serving_ratio``: served / in-process at the cell's batch size; ``vs_in_process_batch1``:
+    served / in-process at batch 1, which makes cells of different settings comparable.
+    """
+    if in_process is None:
+        return
+    for image_set in sorted({c.image_set for c in cells}):
+        batch = cells[0].batch_size
+        same_batch = in_process.images_per_s(image_set, batch)
+        batch1 = same_batch if batch == 1 else in_process.images_per_s(image_set, 1)
+        bound.setdefault(image_set, {}).setdefault(batch, []).append(same_batch)
+        for cell in cells:
+            if cell.image_set == image_set and cell.concurrency >= cell.batch_size:
+                cell.in_process_images_per_s = same_batch
+                cell.serving_ratio = round(cell.images_per_s / same_batch, 3)
+                cell.vs_in_process_batch1 = round(cell.images_per_s / batch1, 3)
+
+
+# --- servers ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    endpoint: str
+    token: str
+    meter: ForwardBatchMeter
+
+
+def sweep_archive(args, sets: dict[str, list[bytes]], bar: tqdm, in_process: InProcess | None,
+                  bound: dict) -> list[Cell]:
+    cells = []
+    archive = args.archive.resolve()
+    for workers in args.workers:
+        for batch_size in args.batch_sizes:
+            for delay in args.delays:
+                settings = ServerSettings(batch_size=batch_size, max_batch_delay_ms=delay, workers=workers)
+                with tempfile.TemporaryDirectory(prefix="img2pose-bench-") as workdir:
+                    server = start_torchserve(Path(workdir), archive.parent, {args.model: archive},
+                                              primary=args.model, settings=settings)
+                    try:
+                        target = Target(f"{server.inference_url}/predictions/{args.model}", server.inference_key,
+                                        ForwardBatchMeter(server.metrics_url, args.model))
+                        setting_cells = sweep_clients(args, sets, target, batch_size, delay, workers, bar)
+                    finally:
+                        stop_torchserve(server)
+                measure_in_process(in_process, setting_cells, bound)
+                cells += setting_cells
+    return cells
+
+
+def sweep_running(args, sets: dict[str, list[bytes]], bar: tqdm) -> list[Cell]:
+    token = args.token or read_keys(Path(args.key_file))["inference"]
+    management_key = None if args.token else read_keys(Path(args.key_file)).get("management")
+    described = requests.get(f"{args.management_url}/models/{args.model}", timeout=30,
+                             headers={"Authorization": f"Bearer {management_key}"} if management_key else {})
+    described.raise_for_status()
+    model = described.json()[0]
+    target = Target(f"{args.url.rstrip('/')}/predictions/{args.model}", token,
+                    ForwardBatchMeter(args.metrics_url, args.model))
+    return sweep_clients(args, sets, target, model["batchSize"], model["maxBatchDelay"], len(model["workers"]), bar)
+
+
+def sweep_clients(args, sets, target: Target, batch_size: int, delay: int, workers: int, bar: tqdm) -> list[Cell]:
+    warm = drive(target.endpoint, target.token, sets[args.image_sets[0]][:1], 1, 1, 600)[0]
+    if warm[0][0] != 200:
+        raise SystemExit(f"benchmark.py: the warm-up request failed: {warm[0]}")
+    cells = []
+    for name in args.image_sets:
+        for concurrency in args.concurrency:
+            cell = Cell(name, batch_size, delay, workers, concurrency)
+            bar.set_postfix_str(f"{name} batch={batch_size} delay={delay} workers={workers} conc={concurrency}")
+            cells.append(run_cell(cell, target.endpoint, target.token, sets[name], args.requests,
+                                  args.cell_seconds, target.meter))
+            bar.update(1)
+    return cells
+
+
+# --- reports ---------------------------------------------------------------------------------------
+
+
+def machine_facts() -> dict:
+    import torch
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version()}
+
+
+def write_reports(out: Path, cells: list[Cell], bound: dict, args) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    columns = [name for name in Cell.__dataclass_fields__ if name != "error_examples"]
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(asdict(cell) for cell in cells)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("token",)}
+    (out / "results.json").write_text(json.dumps(
+        {"machine": machine_facts(), "settings": settings, "compute_bound_images_per_s": bound,
+         "cells": [asdict(cell) for cell in cells]}, indent=2) + "\n")
+    plot(out / "throughput.png", cells, bound)
+
+
+def plot(path: Path, cells: list[Cell], bound: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = sorted({c.image_set for c in cells})
+    busiest = max(c.concurrency for c in cells)
+    fig, axes = plt.subplots(2, len(sets), figsize=(6 * len(sets), 7), squeeze=False, sharex=True)
+    for column, name in enumerate(sets):
+        for delay in sorted({c.max_batch_delay_ms for c in cells}):
+            for workers in sorted({c.workers for c in cells}):
+                line = sorted((c for c in cells if (c.image_set, c.max_batch_delay_ms, c.workers, c.concurrency)
+                               == (name, delay, workers, busiest)), key=lambda c: c.batch_size)
+                if not line:
+                    continue
+                label = f"delay {delay} ms" + (f", {workers} workers" if workers > 1 else "")
+                xs = [c.batch_size for c in line]
+                axes[0][column].plot(xs, [c.images_per_s for c in line], marker="o", label=label)
+                axes[1][column].plot(xs, [c.p95_s for c in line], marker="o", label=label)
+        if bound.get(name):
+            batches = sorted(bound[name])
+            axes[0][column].plot(batches, [bound[name][b] for b in batches], "k--", marker="x",
+                                 label="in-process (compute bound)")
+        axes[0][column].set_title(f"{name}-size images, concurrency {busiest}")
+        axes[0][column].set_ylabel("images/s")
+        axes[1][column].set_ylabel("p95 latency (s)")
+        axes[1][column].set_xlabel("batchSize")
+        for row in (0, 1):
+            axes[row][column].set_ylim(bottom=0)
+            axes[row][column].grid(alpha=0.3)
+            axes[row][column].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def table(cells: list[Cell]) -> str:
+    def shown(value) -> str:
+        return "-" if value is None else str(value)
+
+    header = "set    batch delay workers conc  img/s    p50 s   p95 s   p99 s  fwd-batch ratio vs-b1 errors"
+    rows = [header]
+    for c in cells:
+        rows.append(f"{c.image_set:6} {c.batch_size:5} {c.max_batch_delay_ms:5} {c.workers:7} {c.concurrency:4} "
+                    f"{c.images_per_s:6.3f} {c.p50_s or 0:7.2f} {c.p95_s or 0:7.2f} {c.p99_s or 0:7.2f} "
+                    f"{shown(c.mean_forward_batch):>9} {shown(c.serving_ratio):>5} {shown(c.vs_in_process_batch1):>5} "
+                    f"{c.errors:6}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--archive", type=Path, help="a .mar: start a private TorchServe per setting")
+    source.add_argument("--url", help="a running server's inference URL (batch settings as started)")
+    parser.add_argument("--management-url", default="http://127.0.0.1:8081")
+    parser.add_argument("--metrics-url", default="http://127.0.0.1:8082")
+    parser.add_argument("--token", help="inference key of a running server")
+    parser.add_argument("--key-file", default="key_file.json", help="a running server's key_file.json")
+    parser.add_argument("--model", default="img2pose")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--delays", type=int, nargs="+", default=[10, 100], help="maxBatchDelay values (ms)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--image-sets", nargs="+", choices=["same", "mixed"], default=["same", "mixed"])
+    parser.add_argument("--requests", type=int, default=24, help="requests per cell")
+    parser.add_argument("--cell-seconds", type=float, default=120.0, help="no request starts later in a cell")
+    parser.add_argument("--compute-bound", action="store_true", help="also time the model in-process (--archive)")
+    parser.add_argument("--repeats", type=int, default=1, help="in-process timing repeats (median)")
+    parser.add_argument("--in-process-images", type=int, default=8, help="images per in-process measurement")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks") / "local")
+    args = parser.parse_args(argv)
+    if args.compute_bound and not args.archive:
+        parser.error("--compute-bound needs --archive (the model is loaded from it)")
+
+    sets = {name: image_set(name, max(args.requests, 2 * max(args.batch_sizes))) for name in args.image_sets}
+    settings_count = (len(args.workers) * len(args.batch_sizes) * len(args.delays)) if args.archive else 1
+    in_process = InProcess(args.archive, sets, args.in_process_images, args.repeats) if args.compute_bound else None
+    measured: dict[str, dict[int, list[float]]] = {}
+    with tqdm(total=settings_count * len(args.image_sets) * len(args.concurrency), unit="cell") as bar:
+        if args.archive:
+            cells = sweep_archive(args, sets, bar, in_process, measured)
+        else:
+            cells = sweep_running(args, sets, bar)
+    bound = {name: {batch: round(statistics.median(v), 4) for batch, v in sorted(by_batch.items())}
+             for name, by_batch in measured.items()}
+    write_reports(args.out, cells, bound, args)
+    print(table(cells))
+    if bound:
+        print("in-process images/s:", json.dumps(bound))
+    print(f"wrote {args.out}/results.csv, results.json, throughput.png")
+    return 1 if any(c.errors for c in cells) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

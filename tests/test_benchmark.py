@@ -1,0 +1,53 @@
+"""scripts/benchmark.py: the helpers without a server, and one tiny sweep against the session's TorchServe."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from scripts import benchmark
+
+
+def test_image_sets_are_deterministic_jpegs_of_the_promised_sizes():
+    same, mixed = benchmark.image_set("same", 3), benchmark.image_set("mixed", 7)
+    assert {Image.open(io.BytesIO(body)).size for body in same} == {benchmark.SAME_SIZE}
+    assert [Image.open(io.BytesIO(body)).size for body in mixed] == (benchmark.MIXED_SIZES + benchmark.MIXED_SIZES)[:7]
+    assert benchmark.image_set("mixed", 7) == mixed
+
+
+class FakeInProcess:
+    def images_per_s(self, image_set: str, batch: int) -> float:
+        return {1: 0.8, 8: 1.0}[batch]
+
+
+def test_in_process_ratios_only_where_the_batch_can_fill():
+    cells = [benchmark.Cell("same", 8, 100, 1, 8, images_per_s=0.9), benchmark.Cell("same", 8, 100, 1, 1, images_per_s=0.5)]
+    bound: dict = {}
+    benchmark.measure_in_process(FakeInProcess(), cells, bound)
+    assert [(c.serving_ratio, c.vs_in_process_batch1) for c in cells] == [(0.9, 1.125), (None, None)]
+    assert bound == {"same": {8: [1.0]}}
+
+
+@pytest.mark.server
+def test_sweep_against_a_running_server_writes_every_report(torchserve_server, tmp_path):
+    exit_code = benchmark.main([
+        "--url", torchserve_server.inference_url, "--management-url", torchserve_server.management_url,
+        "--metrics-url", torchserve_server.metrics_url, "--key-file", str(torchserve_server.workdir / "key_file.json"),
+        "--model", "img2pose_demo", "--concurrency", "2", "--requests", "2", "--image-sets", "same",
+        "--out", str(tmp_path),
+    ])
+    assert exit_code == 0
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["image_set"], row["concurrency"], row["requests"], row["ok"], row["errors"]) == ("same", "2", "2", "2", "0")
+    assert int(row["batch_size"]) == torchserve_server.describe("img2pose_demo")[0]["batchSize"]
+    assert float(row["images_per_s"]) > 0 and float(row["p95_s"]) >= float(row["p50_s"]) > 0
+    assert float(row["mean_forward_batch"]) >= 1.0  # read from the handler's Prometheus metric
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["cells"][0]["ok"] == 2 and report["machine"]["cores"] >= 1
+    assert (tmp_path / "throughput.png").stat().st_size > 1000
