@@ -1,29 +1,30 @@
 #!/usr/bin/env python3
 """Throughput and latency of img2pose on TorchServe, swept over the batching settings.
 
-Against an archive (starts a private TorchServe per batch size x delay x workers setting, on
-free loopback ports, the same launcher the tests use):
+Against an archive (starts a private TorchServe per batch size x delay x workers setting, all side
+by side on free loopback ports, with the launcher the tests use; each holds a model copy):
 
     python scripts/benchmark.py --archive model_store/img2pose.mar --out benchmarks/cpu \\
         [--batch-sizes 1 4 8] [--delays 10 100] [--workers 1] [--concurrency 1 8] \\
-        [--image-sets same mixed] [--requests 24] [--cell-seconds 120]
+        [--image-sets same mixed] [--requests 16] [--rounds 2] [--compute-bound]
 
 Against a running server (its batch settings are whatever it was started with; only the client
 side is swept):
 
     python scripts/benchmark.py --url http://127.0.0.1:8080 --model img2pose --key-file key_file.json ...
 
-Every cell sends ``--requests`` requests (one image each, raw JPEG bodies) from ``concurrency``
-client threads, keeping that many in flight; no request starts after ``--cell-seconds``. A cell
-reports images/s (answered 200s / wall time), latency p50/p95/p99 and the mean forward batch the
-handler ran (from its Img2PoseForwardBatchSize metric; only when the metrics API is reachable).
+Every cell sends ``--requests`` requests per round (one image each, raw JPEG bodies) from
+``concurrency`` client threads, keeping that many in flight; no request starts after
+``--cell-seconds``. The rounds visit every setting in turn (rotating the order), so a slow drift of
+the machine's speed (~10% over a sweep on this shared CPU) hits every setting alike instead of
+whichever ran last. A cell reports images/s (answered 200s / wall time, over all rounds), latency
+p50/p95/p99 and the mean forward batch the handler ran (from its Img2PoseForwardBatchSize metric).
 
 ``--compute-bound`` (with --archive) also times the archive's model in this process (no server) on
-the same images, grouped exactly as the handler groups them, right after each server setting's
-cells, at that batch size and at batch 1. Cells with concurrency >= batch size then get
+the same images, grouped exactly as the handler groups them, once per round at every swept batch
+size and at batch 1 (median over rounds). Cells whose concurrency can fill their batch then get
 ``serving_ratio`` (served images/s / in-process images/s at the same batch size) and
-``vs_in_process_batch1`` (served / in-process batch 1): measured minutes apart, plain images/s of
-two settings differ by the CPU's drift (~10% here); these ratios do not.
+``vs_in_process_batch1`` (served / in-process at batch 1).
 
 Outputs in --out: results.csv, results.json (cells, compute bound, machine facts) and
 throughput.png (images/s and p95 latency vs batch size, one line per delay, per image set).
@@ -106,10 +107,12 @@ class Cell:
     p95_s: float | None = None
     p99_s: float | None = None
     mean_forward_batch: float | None = None
-    in_process_images_per_s: float | None = None  # measured right after this setting's cells
+    in_process_images_per_s: float | None = None  # median over the rounds (see measure_in_process)
     serving_ratio: float | None = None  # images_per_s / in-process images/s at this batch size
     vs_in_process_batch1: float | None = None  # images_per_s / in-process images/s at batch 1
     error_examples: list[str] = field(default_factory=list)
+    latencies_s: list[float] = field(default_factory=list)  # every answered 200, all rounds
+    forward_batch_totals: tuple[float, float] = (0.0, 0.0)  # (images, forwards) from the metric
 
 
 def drive(endpoint: str, token: str, bodies: list[bytes], concurrency: int, total: int,
@@ -180,16 +183,26 @@ class ForwardBatchMeter:
 
 def run_cell(cell: Cell, endpoint: str, token: str, bodies: list[bytes], total: int, seconds: float,
              meter: ForwardBatchMeter) -> Cell:
+    """Drive one round of ``cell`` and add it to what earlier rounds measured."""
     before = meter.read()
     results, wall = drive(endpoint, token, bodies, cell.concurrency, total, seconds)
-    cell.mean_forward_batch = ForwardBatchMeter.mean(before, meter.read())
-    latencies = [latency for status, latency, _ in results if status == 200]
-    cell.requests, cell.ok, cell.seconds = len(results), len(latencies), round(wall, 2)
+    after = meter.read()
+    if before is not None and after is not None:
+        images, forwards = cell.forward_batch_totals
+        cell.forward_batch_totals = (images + after[0] - before[0], forwards + after[1] - before[1])
+        cell.mean_forward_batch = (round(cell.forward_batch_totals[0] / cell.forward_batch_totals[1], 2)
+                                   if cell.forward_batch_totals[1] else None)
+    cell.latencies_s += [round(latency, 4) for status, latency, _ in results if status == 200]
+    cell.requests += len(results)
+    cell.ok = len(cell.latencies_s)
     cell.errors = cell.requests - cell.ok
-    cell.error_examples = sorted({f"{status}: {text}" for status, _, text in results if status != 200})[:5]
-    cell.images_per_s = round(cell.ok / wall, 4) if wall else 0.0
-    if latencies:
-        cell.p50_s, cell.p95_s, cell.p99_s = (round(float(np.percentile(latencies, q)), 3) for q in (50, 95, 99))
+    cell.seconds = round(cell.seconds + wall, 2)
+    cell.error_examples = sorted(set(cell.error_examples)
+                                 | {f"{status}: {text}" for status, _, text in results if status != 200})[:5]
+    cell.images_per_s = round(cell.ok / cell.seconds, 4) if cell.seconds else 0.0
+    if cell.latencies_s:
+        cell.p50_s, cell.p95_s, cell.p99_s = (round(float(np.percentile(cell.latencies_s, q)), 3)
+                                              for q in (50, 95, 99))
     return cell
 
 
@@ -244,25 +257,24 @@ class InProcess:
         return round(statistics.median(runs), 4)
 
 
-def measure_in_process(in_process: InProcess | None, cells: list[Cell], bound: dict) -> None:
-    """Time the model in-process right after a server setting's cells (same minutes, same machine
-    state: this CPU's speed drifts by ~10% over a sweep) and attach the ratios to those cells.
+def measure_in_process(in_process: InProcess, image_sets: list[str], batch_sizes: list[int],
+                       measured: dict[str, dict[int, list[float]]]) -> None:
+    """One in-process timing per image set and batch size (and batch 1), added to ``measured``."""
+    for image_set in image_sets:
+        for batch in sorted({1, *batch_sizes}):
+            measured.setdefault(image_set, {}).setdefault(batch, []).append(in_process.images_per_s(image_set, batch))
 
-    ``serving_ratio``: served / in-process at the cell's batch size; ``vs_in_process_batch1``:
-    served / in-process at batch 1, which makes cells of different settings comparable.
-    """
-    if in_process is None:
-        return
-    for image_set in sorted({c.image_set for c in cells}):
-        batch = cells[0].batch_size
-        same_batch = in_process.images_per_s(image_set, batch)
-        batch1 = same_batch if batch == 1 else in_process.images_per_s(image_set, 1)
-        bound.setdefault(image_set, {}).setdefault(batch, []).append(same_batch)
-        for cell in cells:
-            if cell.image_set == image_set and cell.concurrency >= cell.batch_size:
-                cell.in_process_images_per_s = same_batch
-                cell.serving_ratio = round(cell.images_per_s / same_batch, 3)
-                cell.vs_in_process_batch1 = round(cell.images_per_s / batch1, 3)
+
+def attach_ratios(cells: list[Cell], bound: dict[str, dict[int, float]]) -> None:
+    """``serving_ratio``: served / in-process at the cell's batch size; ``vs_in_process_batch1``:
+    served / in-process at batch 1. Only for cells whose concurrency can fill the batch."""
+    for cell in cells:
+        by_batch = bound.get(cell.image_set, {})
+        if cell.batch_size in by_batch and cell.concurrency >= cell.batch_size:
+            cell.in_process_images_per_s = by_batch[cell.batch_size]
+            cell.serving_ratio = round(cell.images_per_s / by_batch[cell.batch_size], 3)
+            if 1 in by_batch:
+                cell.vs_in_process_batch1 = round(cell.images_per_s / by_batch[1], 3)
 
 
 # --- servers ---------------------------------------------------------------------------------------
@@ -276,25 +288,49 @@ class Target:
 
 
 def sweep_archive(args, sets: dict[str, list[bytes]], bar: tqdm, in_process: InProcess | None,
-                  bound: dict) -> list[Cell]:
-    cells = []
+                  measured: dict) -> list[Cell]:
+    """All settings' servers run side by side; each round visits every setting (in rotated order),
+    then times the model in-process, so slow drifts of the machine hit every setting alike."""
     archive = args.archive.resolve()
-    for workers in args.workers:
-        for batch_size in args.batch_sizes:
-            for delay in args.delays:
-                settings = ServerSettings(batch_size=batch_size, max_batch_delay_ms=delay, workers=workers)
-                with tempfile.TemporaryDirectory(prefix="img2pose-bench-") as workdir:
-                    server = start_torchserve(Path(workdir), archive.parent, {args.model: archive},
-                                              primary=args.model, settings=settings)
-                    try:
-                        target = Target(f"{server.inference_url}/predictions/{args.model}", server.inference_key,
-                                        ForwardBatchMeter(server.metrics_url, args.model))
-                        setting_cells = sweep_clients(args, sets, target, batch_size, delay, workers, bar)
-                    finally:
-                        stop_torchserve(server)
-                measure_in_process(in_process, setting_cells, bound)
-                cells += setting_cells
-    return cells
+    grid = [ServerSettings(batch_size=b, max_batch_delay_ms=d, workers=w)
+            for w in args.workers for b in args.batch_sizes for d in args.delays]
+    with tempfile.TemporaryDirectory(prefix="img2pose-bench-") as workdir:
+        servers = []
+        try:
+            for n, settings in enumerate(tqdm(grid, desc="starting servers", unit="server", leave=False)):
+                servers.append(start_torchserve(Path(workdir) / str(n), archive.parent, {args.model: archive},
+                                                primary=args.model, settings=settings))
+            targets = [Target(f"{server.inference_url}/predictions/{args.model}", server.inference_key,
+                              ForwardBatchMeter(server.metrics_url, args.model)) for server in servers]
+            for target in targets:
+                warm_up(target, sets[args.image_sets[0]])
+            cells = {n: new_cells(args, settings) for n, settings in enumerate(grid)}
+            for round_ in range(args.rounds):
+                for n in [(round_ + k) % len(grid) for k in range(len(grid))]:
+                    for cell in cells[n]:
+                        bar.set_postfix_str(f"round {round_ + 1} {cell.image_set} batch={cell.batch_size} "
+                                            f"delay={cell.max_batch_delay_ms} workers={cell.workers} "
+                                            f"conc={cell.concurrency}")
+                        run_cell(cell, targets[n].endpoint, targets[n].token, sets[cell.image_set],
+                                 args.requests, args.cell_seconds, targets[n].meter)
+                        bar.update(1)
+                if in_process is not None:
+                    measure_in_process(in_process, args.image_sets, args.batch_sizes, measured)
+        finally:
+            for server in servers:
+                stop_torchserve(server)
+    return [cell for n in range(len(grid)) for cell in cells[n]]
+
+
+def new_cells(args, settings: ServerSettings) -> list[Cell]:
+    return [Cell(name, settings.batch_size, settings.max_batch_delay_ms, settings.workers, concurrency)
+            for name in args.image_sets for concurrency in args.concurrency]
+
+
+def warm_up(target: Target, bodies: list[bytes]) -> None:
+    results, _ = drive(target.endpoint, target.token, bodies[:1], 1, 1, 600)
+    if results[0][0] != 200:
+        raise SystemExit(f"benchmark.py: the warm-up request failed: {results[0]}")
 
 
 def sweep_running(args, sets: dict[str, list[bytes]], bar: tqdm) -> list[Cell]:
@@ -310,16 +346,13 @@ def sweep_running(args, sets: dict[str, list[bytes]], bar: tqdm) -> list[Cell]:
 
 
 def sweep_clients(args, sets, target: Target, batch_size: int, delay: int, workers: int, bar: tqdm) -> list[Cell]:
-    warm = drive(target.endpoint, target.token, sets[args.image_sets[0]][:1], 1, 1, 600)[0]
-    if warm[0][0] != 200:
-        raise SystemExit(f"benchmark.py: the warm-up request failed: {warm[0]}")
-    cells = []
-    for name in args.image_sets:
-        for concurrency in args.concurrency:
-            cell = Cell(name, batch_size, delay, workers, concurrency)
-            bar.set_postfix_str(f"{name} batch={batch_size} delay={delay} workers={workers} conc={concurrency}")
-            cells.append(run_cell(cell, target.endpoint, target.token, sets[name], args.requests,
-                                  args.cell_seconds, target.meter))
+    warm_up(target, sets[args.image_sets[0]])
+    cells = new_cells(args, ServerSettings(batch_size=batch_size, max_batch_delay_ms=delay, workers=workers))
+    for round_ in range(args.rounds):
+        for cell in cells:
+            bar.set_postfix_str(f"round {round_ + 1} {cell.image_set} conc={cell.concurrency}")
+            run_cell(cell, target.endpoint, target.token, sets[cell.image_set], args.requests, args.cell_seconds,
+                     target.meter)
             bar.update(1)
     return cells
 
@@ -338,7 +371,8 @@ def machine_facts() -> dict:
 
 def write_reports(out: Path, cells: list[Cell], bound: dict, args) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    columns = [name for name in Cell.__dataclass_fields__ if name != "error_examples"]
+    columns = [name for name in Cell.__dataclass_fields__
+               if name not in ("error_examples", "latencies_s", "forward_batch_totals")]
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -416,10 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--image-sets", nargs="+", choices=["same", "mixed"], default=["same", "mixed"])
-    parser.add_argument("--requests", type=int, default=24, help="requests per cell")
+    parser.add_argument("--requests", type=int, default=16, help="requests per cell and round")
+    parser.add_argument("--rounds", type=int, default=2, help="times every cell is visited, interleaved")
     parser.add_argument("--cell-seconds", type=float, default=120.0, help="no request starts later in a cell")
     parser.add_argument("--compute-bound", action="store_true", help="also time the model in-process (--archive)")
-    parser.add_argument("--repeats", type=int, default=1, help="in-process timing repeats (median)")
+    parser.add_argument("--repeats", type=int, default=1, help="in-process timings per round (median)")
     parser.add_argument("--in-process-images", type=int, default=8, help="images per in-process measurement")
     parser.add_argument("--out", type=Path, default=Path("benchmarks") / "local")
     args = parser.parse_args(argv)
@@ -430,13 +465,14 @@ def main(argv: list[str] | None = None) -> int:
     settings_count = (len(args.workers) * len(args.batch_sizes) * len(args.delays)) if args.archive else 1
     in_process = InProcess(args.archive, sets, args.in_process_images, args.repeats) if args.compute_bound else None
     measured: dict[str, dict[int, list[float]]] = {}
-    with tqdm(total=settings_count * len(args.image_sets) * len(args.concurrency), unit="cell") as bar:
+    with tqdm(total=args.rounds * settings_count * len(args.image_sets) * len(args.concurrency), unit="cell") as bar:
         if args.archive:
             cells = sweep_archive(args, sets, bar, in_process, measured)
         else:
             cells = sweep_running(args, sets, bar)
     bound = {name: {batch: round(statistics.median(v), 4) for batch, v in sorted(by_batch.items())}
              for name, by_batch in measured.items()}
+    attach_ratios(cells, bound)
     write_reports(args.out, cells, bound, args)
     print(table(cells))
     if bound:

@@ -84,6 +84,9 @@ def write_config(path: Path, *, ports: tuple[int, int, int], model_store: Path, 
         "metrics_mode=prometheus",
         f"metrics_config={metrics_config}",
         "model_metrics_auto_detect=false",
+        # The frontend otherwise starts a Python process every minute to sample system metrics:
+        # CPU taken from the model on a small machine, and noise in the benchmark's figures.
+        "disable_system_metrics=true",
     ]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -25,11 +25,12 @@ class FakeInProcess:
 
 
 def test_in_process_ratios_only_where_the_batch_can_fill():
+    measured: dict = {}
+    benchmark.measure_in_process(FakeInProcess(), ["same"], [8], measured)
+    assert measured == {"same": {1: [0.8], 8: [1.0]}}
     cells = [benchmark.Cell("same", 8, 100, 1, 8, images_per_s=0.9), benchmark.Cell("same", 8, 100, 1, 1, images_per_s=0.5)]
-    bound: dict = {}
-    benchmark.measure_in_process(FakeInProcess(), cells, bound)
+    benchmark.attach_ratios(cells, {"same": {1: 0.8, 8: 1.0}})
     assert [(c.serving_ratio, c.vs_in_process_batch1) for c in cells] == [(0.9, 1.125), (None, None)]
-    assert bound == {"same": {8: [1.0]}}
 
 
 @pytest.mark.server
@@ -37,7 +38,7 @@ def test_sweep_against_a_running_server_writes_every_report(torchserve_server, t
     exit_code = benchmark.main([
         "--url", torchserve_server.inference_url, "--management-url", torchserve_server.management_url,
         "--metrics-url", torchserve_server.metrics_url, "--key-file", str(torchserve_server.workdir / "key_file.json"),
-        "--model", "img2pose_demo", "--concurrency", "2", "--requests", "2", "--image-sets", "same",
+        "--model", "img2pose_demo", "--concurrency", "2", "--requests", "2", "--rounds", "1", "--image-sets", "same",
         "--out", str(tmp_path),
     ])
     assert exit_code == 0
