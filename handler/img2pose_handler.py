@@ -65,13 +65,15 @@ class Img2PoseHandler(BaseHandler):
             device=self.device,
             points_68=self.points_68,
         )
-        self.model.set_images_per_pass(self.config.resolved_images_per_pass(self.device.type))
+        images_per_pass = self.config.resolved_images_per_pass(self.device.type)
+        self.model.set_images_per_pass(images_per_pass)
         self.defaults = DetectionParams(self.config.score_threshold, self.config.max_faces)
         self.decode_pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="img2pose-decode")
         self.initialized = True
 
         logger.info("img2pose loaded on %s (%d torch threads, %s images per pass) from %s (pose stats: %s; %s)",
-                    self.device, torch.get_num_threads(), self.model.backbone.images_per_pass or "all", checkpoint.name, self.archive_info.get("pose_stats_source"), self.config)
+                    self.device, torch.get_num_threads(), images_per_pass or "all", checkpoint.name,
+                    self.archive_info.get("pose_stats_source"), self.config)
         if self.is_demo:
             logger.warning(DEMO_NOTICE)
 

@@ -57,6 +57,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "handler")]
 
+from scripts.measure_forward import photo_like  # noqa: E402
 from scripts.wait_ready import read_keys  # noqa: E402
 from tests.serving import ServerSettings, start_torchserve, stop_torchserve  # noqa: E402
 
@@ -67,23 +68,14 @@ MIXED_SIZES = [(640, 480), (480, 640), (800, 600), (320, 240), (1024, 768), (640
 # --- images ----------------------------------------------------------------------------------------
 
 
-def photo_like(width: int, height: int, seed: int) -> Image.Image:
-    """A deterministic smooth-plus-noise RGB image (JPEG-compressible like a photo, unlike noise)."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width] / max(width, height)
-    phase = rng.uniform(0, 2 * np.pi, size=3)
-    base = np.stack([np.sin(7 * x + 5 * y + p) for p in phase], axis=-1) * 90 + 128
-    pixels = np.clip(base + rng.normal(0, 12, size=base.shape), 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels)
-
-
 def image_set(name: str, count: int) -> list[bytes]:
     """``count`` JPEGs: "same" all 640x480, "mixed" cycling through MIXED_SIZES."""
     sizes = [SAME_SIZE] * count if name == "same" else [MIXED_SIZES[i % len(MIXED_SIZES)] for i in range(count)]
     bodies = []
     for seed, (width, height) in enumerate(sizes):
         buffer = io.BytesIO()
-        photo_like(width, height, seed).save(buffer, format="JPEG", quality=90)
+        pixels = np.round(photo_like(width, height, seed).transpose(1, 2, 0) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
         bodies.append(buffer.getvalue())
     return bodies
 
@@ -155,7 +147,7 @@ def drive(endpoint: str, token: str, bodies: list[bytes], concurrency: int, tota
 
 
 class ForwardBatchMeter:
-    """Mean images per forward between two reads of the handler's Img2PoseForwardBatchSize metric."""
+    """Reads (images, forwards) so far from the handler's Img2PoseForwardBatchSize metric."""
 
     def __init__(self, metrics_url: str | None, model: str) -> None:
         self.url, self.model = metrics_url, model
@@ -173,12 +165,6 @@ class ForwardBatchMeter:
             return sum(float(v) for v in re.findall(pattern, text, re.M))
 
         return total("sum"), total("count")
-
-    @staticmethod
-    def mean(before, after) -> float | None:
-        if before is None or after is None or after[1] <= before[1]:
-            return None
-        return round((after[0] - before[0]) / (after[1] - before[1]), 2)
 
 
 def run_cell(cell: Cell, endpoint: str, token: str, bodies: list[bytes], total: int, seconds: float,
@@ -334,8 +320,8 @@ def warm_up(target: Target, bodies: list[bytes]) -> None:
 
 
 def sweep_running(args, sets: dict[str, list[bytes]], bar: tqdm) -> list[Cell]:
-    token = args.token or read_keys(Path(args.key_file))["inference"]
-    management_key = None if args.token else read_keys(Path(args.key_file)).get("management")
+    keys = {} if args.token else read_keys(Path(args.key_file))
+    token, management_key = args.token or keys["inference"], keys.get("management")
     described = requests.get(f"{args.management_url}/models/{args.model}", timeout=30,
                              headers={"Authorization": f"Bearer {management_key}"} if management_key else {})
     described.raise_for_status()

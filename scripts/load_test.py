@@ -44,6 +44,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from scripts.wait_ready import read_keys  # noqa: E402
 from tests.bad_inputs import CASES, BadCase  # noqa: E402
 
 
@@ -157,9 +158,9 @@ def run(args) -> dict:
         check_loopback(urlsplit(url)._replace(netloc=f"{urlsplit(url).hostname}:8081").geturl())
     inference_key, management_key = args.token, None
     if args.key_file:
-        keys = json.loads(Path(args.key_file).read_text())
-        inference_key = inference_key or keys["inference"]["key"]
-        management_key = keys.get("management", {}).get("key")
+        keys = read_keys(args.key_file)
+        inference_key = inference_key or keys["inference"]
+        management_key = keys.get("management")
     if not inference_key:
         raise SystemExit("load_test.py: give --token or --key-file")
     image = Path(args.image).read_bytes() if args.image else default_image()

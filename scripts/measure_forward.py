@@ -26,16 +26,18 @@ from img2pose_serve.detector import build_detector  # noqa: E402
 from img2pose_serve.handler_config import HandlerConfig  # noqa: E402
 
 
-def synthetic_images(count: int, width: int, height: int) -> list[torch.Tensor]:
-    rng = np.random.default_rng(0)
+def photo_like(width: int, height: int, seed: int) -> np.ndarray:
+    """A deterministic smooth-plus-noise RGB image, float32 CHW in [0, 1] (compresses like a photo)."""
+    rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width] / max(width, height)
-    images = []
-    for _ in range(count):
-        phase = rng.uniform(0, 2 * np.pi, size=3)
-        base = np.stack([np.sin(7 * x + 5 * y + p) for p in phase], axis=0) * 0.35 + 0.5
-        noise = rng.normal(0, 0.05, size=base.shape)
-        images.append(torch.from_numpy(np.clip(base + noise, 0, 1).astype(np.float32)))
-    return images
+    phase = rng.uniform(0, 2 * np.pi, size=3)
+    base = np.stack([np.sin(7 * x + 5 * y + p) for p in phase], axis=0) * 0.35 + 0.5
+    noise = rng.normal(0, 0.05, size=base.shape)
+    return np.clip(base + noise, 0, 1).astype(np.float32)
+
+
+def synthetic_images(count: int, width: int, height: int) -> list[torch.Tensor]:
+    return [torch.from_numpy(photo_like(width, height, seed)) for seed in range(count)]
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
+from scripts.benchmark import ForwardBatchMeter
 from tests.golden_set import GOLDEN, compare_faces, image_names, reference_outputs
 
 pytestmark = [pytest.mark.server,
@@ -59,11 +60,7 @@ def test_served_results_match_the_reference_library(sequential):
 
 
 def _forward_sizes(server) -> tuple[float, float]:
-    text = server.metrics()
-    def value(suffix):
-        found = re.findall(rf'^Img2PoseForwardBatchSize_{suffix}\{{[^}}]*ModelName="img2pose"[^}}]*\}} ([0-9.eE+]+)$', text, re.M)
-        return sum(float(v) for v in found)
-    return value("sum"), value("count")
+    return ForwardBatchMeter(server.metrics_url, server.model_name).read()
 
 
 def test_concurrent_requests_batch_and_equal_sequential_exactly(torchserve_server, sequential):
