@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from img2pose_serve.image_decoding import decode_many
-from img2pose_serve.request_parsing import DetectionParams, RequestError, parse_request
+from img2pose_serve.errors import RequestError
+from img2pose_serve.request_parsing import DetectionParams, parse_request
 from tests.bad_inputs import CASES, BadCase
 from tests.golden_set import GOLDEN
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageFile
 
 from img2pose_serve.image_decoding import decode_image, decode_many, image_to_tensor
-from img2pose_serve.request_parsing import RequestError
+from img2pose_serve.errors import RequestError
 
 LIMIT = 10_000_000
 

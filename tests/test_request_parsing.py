@@ -5,12 +5,9 @@ from typing import Any
 
 import pytest
 
-from img2pose_serve.request_parsing import (
-    DetectionParams,
-    ParsedRequest,
-    RequestError,
-    parse_request,
-)
+from img2pose_serve.errors import RequestError
+from img2pose_serve.handler_config import HandlerConfig
+from img2pose_serve.request_parsing import DetectionParams, ParsedRequest, parse_request
 
 DEFAULTS = DetectionParams(score_threshold=0.5, max_faces=-1)
 JPEG = b"\xff\xd8\xff\xe0fake-jpeg-bytes"
@@ -18,11 +15,17 @@ PNG = b"\x89PNG\r\n\x1a\nfake-png-bytes"
 B64_JPEG = base64.b64encode(JPEG).decode()
 B64_PNG = base64.b64encode(PNG).decode()
 MULTIPART = "multipart/form-data; boundary=----abc"
+PRODUCTION_LIMIT = HandlerConfig().max_images_per_request
+
+
+def parse(row: dict[str, Any], defaults: DetectionParams = DEFAULTS, content_type: str | None = None,
+          max_images_per_request: int = PRODUCTION_LIMIT) -> ParsedRequest:
+    return parse_request(row, defaults, content_type, max_images_per_request=max_images_per_request)
 
 
 def error_of(row: dict[str, Any], content_type: str | None = None, **kwargs: Any) -> RequestError:
     with pytest.raises(RequestError) as info:
-        parse_request(row, DEFAULTS, content_type, **kwargs)
+        parse(row, DEFAULTS, content_type, **kwargs)
     return info.value
 
 
@@ -37,7 +40,9 @@ def test_request_error_to_json() -> None:
 
 
 def test_detection_params_is_frozen() -> None:
-    with pytest.raises(Exception):
+    from dataclasses import FrozenInstanceError
+
+    with pytest.raises(FrozenInstanceError):
         DEFAULTS.max_faces = 3  # type: ignore[misc]
 
 
@@ -48,7 +53,7 @@ def test_detection_params_is_frozen() -> None:
                                           "binary/octet-stream", "IMAGE/PNG; q=1"])
 @pytest.mark.parametrize("key", ["body", "data"])
 def test_raw_body_is_one_image(key: str, content_type: str | None) -> None:
-    parsed = parse_request({key: bytearray(JPEG)}, DEFAULTS, content_type)
+    parsed = parse({key: bytearray(JPEG)}, DEFAULTS, content_type)
     assert parsed == ParsedRequest(images=[JPEG], params=DEFAULTS, many=False)
     assert type(parsed.images[0]) is bytes
 
@@ -80,27 +85,27 @@ def test_text_body_without_content_type_is_415() -> None:
 
 def test_json_single_image_with_params() -> None:
     doc = {"image": B64_JPEG, "score_threshold": 0.3, "max_faces": 10}
-    parsed = parse_request({"body": doc}, DEFAULTS, "application/json")
+    parsed = parse({"body": doc}, DEFAULTS, "application/json")
     assert parsed == ParsedRequest([JPEG], DetectionParams(0.3, 10), many=False)
 
 
 def test_json_images_list_is_many_even_with_one() -> None:
-    parsed = parse_request({"body": {"images": [B64_JPEG]}}, DEFAULTS, "application/json")
+    parsed = parse({"body": {"images": [B64_JPEG]}}, DEFAULTS, "application/json")
     assert parsed == ParsedRequest([JPEG], DEFAULTS, many=True)
-    parsed = parse_request({"body": {"images": [B64_JPEG, B64_PNG]}}, DEFAULTS, None)
+    parsed = parse({"body": {"images": [B64_JPEG, B64_PNG]}}, DEFAULTS, None)
     assert parsed.images == [JPEG, PNG]
     assert parsed.many is True
 
 
 def test_json_params_default_when_absent_or_null() -> None:
-    parsed = parse_request({"body": {"image": B64_JPEG, "max_faces": None}}, DEFAULTS)
+    parsed = parse({"body": {"image": B64_JPEG, "max_faces": None}}, DEFAULTS)
     assert parsed.params == DEFAULTS
 
 
 def test_json_body_as_unparsed_bytes_is_parsed() -> None:
     # Content-Type "application/json; charset=utf-8" is not decoded by TorchServe.
     raw = bytearray(b'{"image": "%s", "max_faces": 2}' % B64_JPEG.encode())
-    parsed = parse_request({"body": raw}, DEFAULTS, "application/json; charset=utf-8")
+    parsed = parse({"body": raw}, DEFAULTS, "application/json; charset=utf-8")
     assert parsed.images == [JPEG]
     assert parsed.params == DetectionParams(0.5, 2)
 
@@ -114,13 +119,13 @@ def test_invalid_json_bytes_are_400() -> None:
 @pytest.mark.parametrize("prefix", ["", "data:image/jpeg;base64,", "DATA:image/png;BASE64,",
                                     "data:;base64,"])
 def test_base64_with_and_without_data_url(prefix: str) -> None:
-    parsed = parse_request({"body": {"image": prefix + B64_JPEG}}, DEFAULTS)
+    parsed = parse({"body": {"image": prefix + B64_JPEG}}, DEFAULTS)
     assert parsed.images == [JPEG]
 
 
 def test_base64_whitespace_and_newlines_are_stripped() -> None:
     wrapped = "\n".join(B64_PNG[i : i + 4] for i in range(0, len(B64_PNG), 4)) + "\r\n "
-    assert parse_request({"body": {"image": wrapped}}, DEFAULTS).images == [PNG]
+    assert parse({"body": {"image": wrapped}}, DEFAULTS).images == [PNG]
 
 
 @pytest.mark.parametrize("bad", ["not base64!!", B64_JPEG.rstrip("=") + "=x", "abc",
@@ -183,7 +188,7 @@ def test_json_body_as_bytes_that_is_a_list_is_400() -> None:
 
 @pytest.mark.parametrize("value, expected", [(0, 0.0), (1, 1.0), (0.25, 0.25), (1.0, 1.0)])
 def test_score_threshold_json_accepted(value: Any, expected: float) -> None:
-    parsed = parse_request({"body": {"image": B64_JPEG, "score_threshold": value}}, DEFAULTS)
+    parsed = parse({"body": {"image": B64_JPEG, "score_threshold": value}}, DEFAULTS)
     assert parsed.params.score_threshold == expected
     assert type(parsed.params.score_threshold) is float
 
@@ -206,7 +211,7 @@ def test_score_threshold_nan_from_json_text_is_400() -> None:
 
 @pytest.mark.parametrize("value, expected", [(-1, -1), (0, 0), (10, 10), (10.0, 10)])
 def test_max_faces_json_accepted(value: Any, expected: int) -> None:
-    parsed = parse_request({"body": {"image": B64_JPEG, "max_faces": value}}, DEFAULTS)
+    parsed = parse({"body": {"image": B64_JPEG, "max_faces": value}}, DEFAULTS)
     assert parsed.params.max_faces == expected
     assert type(parsed.params.max_faces) is int
 
@@ -225,35 +230,35 @@ def test_max_faces_json_rejected(value: Any, shown: str) -> None:
 
 
 def test_multipart_one_file_is_not_many() -> None:
-    parsed = parse_request({"image": bytearray(JPEG)}, DEFAULTS, MULTIPART)
+    parsed = parse({"image": bytearray(JPEG)}, DEFAULTS, MULTIPART)
     assert parsed == ParsedRequest([JPEG], DEFAULTS, many=False)
 
 
 def test_multipart_field_order_kept_and_params_read() -> None:
     row = {"b_second": bytearray(PNG), "score_threshold": bytearray(b"0.7"),
            "a_first": bytearray(JPEG), "max_faces": "10", "z": bytearray(b"xyz")}
-    parsed = parse_request(row, DEFAULTS, MULTIPART)
+    parsed = parse(row, DEFAULTS, MULTIPART)
     assert parsed.images == [PNG, JPEG, b"xyz"]
     assert parsed.params == DetectionParams(0.7, 10)
     assert parsed.many is True
 
 
 def test_errors_name_the_image_the_way_the_client_sent_it() -> None:
-    form = parse_request({"photo": bytearray(JPEG), "comment": bytearray(b"hi")}, DEFAULTS, MULTIPART)
+    form = parse({"photo": bytearray(JPEG), "comment": bytearray(b"hi")}, DEFAULTS, MULTIPART)
     assert [form.error_prefix(n) for n in range(2)] == ["form field 'photo': ", "form field 'comment': "]
-    listed = parse_request({"body": {"images": [B64_JPEG, B64_JPEG]}}, DEFAULTS, "application/json")
+    listed = parse({"body": {"images": [B64_JPEG, B64_JPEG]}}, DEFAULTS, "application/json")
     assert listed.error_prefix(1) == "images[1]: "
-    assert parse_request({"body": bytearray(JPEG)}, DEFAULTS, "image/jpeg").error_prefix(0) == ""
+    assert parse({"body": bytearray(JPEG)}, DEFAULTS, "image/jpeg").error_prefix(0) == ""
 
 
 def test_multipart_without_content_type_header() -> None:
     row = {"file1": bytearray(JPEG), "file2": bytearray(PNG), "max_faces": b"3"}
-    parsed = parse_request(row, DEFAULTS, None)
+    parsed = parse(row, DEFAULTS, None)
     assert parsed == ParsedRequest([JPEG, PNG], DetectionParams(0.5, 3), many=True)
 
 
 def test_multipart_field_named_data_is_an_image() -> None:
-    parsed = parse_request({"data": bytearray(JPEG), "score_threshold": b"0.1"},
+    parsed = parse({"data": bytearray(JPEG), "score_threshold": b"0.1"},
                            DEFAULTS, MULTIPART)
     assert parsed == ParsedRequest([JPEG], DetectionParams(0.1, -1), many=False)
 
@@ -262,7 +267,7 @@ def test_multipart_field_named_data_is_an_image() -> None:
                                             ("5e-1", 0.5), (".5", 0.5)])
 def test_multipart_score_threshold_text_accepted(text: str, expected: float) -> None:
     for value in (text, bytearray(text.encode())):
-        parsed = parse_request({"f": bytearray(JPEG), "score_threshold": value}, DEFAULTS, MULTIPART)
+        parsed = parse({"f": bytearray(JPEG), "score_threshold": value}, DEFAULTS, MULTIPART)
         assert parsed.params.score_threshold == expected
 
 
@@ -276,7 +281,7 @@ def test_multipart_score_threshold_text_rejected(text: str) -> None:
 
 @pytest.mark.parametrize("text, expected", [("10", 10), ("-1", -1), ("0", 0), (" 7\n", 7)])
 def test_multipart_max_faces_text_accepted(text: str, expected: int) -> None:
-    parsed = parse_request({"f": bytearray(JPEG), "max_faces": bytearray(text.encode())},
+    parsed = parse({"f": bytearray(JPEG), "max_faces": bytearray(text.encode())},
                            DEFAULTS, MULTIPART)
     assert parsed.params.max_faces == expected
 
@@ -307,7 +312,7 @@ def test_multipart_text_in_image_field_is_400() -> None:
 
 
 def test_multipart_json_part_param_is_validated() -> None:
-    parsed = parse_request({"f": bytearray(JPEG), "max_faces": 4}, DEFAULTS, MULTIPART)
+    parsed = parse({"f": bytearray(JPEG), "max_faces": 4}, DEFAULTS, MULTIPART)
     assert parsed.params.max_faces == 4
     assert error_of({"f": bytearray(JPEG), "score_threshold": True}, MULTIPART).status == 400
 
@@ -316,7 +321,7 @@ def test_multipart_json_part_param_is_validated() -> None:
 
 
 def test_json_image_cap() -> None:
-    at_cap = parse_request({"body": {"images": [B64_JPEG] * 3}}, DEFAULTS,
+    at_cap = parse({"body": {"images": [B64_JPEG] * 3}}, DEFAULTS,
                            max_images_per_request=3)
     assert len(at_cap.images) == 3
     error = error_of({"body": {"images": [B64_JPEG] * 4}}, max_images_per_request=3)
@@ -324,14 +329,15 @@ def test_json_image_cap() -> None:
     assert "4" in error.message and "limit is 3" in error.message
 
 
-def test_default_cap_is_64() -> None:
-    assert len(parse_request({"body": {"images": [B64_JPEG] * 64}}, DEFAULTS).images) == 64
-    assert error_of({"body": {"images": [B64_JPEG] * 65}}).status == 400
+def test_production_cap_is_the_handler_default() -> None:
+    assert len(parse({"body": {"images": [B64_JPEG] * PRODUCTION_LIMIT}}, DEFAULTS).images) == PRODUCTION_LIMIT
+    error = error_of({"body": {"images": [B64_JPEG] * (PRODUCTION_LIMIT + 1)}})
+    assert error.status == 400 and f"limit is {PRODUCTION_LIMIT}" in error.message
 
 
 def test_multipart_image_cap() -> None:
     row = {f"f{i}": bytearray(JPEG) for i in range(3)}
-    assert len(parse_request(row, DEFAULTS, MULTIPART, max_images_per_request=3).images) == 3
+    assert len(parse(row, DEFAULTS, MULTIPART, max_images_per_request=3).images) == 3
     row["f3"] = bytearray(PNG)
     error = error_of(row, MULTIPART, max_images_per_request=3)
     assert error.status == 400

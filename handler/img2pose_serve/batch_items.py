@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .request_parsing import ParsedRequest, RequestError
+from .errors import RequestError
+from .request_parsing import ParsedRequest
 
 
 @dataclass

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .request_parsing import RequestError
+from .errors import RequestError
 
 __all__ = ["decode_image", "image_to_tensor", "decode_many"]
 

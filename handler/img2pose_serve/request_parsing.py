@@ -34,15 +34,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar
 
-__all__ = [
-    "RequestError",
-    "DetectionParams",
-    "ParsedRequest",
-    "parse_request",
-    "DEFAULT_MAX_IMAGES_PER_REQUEST",
-]
+from .errors import RequestError
 
-DEFAULT_MAX_IMAGES_PER_REQUEST = 64
+__all__ = ["DetectionParams", "ParsedRequest", "parse_request"]
 
 T = TypeVar("T")
 
@@ -68,21 +62,6 @@ _DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
 
 
-class RequestError(Exception):
-    """An error answered to the client: an HTTP status and a message it can act on."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-    def to_json(self) -> dict[str, Any]:
-        return {"error": self.message, "code": self.status}
-
-    def __repr__(self) -> str:
-        return f"RequestError({self.status}, {self.message!r})"
-
-
 @dataclass(frozen=True)
 class DetectionParams:
     score_threshold: float
@@ -106,7 +85,8 @@ def parse_request(
     row: Mapping[str, Any],
     defaults: DetectionParams,
     content_type: str | None = None,
-    max_images_per_request: int = DEFAULT_MAX_IMAGES_PER_REQUEST,
+    *,
+    max_images_per_request: int,
 ) -> ParsedRequest:
     """Parse one request row; raises RequestError (400 / 415) on bad input."""
     mime = _mime_type(content_type)
