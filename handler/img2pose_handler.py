@@ -2,10 +2,11 @@
 
 The data's path through one call of ``handle`` (one batch TorchServe aggregated):
 
-1. ``preprocess``: each request is parsed and its images decoded on its own; a bad request is
-   marked with its error and takes no further part.
-2. ``inference``: all good images go through FasterDoFRCNN, grouped so that every image gets
-   exactly the result it would get alone (see ``img2pose_serve.batching``).
+1. ``preprocess``: each request is parsed and its images' sizes read from their headers; a bad
+   request is marked with its error and takes no further part. Images stay compressed.
+2. ``inference``: the good images go through FasterDoFRCNN in forwards planned so that every image
+   gets exactly the result it would get alone (see ``img2pose_serve.batching``); each forward's
+   images are decoded just before it runs and released right after, so memory follows one forward.
 3. ``postprocess``: predictions become FaceDicts per request; failed requests get their own
    status code and a JSON error body, the others answer 200.
 """
@@ -14,24 +15,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from img2pose_serve import reference_data
-from img2pose_serve.batch_items import BatchImage, RequestState
+from img2pose_serve import archive_layout
+from img2pose_serve.batch_items import BatchImage, RequestState, batch_images, read_request
 from img2pose_serve.batching import plan_forwards
-from img2pose_serve.detector import build_detector
+from img2pose_serve.errors import RequestError, internal_error
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.handler_config import HandlerConfig
-from img2pose_serve.image_decoding import decode_many, image_to_tensor
-from img2pose_serve.request_parsing import DetectionParams, RequestError, parse_request
+from img2pose_serve.image_decoding import decode_tensor
+from img2pose_serve.request_parsing import DetectionParams
 
 logger = logging.getLogger(__name__)
 
@@ -43,38 +42,31 @@ DEMO_NOTICE = (
     "--pose-stddev WIDER_train_pose_stddev_v1.npy`."
 )
 JSON = "application/json"
+Prediction = dict | Exception
 
 
 class Img2PoseHandler(BaseHandler):
     def initialize(self, context) -> None:
         properties = context.system_properties
-        model_dir = Path(properties["model_dir"])
         self.config = HandlerConfig.from_mapping((context.model_yaml_config or {}).get("handler"))
-        self.archive_info = json.loads((model_dir / "archive_info.json").read_text())
-        self.is_demo = bool(self.archive_info.get("demo"))
         self.device = self._select_device(properties.get("gpu_id"))
         if self.config.torch_threads > 0:
             torch.set_num_threads(self.config.torch_threads)
-
-        checkpoint = model_dir / context.manifest["model"]["serializedFile"]
-        self.points_68 = reference_data.points_68()
-        self.model = build_detector(
-            checkpoint,
-            pose_mean=np.load(model_dir / "pose_mean.npy"),
-            pose_stddev=np.load(model_dir / "pose_stddev.npy"),
-            device=self.device,
-            points_68=self.points_68,
-        )
+        try:
+            self.model, self.archive_info = archive_layout.load_detector(Path(properties["model_dir"]), self.device)
+        except archive_layout.ArchiveIntegrityError as error:
+            logger.critical("img2pose refuses to start: %s", error)
+            raise
         images_per_pass = self.config.resolved_images_per_pass(self.device.type)
         self.model.set_images_per_pass(images_per_pass)
         self.defaults = DetectionParams(self.config.score_threshold, self.config.max_faces)
         self.decode_pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="img2pose-decode")
         self.initialized = True
 
-        logger.info("img2pose loaded on %s (%d torch threads, %s images per pass) from %s (pose stats: %s; %s)",
-                    self.device, torch.get_num_threads(), images_per_pass or "all", checkpoint.name,
-                    self.archive_info.get("pose_stats_source"), self.config)
-        if self.is_demo:
+        logger.info("img2pose loaded on %s (%d torch threads, %s images per pass); weights sha256 %s "
+                    "(pose stats: %s); %s", self.device, torch.get_num_threads(), images_per_pass or "all",
+                    self.archive_info.weights_sha256, self.archive_info.pose_stats_source, self.config)
+        if self.archive_info.demo:
             logger.warning(DEMO_NOTICE)
 
     @staticmethod
@@ -86,101 +78,110 @@ class Img2PoseHandler(BaseHandler):
     def handle(self, data, context):
         self.context = context
         started = time.perf_counter()
-        requests, images = self.preprocess(data)
-        predictions = self.inference(images)
+        requests = self.preprocess(data)
+        images = batch_images(requests)
+        predictions = self.inference(requests, images)
         responses = self.postprocess(requests, images, predictions)
         context.metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 2), None, "ms")
         return responses
 
     # 1. preprocess ------------------------------------------------------------------------------
 
-    def preprocess(self, data: list[dict]) -> tuple[list[RequestState], list[BatchImage]]:
+    def preprocess(self, data: list[dict]) -> list[RequestState]:
         started = time.perf_counter()
-        requests = [self._parse(index, row) for index, row in enumerate(data)]
-
-        good = [request for request in requests if request.parsed is not None]
-        decoded = iter(decode_many([blob for request in good for blob in request.parsed.images],
-                                   self.config.max_image_pixels, self.decode_pool))
-
-        images: list[BatchImage] = []
-        for request in good:
-            mine = [next(decoded) for _ in request.parsed.images]
-            failure = next(((n, d) for n, d in enumerate(mine) if isinstance(d, RequestError)), None)
-            if failure is not None:
-                n, error = failure
-                request.error = RequestError(error.status, request.parsed.error_prefix(n) + error.message)
-                continue
-            for picture in mine:
-                request.image_ids.append(len(images))
-                images.append(BatchImage(image_to_tensor(picture), picture.width, picture.height))
-        self._record_time("Img2PoseDecodeMs", started)
-        return requests, images
-
-    def _parse(self, index: int, row: dict) -> RequestState:
-        content_type = self.context.get_request_header(index, "Content-Type")
-        try:
-            parsed = parse_request(row, self.defaults, content_type,
-                                   max_images_per_request=self.config.max_images_per_request)
-            return RequestState(parsed=parsed)
-        except RequestError as error:
-            return RequestState(error=error)
+        requests = [read_request(row, self.context.get_request_header(index, "Content-Type"), self.defaults,
+                                 self.config)
+                    for index, row in enumerate(data)]
+        self._record_time("Img2PoseParseMs", started)
+        return requests
 
     # 2. inference -------------------------------------------------------------------------------
 
-    def inference(self, images: list[BatchImage]) -> list[dict | Exception]:
-        """One prediction (or the exception that prevented it) per image, in order."""
-        results: dict[int, dict | Exception] = {}
-        for group in plan_forwards([(im.height, im.width) for im in images], self.config.max_images_per_forward):
-            results.update(self._forward(group, images))
-        return [results[i] for i in range(len(images))]
+    def inference(self, requests: list[RequestState], images: list[BatchImage]) -> list[Prediction | None]:
+        """One prediction (or the exception that prevented it) per image, in order; None for the
+        images of a request that failed before their forward ran."""
+        results: dict[int, Prediction] = {}
+        plan = plan_forwards([(image.height, image.width) for image in images],
+                             self.config.max_images_per_forward, self.config.max_pixels_per_forward)
+        for group in plan:
+            live = [i for i in group if requests[images[i].request].error is None]
+            if live:
+                results.update(self._forward(live, images, requests))
+        return [results.get(i) for i in range(len(images))]
 
-    def _forward(self, group: list[int], images: list[BatchImage]) -> dict[int, dict | Exception]:
-        """Run ``group`` as one forward; if it fails (e.g. out of memory), retry it in halves."""
+    def _decode(self, group: list[int], images: list[BatchImage],
+                requests: list[RequestState]) -> dict[int, torch.Tensor]:
+        """The group's input tensors; an image that cannot be decoded fails its request."""
+        started = time.perf_counter()
+        max_pixels = self.config.max_image_pixels
+        decoded = self.decode_pool.map(lambda i: decode_tensor(images[i].data, max_pixels), group)
+        tensors = {}
+        for i, result in zip(group, decoded):
+            request = requests[images[i].request]
+            if request.error is not None:
+                continue
+            if isinstance(result, RequestError):
+                request.error = RequestError(result.status, request.parsed.error_prefix(images[i].slot) + result.message)
+            elif isinstance(result, Exception):
+                request.error = internal_error(self.context.get_request_id(images[i].request), result, logger)
+            else:
+                tensors[i] = result
+        self._record_time("Img2PoseDecodeMs", started)
+        return tensors
+
+    def _forward(self, group: list[int], images: list[BatchImage],
+                 requests: list[RequestState]) -> dict[int, Prediction]:
+        """Decode ``group`` and run it as one forward; if that fails (e.g. out of memory), retry in halves.
+
+        Tensors are made afresh for every attempt (the model normalises its input in place) and
+        dropped when the forward returns.
+        """
+        tensors = self._decode(group, images, requests)
+        if not tensors:
+            return {}
         started = time.perf_counter()
         try:
-            predictions = self.model.detect([images[i].tensor.to(self.device) for i in group])
+            predictions = self.model.detect([tensors[i].to(self.device) for i in tensors], consume_inputs=True)
         except Exception as error:  # noqa: BLE001 - any failure is retried smaller, then reported per image
+            del tensors
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(group) == 1:
-                logger.exception("forward failed for one image (%dx%d)", images[group[0]].width, images[group[0]].height)
+                image = images[group[0]]
+                logger.exception("forward failed for one image (%dx%d)", image.width, image.height)
                 return {group[0]: error}
             logger.warning("forward of %d images failed (%s); retrying in halves", len(group), error)
             half = len(group) // 2
-            return {**self._forward(group[:half], images), **self._forward(group[half:], images)}
+            return {**self._forward(group[:half], images, requests), **self._forward(group[half:], images, requests)}
         self._record_time("Img2PoseForwardMs", started)
-        self._record("Img2PoseForwardBatchSize", len(group), "count")
-        return dict(zip(group, predictions))
+        self._record("Img2PoseForwardBatchSize", len(tensors), "count")
+        return dict(zip(tensors, predictions))
 
     # 3. postprocess -----------------------------------------------------------------------------
 
     def postprocess(self, requests: list[RequestState], images: list[BatchImage],
-                    predictions: list[dict | Exception]) -> list[str]:
+                    predictions: list[Prediction | None]) -> list[str]:
         started = time.perf_counter()
-        responses = []
-        for index, request in enumerate(requests):
-            if request.error is None:
-                failed = next((predictions[i] for i in request.image_ids if isinstance(predictions[i], Exception)), None)
-                if failed is not None:
-                    request.error = RequestError(500, f"inference failed for this request: {failed}")
-            responses.append(self._respond(index, request, images, predictions))
+        per_request: list[list[Prediction | None]] = [[] for _ in requests]
+        for image, prediction in zip(images, predictions):
+            per_request[image.request].append(prediction)
+        responses = [self._respond(index, request, per_request[index]) for index, request in enumerate(requests)]
         self._record_time("Img2PosePostprocessMs", started)
         return responses
 
-    def _respond(self, index: int, request: RequestState, images, predictions) -> str:
+    def _respond(self, index: int, request: RequestState, predictions: list[Prediction | None]) -> str:
         self.context.set_response_content_type(index, JSON)
-        if self.is_demo:
+        if self.archive_info.demo:
             self.context.set_response_header(index, DEMO_HEADER, "true; detections are meaningless (demo weights)")
+        failure = next((p for p in predictions if isinstance(p, Exception)), None)
+        if request.error is None and failure is not None:
+            request.error = internal_error(self.context.get_request_id(index), failure, logger)
         if request.error is not None:
             self.context.set_response_status(request.error.status, request.error.message, index)
             return json.dumps(request.error.to_json())
         params = request.parsed.params
-        per_image = [
-            to_face_dicts(predictions[i], images[i].width, images[i].height, self.points_68,
-                          params.score_threshold, params.max_faces)
-            for i in request.image_ids
-        ]
-        return json.dumps(per_image if request.parsed.many else per_image[0])
+        faces = [to_face_dicts(prediction, params.score_threshold, params.max_faces) for prediction in predictions]
+        return json.dumps(faces if request.parsed.many else faces[0])
 
     # metrics ------------------------------------------------------------------------------------
 

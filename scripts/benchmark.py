@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import os
 import platform
@@ -42,24 +41,19 @@ import re
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import requests
-from PIL import Image
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "handler")]
-
-from scripts.measure_forward import photo_like  # noqa: E402
-from scripts.wait_ready import read_keys  # noqa: E402
-from tests.serving import ServerSettings, start_torchserve, stop_torchserve  # noqa: E402
+from img2pose_client.key_file import read_keys
+from img2pose_tools import request_driver
+from img2pose_tools.synthetic_images import photo_like_jpeg
+from img2pose_tools.torchserve_launcher import ServerSettings, start_torchserve, stop_torchserve
 
 SAME_SIZE = (640, 480)
 MIXED_SIZES = [(640, 480), (480, 640), (800, 600), (320, 240), (1024, 768), (640, 360)]
@@ -71,13 +65,7 @@ MIXED_SIZES = [(640, 480), (480, 640), (800, 600), (320, 240), (1024, 768), (640
 def image_set(name: str, count: int) -> list[bytes]:
     """``count`` JPEGs: "same" all 640x480, "mixed" cycling through MIXED_SIZES."""
     sizes = [SAME_SIZE] * count if name == "same" else [MIXED_SIZES[i % len(MIXED_SIZES)] for i in range(count)]
-    bodies = []
-    for seed, (width, height) in enumerate(sizes):
-        buffer = io.BytesIO()
-        pixels = np.round(photo_like(width, height, seed).transpose(1, 2, 0) * 255).astype(np.uint8)
-        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-        bodies.append(buffer.getvalue())
-    return bodies
+    return [photo_like_jpeg(width, height, seed) for seed, (width, height) in enumerate(sizes)]
 
 
 # --- one cell: a closed-loop client at a fixed concurrency ------------------------------------------
@@ -113,37 +101,17 @@ def drive(endpoint: str, token: str, bodies: list[bytes], concurrency: int, tota
 
     Returns ([(status or None, latency s, error text)], wall seconds from first send to last answer).
     """
-    lock = threading.Lock()
-    sent = [0]
-    results: list[tuple[int | None, float, str]] = []
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
-    started = time.monotonic()
-    deadline = started + seconds
 
-    def next_body() -> bytes | None:
-        with lock:
-            if sent[0] >= total or time.monotonic() >= deadline:
-                return None
-            sent[0] += 1
-            return bodies[(sent[0] - 1) % len(bodies)]
+    def send(session: requests.Session, index: int) -> tuple[int | None, float, str]:
+        t0 = time.monotonic()
+        try:
+            answer = session.post(endpoint, data=bodies[index % len(bodies)], headers=headers, timeout=1800)
+            return (answer.status_code, time.monotonic() - t0, "" if answer.status_code == 200 else answer.text[:200])
+        except requests.RequestException as error:
+            return (None, time.monotonic() - t0, f"{type(error).__name__}: {error}"[:200])
 
-    def client() -> None:
-        with requests.Session() as session:
-            while (body := next_body()) is not None:
-                t0 = time.monotonic()
-                try:
-                    answer = session.post(endpoint, data=body, headers=headers, timeout=1800)
-                    outcome = (answer.status_code, time.monotonic() - t0,
-                               "" if answer.status_code == 200 else answer.text[:200])
-                except requests.RequestException as error:
-                    outcome = (None, time.monotonic() - t0, f"{type(error).__name__}: {error}"[:200])
-                with lock:
-                    results.append(outcome)
-
-    with ThreadPoolExecutor(concurrency) as pool:
-        for future in [pool.submit(client) for _ in range(concurrency)]:
-            future.result()
-    return results, time.monotonic() - started
+    return request_driver.drive(send, total, concurrency, seconds)
 
 
 class ForwardBatchMeter:
@@ -199,19 +167,14 @@ def load_archive_model(archive: Path, scratch: Path):
     """The detector an archive serves, built and configured the way the handler does it (CPU)."""
     import yaml
 
-    from img2pose_serve.detector import build_detector
+    from img2pose_serve import archive_layout
     from img2pose_serve.handler_config import HandlerConfig
 
     with zipfile.ZipFile(archive) as mar:
-        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
-        serialized = manifest["model"]["serializedFile"]
-        for name in (serialized, "pose_mean.npy", "pose_stddev.npy"):
-            mar.extract(name, scratch)
-        model_config = yaml.safe_load(mar.read("model-config.yaml")) if "model-config.yaml" in mar.namelist() else {}
-    model = build_detector(scratch / serialized, pose_mean=np.load(scratch / "pose_mean.npy"),
-                           pose_stddev=np.load(scratch / "pose_stddev.npy"), device="cpu")
-    config = HandlerConfig.from_mapping((model_config or {}).get("handler"))
-    model.set_images_per_pass(config.resolved_images_per_pass("cpu"))
+        mar.extractall(scratch)
+    model, _ = archive_layout.load_detector(scratch, device="cpu")
+    model_config = yaml.safe_load((scratch / archive_layout.MODEL_CONFIG_FILE).read_text()) or {}
+    model.set_images_per_pass(HandlerConfig.from_mapping(model_config.get("handler")).resolved_images_per_pass("cpu"))
     return model
 
 
@@ -219,11 +182,11 @@ class InProcess:
     """The archive's model in this process: images/s for a batch size, grouping as the handler does."""
 
     def __init__(self, archive: Path, sets: dict[str, list[bytes]], images: int, repeats: int) -> None:
-        from img2pose_serve.image_decoding import decode_image, image_to_tensor
+        from img2pose_serve.image_decoding import decode_tensor
 
         with tempfile.TemporaryDirectory() as scratch:
             self.model = load_archive_model(archive, Path(scratch))
-        self.tensors = {name: [image_to_tensor(decode_image(body, 10**9)) for body in bodies[:images]]
+        self.tensors = {name: [decode_tensor(body, 10**9) for body in bodies[:images]]
                         for name, bodies in sets.items()}
         self.repeats = repeats
         self.model.detect(next(iter(self.tensors.values()))[:1])  # warm-up

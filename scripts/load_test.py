@@ -7,7 +7,7 @@
 
 Sends N requests from C threads and stops by itself after N requests or T seconds (no request is
 started after T; those in flight get until T + --grace seconds). A share F of the requests are
-bad ones drawn from tests/bad_inputs.py (each checked against its expected status); the rest post
+bad ones drawn from img2pose_tools/bad_inputs.py (each checked against its expected status); the rest post
 --image (default: a generated 320x240 JPEG) as a raw body. Reports counts by status, lost
 responses (sent - answered), latency p50/p95/p99 (all, good, bad), throughput, wrong answers, and
 the worker's RSS before, after and every --rss-every seconds in between, summarised by quarter of
@@ -22,7 +22,6 @@ servers.
 from __future__ import annotations
 
 import argparse
-import io
 import ipaddress
 import json
 import random
@@ -30,7 +29,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -38,14 +36,12 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import requests
-from PIL import Image
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from scripts.wait_ready import read_keys  # noqa: E402
-from tests.bad_inputs import CASES, BadCase  # noqa: E402
+from img2pose_client.key_file import read_keys
+from img2pose_tools import request_driver
+from img2pose_tools.bad_inputs import CASES, BadCase
+from img2pose_tools.synthetic_images import photo_like_jpeg
 
 
 def check_loopback(url: str) -> str:
@@ -62,15 +58,6 @@ def check_loopback(url: str) -> str:
         if address not in ipaddress.ip_network("127.0.0.0/8"):
             raise SystemExit(f"load_test.py: refusing {url!r}: only 127.0.0.0/8 or localhost is allowed")
     return url.rstrip("/")
-
-
-def default_image() -> bytes:
-    """A deterministic 320x240 JPEG."""
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, size=(240, 320, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -163,37 +150,23 @@ def run(args) -> dict:
         management_key = keys.get("management")
     if not inference_key:
         raise SystemExit("load_test.py: give --token or --key-file")
-    image = Path(args.image).read_bytes() if args.image else default_image()
+    image = Path(args.image).read_bytes() if args.image else photo_like_jpeg(320, 240, seed=0)
 
     rng = random.Random(args.seed)
     plan: list[BadCase | None] = [rng.choice(CASES) if rng.random() < args.bad_fraction else None
                                   for _ in range(args.requests)]
     worker = Worker(management, args.model, management_key)
     pid_before, rss_before = worker.rss()
-    sampler = RssSampler(worker, pid_before, lambda: len(outcomes), args.rss_every)
+    progress = tqdm(total=args.requests, unit="req", disable=args.quiet)
+    sampler = RssSampler(worker, pid_before, lambda: progress.n, args.rss_every)
 
     endpoint = f"{url}/predictions/{args.model}"
     auth = {"Authorization": f"Bearer {inference_key}"}
     started = time.monotonic()
     deadline = started + args.max_seconds
-    lock = threading.Lock()
-    next_index = [0]
-    outcomes: list[Outcome] = []
-    progress = tqdm(total=args.requests, unit="req", disable=args.quiet)
-    session_local = threading.local()
 
-    def take() -> int | None:
-        with lock:
-            if next_index[0] >= len(plan) or time.monotonic() >= deadline:
-                return None
-            next_index[0] += 1
-            return next_index[0] - 1
-
-    def send(index: int) -> Outcome:
+    def send(session: requests.Session, index: int) -> Outcome:
         case = plan[index]
-        session = getattr(session_local, "session", None)
-        if session is None:
-            session = session_local.session = requests.Session()
         timeout = max(1.0, deadline + args.grace - time.monotonic())
         t0 = time.monotonic()
         try:
@@ -213,18 +186,10 @@ def run(args) -> dict:
             return Outcome("good" if case is None else case.name, 200 if case is None else case.status,
                            None, time.monotonic() - t0, f"{type(error).__name__}: {error}"[:200])
 
-    def loop() -> None:
-        while (index := take()) is not None:
-            outcome = send(index)
-            with lock:
-                outcomes.append(outcome)
-            progress.update(1)
-
     if pid_before is not None:
         sampler.start()
-    with ThreadPoolExecutor(args.concurrency) as pool:
-        for future in [pool.submit(loop) for _ in range(args.concurrency)]:
-            future.result()
+    outcomes, _ = request_driver.drive(send, len(plan), args.concurrency, args.max_seconds,
+                                       on_result=lambda _: progress.update(1))
     progress.close()
     if sampler.is_alive():
         sampler.stop()

@@ -11,33 +11,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "handler"))
-
-from img2pose_serve.demo_checkpoint import write_demo_checkpoint  # noqa: E402
-from img2pose_serve.detector import build_detector  # noqa: E402
-from img2pose_serve.handler_config import HandlerConfig  # noqa: E402
-
-
-def photo_like(width: int, height: int, seed: int) -> np.ndarray:
-    """A deterministic smooth-plus-noise RGB image, float32 CHW in [0, 1] (compresses like a photo)."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width] / max(width, height)
-    phase = rng.uniform(0, 2 * np.pi, size=3)
-    base = np.stack([np.sin(7 * x + 5 * y + p) for p in phase], axis=0) * 0.35 + 0.5
-    noise = rng.normal(0, 0.05, size=base.shape)
-    return np.clip(base + noise, 0, 1).astype(np.float32)
-
-
-def synthetic_images(count: int, width: int, height: int) -> list[torch.Tensor]:
-    return [torch.from_numpy(photo_like(width, height, seed)) for seed in range(count)]
+from img2pose_serve.detector import build_detector
+from img2pose_serve.handler_config import HandlerConfig
+from img2pose_tools.demo_checkpoint import build_demo_state_dict
+from img2pose_tools.synthetic_images import photo_like_tensors
 
 
 def main() -> None:
@@ -52,13 +34,11 @@ def main() -> None:
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
 
-    with tempfile.TemporaryDirectory() as scratch:
-        checkpoint = args.checkpoint or write_demo_checkpoint(Path(scratch) / "demo.pth")
-        model = build_detector(checkpoint, device=args.device)
+    model = build_detector(args.checkpoint or build_demo_state_dict(), device=args.device)
     images_per_pass = HandlerConfig(images_per_pass=args.images_per_pass).resolved_images_per_pass(
         torch.device(args.device).type)
     model.set_images_per_pass(images_per_pass)
-    images = [t.to(args.device) for t in synthetic_images(max(args.batch_sizes), width, height)]
+    images = [t.to(args.device) for t in photo_like_tensors(max(args.batch_sizes), width, height)]
     model.detect(images[:1])  # warm-up: allocator, kernels, RoIAlign scale cache
 
     print(f"device={args.device} threads={torch.get_num_threads()} images_per_pass={images_per_pass or 'all'} images={width}x{height} repeats={args.repeats}")

@@ -38,7 +38,7 @@ if ! torchserve --start --ncs --model-store model_store --models img2pose=img2po
   exit 1
 fi
 
-if ! python3 scripts/wait_ready.py --model img2pose --timeout 300 \
+if ! img2pose-wait-ready --model img2pose --timeout 300 \
     --management http://127.0.0.1:8081 --key-file key_file.json; then
   echo "serve_demo.sh: the model did not become ready; last log lines:" >&2
   tail -n 40 logs/torchserve.out >&2
@@ -46,7 +46,7 @@ if ! python3 scripts/wait_ready.py --model img2pose --timeout 300 \
   exit 1
 fi
 
-key=$(python3 -c 'import json; print(json.load(open("key_file.json"))["inference"]["key"])')
+key=$(python3 -c 'from img2pose_client.key_file import read_keys; print(read_keys()["inference"])')
 demo=$(python3 -c 'import json, zipfile; print(json.loads(zipfile.ZipFile("model_store/img2pose.mar").read("archive_info.json"))["demo"])')
 
 cat <<EOF

@@ -1,12 +1,7 @@
 #!/usr/bin/env python3
-"""``python scripts/visualize.py ...``: the ``visualize`` console command (img2pose_client.visualize), runnable from a checkout."""
+"""``python scripts/visualize.py ...``: the ``visualize`` console command (img2pose_client.visualize)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "handler"))
-
-from img2pose_client.visualize import main  # noqa: E402
+from img2pose_client.visualize import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -5,16 +5,18 @@ override it:
 
 * ``golden_checkpoint``: the golden set's synthetic checkpoint (seed 0), built once per session
   with ../shared/img2pose/golden/make_ckpt.py; tests using it are skipped without ../shared.
-* ``demo_checkpoint_file``: scripts/build_mar.py's demo checkpoint written to a file.
+* ``demo_checkpoint_file``: the project's demo checkpoint (img2pose_tools.demo_checkpoint) as a file.
 * ``served_checkpoint``: the checkpoint of the primary model ``img2pose``: the golden checkpoint
   when ../shared is there, else the demo checkpoint file.
 * ``served_pose_stats``: (mean.npy, stddev.npy) for ``img2pose``: identity statistics, what the
   reference library uses with a bare checkpoint path (the golden outputs were made that way).
 * ``served_archives``: {model name: .mar}: ``img2pose`` from the two above and ``img2pose_demo``
   (the demo archive, demo=true), built with ``build_archive`` into a session tmp dir.
-* ``server_settings``: batch size, batch delay, workers (tests.serving.ServerSettings).
-* ``torchserve_server``: the running server (tests.serving.TorchServeServer); skipped when java
-  or torchserve is not on PATH.
+* ``server_settings``: overrides of config/config.properties' batch size, batch delay and workers
+  (img2pose_tools.torchserve_launcher.ServerSettings; by default none: the server runs with what
+  operators run).
+* ``torchserve_server``: the running server (img2pose_tools.torchserve_launcher.TorchServeServer);
+  skipped when java or torchserve is not on PATH.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from img2pose_serve import reference_data
-from tests.serving import REPO, ServerSettings, start_torchserve, stop_torchserve
+from img2pose_tools.torchserve_launcher import REPO, ServerSettings, start_torchserve, stop_torchserve
 
 SHARED = REPO.parent / "shared" / "img2pose"
 MAKE_CKPT = SHARED / "golden" / "make_ckpt.py"
@@ -49,7 +52,7 @@ def golden_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_checkpoint_file(tmp_path_factory) -> Path:
-    from img2pose_serve.demo_checkpoint import write_demo_checkpoint
+    from img2pose_tools.demo_checkpoint import write_demo_checkpoint
 
     return write_demo_checkpoint(tmp_path_factory.mktemp("demo") / "img2pose_demo.pth")
 
@@ -74,7 +77,7 @@ def served_pose_stats(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def served_archives(tmp_path_factory, served_checkpoint, served_pose_stats) -> dict[str, Path]:
-    from scripts.build_mar import build_archive
+    from img2pose_tools.build_mar import build_archive
 
     store = tmp_path_factory.mktemp("model_store")
     mean, stddev = served_pose_stats
@@ -83,6 +86,25 @@ def served_archives(tmp_path_factory, served_checkpoint, served_pose_stats) -> d
                                      model_name=PRIMARY_MODEL, quiet=True),
         DEMO_MODEL: build_archive(None, export_path=store, model_name=DEMO_MODEL, quiet=True),
     }
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(tmp_path_factory, served_archives) -> Path:
+    """The demo archive unpacked, as TorchServe hands it to the handler (``model_dir``)."""
+    directory = tmp_path_factory.mktemp("demo_model_dir")
+    with zipfile.ZipFile(served_archives[DEMO_MODEL]) as archive:
+        archive.extractall(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def demo_detector(demo_model_dir):
+    """The detector the demo archive serves, in this process (CPU, the handler's images per pass)."""
+    from img2pose_serve import archive_layout
+
+    model, _ = archive_layout.load_detector(demo_model_dir)
+    model.set_images_per_pass(1)
+    return model
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from img2pose_client import inputs
 from img2pose_client.backfill import exit_status, main, parse_args, run
 from img2pose_client.results_file import ResultWriter, ResumeIndex, iter_records
 from tests.conftest import DEMO_MODEL
-from tests.serving import REPO
+from img2pose_tools.torchserve_launcher import REPO
 
 FACE = {"box": [1.0, 2.0, 30.0, 40.0], "confidence": 0.9, "pose": [0, 0, 0, 0, 0, 5.0],
         "keypoints": {"nose": [10.0, 20.0]}}

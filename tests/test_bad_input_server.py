@@ -1,4 +1,4 @@
-"""The bad-request corpus (tests/bad_inputs.py): in-process, and against a real TorchServe in mixed batches.
+"""The bad-request corpus (img2pose_tools.bad_inputs): in-process, and against a real TorchServe in mixed batches.
 
 The server test sends every bad case concurrently (16 threads) interleaved with a few good requests
 (all the same small image, so they share one padded canvas), so that TorchServe aggregates bad and
@@ -16,7 +16,7 @@ import pytest
 from img2pose_serve.image_decoding import decode_many
 from img2pose_serve.errors import RequestError
 from img2pose_serve.request_parsing import DetectionParams, parse_request
-from tests.bad_inputs import CASES, BadCase
+from img2pose_tools.bad_inputs import CASES, BadCase
 from tests.golden_set import GOLDEN
 
 GOOD_IMAGE = GOLDEN / "images" / "06_palette_100x100.png"

@@ -13,8 +13,9 @@ import torch
 import yaml
 
 from img2pose_serve import reference_data
+from img2pose_tools.demo_checkpoint import state_dict_manifest
 from img2pose_serve.demo_checkpoint import build_demo_state_dict, write_demo_checkpoint
-from scripts.build_mar import (
+from img2pose_tools.build_mar import (
     FRONTEND_KEYS,
     SOURCE_DEMO,
     SOURCE_NPY,
@@ -46,7 +47,7 @@ def _stats(directory: Path, mean, stddev) -> tuple[Path, Path]:
 # --- demo checkpoint ---------------------------------------------------------------------------
 
 def test_demo_state_dict_matches_manifest(demo_state):
-    manifest = reference_data.state_dict_manifest()
+    manifest = state_dict_manifest()
     assert [e["key"] for e in manifest] == list(demo_state)
     for entry in manifest:
         tensor = demo_state[entry["key"]]

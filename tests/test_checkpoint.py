@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from img2pose_serve import reference_data
+from img2pose_tools.demo_checkpoint import state_dict_manifest
 from img2pose_serve.checkpoint import CheckpointError, canonical_state_dict, load_into, read_checkpoint
 from img2pose_serve.model import FasterDoFRCNN
 from img2pose_serve.pose import PoseDecoder
@@ -21,7 +22,7 @@ def official_state():
     """A state dict with the official manifest's keys, shapes and dtypes (values: a fixed pattern)."""
     generator = torch.Generator().manual_seed(0)
     state = {}
-    for entry in reference_data.state_dict_manifest():
+    for entry in state_dict_manifest():
         dtype = getattr(torch, entry["dtype"])
         if dtype.is_floating_point:
             state[entry["key"]] = torch.randn(entry["shape"], generator=generator, dtype=dtype)
@@ -31,7 +32,7 @@ def official_state():
 
 
 def test_model_keys_equal_the_official_manifest(model):
-    manifest = [(e["key"], tuple(e["shape"]), e["dtype"]) for e in reference_data.state_dict_manifest()]
+    manifest = [(e["key"], tuple(e["shape"]), e["dtype"]) for e in state_dict_manifest()]
     ours = [(k, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()]
     assert ours == manifest
 

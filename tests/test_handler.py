@@ -3,106 +3,117 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+import logging
 
 import pytest
+from PIL import Image
 
 from img2pose_handler import DEMO_HEADER, Img2PoseHandler
-from img2pose_serve import reference_data
-from img2pose_serve.detector import build_detector
 from img2pose_serve.facedicts import to_face_dicts
-from img2pose_serve.image_decoding import decode_image, image_to_tensor
+from img2pose_serve.image_decoding import decode_tensor
+from img2pose_tools.synthetic_images import photo_like_pil
 from tests.fake_context import make_context, set_requests
-from tests.golden_set import GOLDEN, compare_faces, reference_outputs
-
-pytestmark = pytest.mark.skipif(not GOLDEN.is_dir(), reason="../shared/img2pose/golden is not present")
-
-IMAGES = ["01_rgb_640x480.jpg", "04_gray_320x240.png", "06_palette_100x100.png", "08_rgb_333x517.png"]
 
 
-def _bytes(name: str) -> bytes:
-    return (GOLDEN / "images" / name).read_bytes()
+def _encode(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+# 640x480 and 638x479 share a padded canvas; the others each have their own.
+IMAGES = {
+    "rgb_640x480.jpg": _encode(photo_like_pil(640, 480, 1), "JPEG"),
+    "gray_320x240.png": _encode(photo_like_pil(320, 240, 2).convert("L"), "PNG"),
+    "palette_100x100.png": _encode(photo_like_pil(100, 100, 3).convert("P"), "PNG"),
+    "rgb_333x517.png": _encode(photo_like_pil(333, 517, 4), "PNG"),
+    "rgb_638x479.jpg": _encode(photo_like_pil(638, 479, 5), "JPEG"),
+}
+NAMES = list(IMAGES)
 
 
 def _b64(name: str) -> str:
-    return base64.b64encode(_bytes(name)).decode()
+    return base64.b64encode(IMAGES[name]).decode()
 
 
 @pytest.fixture(scope="module")
-def model_dir(golden_checkpoint, served_pose_stats, tmp_path_factory):
-    """An unpacked archive's directory, as TorchServe gives it to the handler."""
-    directory = tmp_path_factory.mktemp("model_dir")
-    (directory / "weights.pth").symlink_to(golden_checkpoint)
-    for stats in served_pose_stats:
-        (directory / stats.name).symlink_to(stats)
-    (directory / "archive_info.json").write_text(json.dumps({"demo": True, "pose_stats_source": "test"}))
-    return directory
-
-
-@pytest.fixture(scope="module")
-def handler_and_context(model_dir):
-    context = make_context(model_dir, "weights.pth", {"max_images_per_forward": 8})
+def handler_and_context(demo_model_dir):
+    context = make_context(demo_model_dir, {"max_images_per_forward": 8})
     handler = Img2PoseHandler()
     handler.initialize(context)
     return handler, context
 
 
 @pytest.fixture(scope="module")
-def alone(golden_checkpoint):
+def alone(demo_detector):
     """Each test image run on its own, at threshold 0 (FaceDicts)."""
-    detector = build_detector(golden_checkpoint)
-    results = {}
-    for name in IMAGES:
-        image = decode_image(_bytes(name), 10**8)
-        prediction = detector.detect([image_to_tensor(image)])[0]
-        results[name] = to_face_dicts(prediction, image.width, image.height, reference_data.points_68(), 0.0, -1)
-    return results
+    return {name: to_face_dicts(demo_detector.detect([decode_tensor(data, 10**8)])[0], 0.0, -1)
+            for name, data in IMAGES.items()}
 
 
 def _filtered(faces, threshold=0.5, max_faces=-1):
     kept = [f for f in faces if f["confidence"] >= threshold]
-    return kept[:max_faces] if max_faces > 0 else kept
+    return kept[:max_faces] if max_faces >= 0 else kept
+
+
+def _handle(handler, context, rows, headers):
+    set_requests(context, headers)
+    responses = handler.handle(rows, context)
+    return ([json.loads(r) for r in responses], [context.get_response_status(i) for i in range(len(rows))],
+            [context.get_response_headers(i) for i in range(len(rows))])
 
 
 @pytest.fixture(scope="module")
 def mixed_batch(handler_and_context):
-    """One aggregated batch holding every request format, mixed sizes and two bad requests."""
-    handler, context = handler_and_context
+    """One aggregated batch holding every request format, mixed sizes and bad requests."""
+    truncated = IMAGES["rgb_640x480.jpg"][:2000]  # a valid header: it fails only when decoded
     rows = [
-        {"body": bytearray(_bytes(IMAGES[0]))},
-        {"body": {"image": _b64(IMAGES[2]), "score_threshold": 0.3, "max_faces": 2}},
-        {"body": {"images": [_b64(IMAGES[1]), _b64(IMAGES[3])]}},
+        {"body": bytearray(IMAGES["rgb_640x480.jpg"])},
+        {"body": {"image": _b64("palette_100x100.png"), "score_threshold": 0.3, "max_faces": 2}},
+        {"body": {"images": [_b64("gray_320x240.png"), _b64("rgb_333x517.png")]}},
         {"body": bytearray(b"this is not an image")},
-        {"a": bytearray(_bytes(IMAGES[3])), "b": bytearray(_bytes(IMAGES[0])), "score_threshold": bytearray(b"0.6")},
-        {"body": {"image": _b64(IMAGES[1]), "score_threshold": 7}},
-        {"file": bytearray(_bytes(IMAGES[1]))},
+        {"a": bytearray(IMAGES["rgb_333x517.png"]), "b": bytearray(IMAGES["rgb_640x480.jpg"]),
+         "score_threshold": bytearray(b"0.6")},
+        {"body": {"image": _b64("gray_320x240.png"), "score_threshold": 7}},
+        {"file": bytearray(IMAGES["gray_320x240.png"])},
+        {"body": {"images": [_b64("rgb_638x479.jpg"), base64.b64encode(truncated).decode()]}},
+        {"body": {"image": _b64("rgb_638x479.jpg"), "max_faces": 0}},
     ]
     headers = [{}, {"Content-Type": "application/json"}, {"Content-Type": "application/json"},
                {"Content-Type": "image/jpeg"}, {"Content-Type": "multipart/form-data; boundary=x"},
-               {"Content-Type": "application/json"}, {"Content-Type": "multipart/form-data; boundary=y"}]
-    set_requests(context, headers)
-    responses = handler.handle(rows, context)
-    statuses = [context.get_response_status(i) for i in range(len(rows))]
-    response_headers = [context.get_response_headers(i) for i in range(len(rows))]
-    return [json.loads(r) for r in responses], statuses, response_headers
+               {"Content-Type": "application/json"}, {"Content-Type": "multipart/form-data; boundary=y"},
+               {"Content-Type": "application/json"}, {"Content-Type": "application/json"}]
+    return _handle(*handler_and_context, rows, headers)
 
 
 def test_every_format_answers_exactly_what_each_image_gets_alone(mixed_batch, alone):
     bodies, statuses, _ = mixed_batch
-    assert bodies[0] == _filtered(alone[IMAGES[0]])
-    assert bodies[1] == _filtered(alone[IMAGES[2]], 0.3, 2)
-    assert bodies[2] == [_filtered(alone[IMAGES[1]]), _filtered(alone[IMAGES[3]])]
-    assert bodies[4] == [_filtered(alone[IMAGES[3]], 0.6), _filtered(alone[IMAGES[0]], 0.6)]
-    assert bodies[6] == _filtered(alone[IMAGES[1]])
-    for i in (0, 1, 2, 4, 6):
+    assert bodies[0] == _filtered(alone["rgb_640x480.jpg"])
+    assert bodies[1] == _filtered(alone["palette_100x100.png"], 0.3, 2)
+    assert bodies[2] == [_filtered(alone["gray_320x240.png"]), _filtered(alone["rgb_333x517.png"])]
+    assert bodies[4] == [_filtered(alone["rgb_333x517.png"], 0.6), _filtered(alone["rgb_640x480.jpg"], 0.6)]
+    assert bodies[6] == _filtered(alone["gray_320x240.png"])
+    for i in (0, 1, 2, 4, 6, 8):
         assert statuses[i][0] in (None, 200)
+    assert all(len(body) > 0 for body in (bodies[0], bodies[2][0], bodies[2][1], bodies[6]))
+
+
+def test_max_faces_zero_means_no_faces(mixed_batch, alone):
+    bodies, _, _ = mixed_batch
+    assert _filtered(alone["rgb_638x479.jpg"]) != []
+    assert bodies[8] == []
 
 
 def test_bad_requests_fail_alone_with_their_own_status(mixed_batch):
     bodies, statuses, _ = mixed_batch
-    assert statuses[3][0] == 400 and bodies[3]["code"] == 400
-    assert "decoded" in bodies[3]["error"] or "image" in bodies[3]["error"]
-    assert statuses[5][0] == 400 and "score_threshold" in bodies[5]["error"]
+    assert statuses[3][0] == 400 and bodies[3] == {
+        "code": 400, "error": "the data (20 bytes) could not be decoded as an image: it is text "
+                             "('this is not an image'), not an image file"}
+    assert statuses[5][0] == 400 and bodies[5]["error"].startswith("score_threshold must be")
+    # The truncated JPEG's header is fine; it fails when its forward decodes it, failing only its request.
+    assert statuses[7][0] == 400 and bodies[7]["error"].startswith("images[1]: the data (2000 bytes) could not be decoded")
 
 
 def test_responses_are_json_and_marked_demo(mixed_batch):
@@ -112,31 +123,45 @@ def test_responses_are_json_and_marked_demo(mixed_batch):
         assert "meaningless" in h[DEMO_HEADER]
 
 
-def test_handler_results_match_the_reference_library(mixed_batch):
-    bodies, _, _ = mixed_batch
-    assert compare_faces(bodies[0], reference_outputs()["sequential"][IMAGES[0]], 0.5) == []
-    assert compare_faces(bodies[2][1], reference_outputs()["sequential"][IMAGES[3]], 0.5) == []
-
-
-def test_forward_failure_is_retried_in_halves_then_reported_per_image(handler_and_context, alone, monkeypatch):
+def test_forward_failure_is_retried_in_halves_then_reported_per_image(handler_and_context, alone, monkeypatch, caplog):
     handler, context = handler_and_context
     real_detect = handler.model.detect
     calls = []
 
-    def flaky_detect(images):
+    def flaky_detect(images, consume_inputs=False):
         calls.append(len(images))
         if len(images) > 1:
             raise RuntimeError("simulated out of memory")
         if images[0].shape[-1] == 100:  # the palette image fails even alone
             raise RuntimeError("simulated kernel failure")
-        return real_detect(images)
+        return real_detect(images, consume_inputs=consume_inputs)
 
     monkeypatch.setattr(handler.model, "detect", flaky_detect)
-    rows = [{"body": bytearray(_bytes(IMAGES[0]))}, {"body": bytearray(_bytes(IMAGES[1]))},
-            {"body": bytearray(_bytes(IMAGES[2]))}]
-    set_requests(context, [{}, {}, {}])
-    bodies = [json.loads(r) for r in handler.handle(rows, context)]
-    assert calls[0] == 2  # 01 and 04 share a canvas: tried together first
-    assert bodies[0] == _filtered(alone[IMAGES[0]])
-    assert bodies[1] == _filtered(alone[IMAGES[1]])
-    assert context.get_response_status(2)[0] == 500 and "simulated kernel failure" in bodies[2]["error"]
+    rows = [{"body": bytearray(IMAGES[name])} for name in ("rgb_640x480.jpg", "rgb_638x479.jpg", "palette_100x100.png")]
+    with caplog.at_level(logging.ERROR):
+        bodies, statuses, _ = _handle(handler, context, rows, [{}, {}, {}])
+    assert calls[0] == 2  # 640x480 and 638x479 share a canvas: tried together first
+    assert bodies[0] == _filtered(alone["rgb_640x480.jpg"])
+    assert bodies[1] == _filtered(alone["rgb_638x479.jpg"])
+    # The client learns nothing of the cause, only the id it was logged under.
+    assert statuses[2][0] == 500
+    assert bodies[2] == {"error": "internal error", "code": 500, "request_id": "request-2"}
+    assert any("request-2" in r.getMessage() and "simulated kernel failure" in r.getMessage() for r in caplog.records)
+
+
+def test_a_forward_is_bounded_by_pixels(demo_model_dir, alone, monkeypatch):
+    context = make_context(demo_model_dir, {"max_pixels_per_forward": 640 * 480 + 1})
+    handler = Img2PoseHandler()
+    handler.initialize(context)
+    sizes = []
+    real_detect = handler.model.detect
+
+    def recording_detect(images, consume_inputs=False):
+        sizes.append(len(images))
+        return real_detect(images, consume_inputs=consume_inputs)
+
+    monkeypatch.setattr(handler.model, "detect", recording_detect)
+    rows = [{"body": bytearray(IMAGES[name])} for name in ("rgb_640x480.jpg", "rgb_638x479.jpg")]
+    bodies, _, _ = _handle(handler, context, rows, [{}, {}])
+    assert sizes == [1, 1]  # same canvas, but two would exceed the pixel budget
+    assert bodies == [_filtered(alone["rgb_640x480.jpg"]), _filtered(alone["rgb_638x479.jpg"])]

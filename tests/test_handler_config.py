@@ -1,23 +1,32 @@
 import pytest
 
-from img2pose_serve.handler_config import HandlerConfig
+from img2pose_serve.handler_config import HandlerConfig, HandlerConfigError
 
 
 def test_defaults_and_overrides_from_the_yaml_section():
     assert HandlerConfig.from_mapping(None) == HandlerConfig()
-    config = HandlerConfig.from_mapping({"score_threshold": "0.3", "max_faces": 5, "max_images_per_forward": 2})
+    config = HandlerConfig.from_mapping({"score_threshold": 0.3, "max_faces": 5, "max_images_per_forward": 2})
     assert (config.score_threshold, config.max_faces, config.max_images_per_forward) == (0.3, 5, 2)
+    assert HandlerConfig.from_mapping({"score_threshold": 1}).score_threshold == 1.0
 
 
 @pytest.mark.parametrize("section, message", [
     ({"batchSize": 8}, "unknown setting"),
-    ({"score_threshold": 1.5}, "score_threshold"),
-    ({"max_faces": -2}, "max_faces"),
-    ({"max_images_per_forward": 0}, "max_images_per_forward"),
-    ({"max_image_pixels": 0}, "max_image_pixels"),
+    ({"score_threshold": 1.5}, "score_threshold must be in"),
+    ({"score_threshold": "0.3"}, "score_threshold must be a finite number"),
+    ({"score_threshold": float("nan")}, "score_threshold must be a finite number"),
+    ({"max_faces": -2}, "max_faces must be >= -1"),
+    ({"max_images_per_forward": 0}, "max_images_per_forward must be >= 1"),
+    ({"max_images_per_forward": -3}, "max_images_per_forward must be >= 1"),
+    ({"max_images_per_forward": 2.7}, "max_images_per_forward must be an integer"),
+    ({"max_images_per_forward": "1.5"}, "max_images_per_forward must be an integer"),
+    ({"max_images_per_forward": True}, "max_images_per_forward must be an integer"),
+    ({"max_pixels_per_forward": 0}, "max_pixels_per_forward must be >= 1"),
+    ({"max_image_pixels": 0}, "max_image_pixels must be >= 1"),
+    ({"decode_threads": 1.0}, "decode_threads must be an integer"),
 ])
-def test_invalid_settings_are_named(section, message):
-    with pytest.raises(ValueError, match=message):
+def test_invalid_settings_are_refused_by_name(section, message):
+    with pytest.raises(HandlerConfigError, match=message):
         HandlerConfig.from_mapping(section)
 
 
@@ -25,5 +34,5 @@ def test_images_per_pass_is_automatic_per_device_unless_set():
     assert HandlerConfig().resolved_images_per_pass("cpu") == 1
     assert HandlerConfig().resolved_images_per_pass("cuda") is None
     assert HandlerConfig.from_mapping({"images_per_pass": 4}).resolved_images_per_pass("cpu") == 4
-    with pytest.raises(ValueError, match="images_per_pass"):
+    with pytest.raises(HandlerConfigError, match="images_per_pass"):
         HandlerConfig.from_mapping({"images_per_pass": -1})

@@ -7,7 +7,7 @@ import torch
 
 from img2pose_serve.detector import build_detector
 from img2pose_serve.passes import pass_slices
-from scripts.measure_forward import synthetic_images
+from img2pose_tools.synthetic_images import photo_like_tensors
 
 
 @pytest.mark.parametrize("batch, per_pass, expected", [
@@ -24,7 +24,7 @@ def test_pass_slices(batch, per_pass, expected):
 
 def test_every_pass_size_gives_identical_detections(served_checkpoint):
     model = build_detector(served_checkpoint)
-    images = synthetic_images(3, 320, 240)
+    images = photo_like_tensors(3, 320, 240)
     alone = [model.detect([image])[0] for image in images]
     for per_pass in (None, 1, 2):
         model.set_images_per_pass(per_pass)

@@ -17,7 +17,6 @@ stopped answering (ABORT_AFTER_TRANSPORT_ERRORS images in a row without an HTTP 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
@@ -29,18 +28,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .inputs import Item, iter_inputs
+from .inputs import iter_inputs
+from .key_file import DEFAULT_KEY_FILE, read_keys
 from .predict_client import TRANSPORT_ERROR, FatalServerError, Outcome, PredictClient
 from .results_file import ResultWriter, ResumeIndex
 
-DEFAULT_KEY_FILE = "key_file.json"
 LOCAL_ERROR = "local"  # the status recorded when the file itself could not be read
 ABORT_AFTER_TRANSPORT_ERRORS = 20
-
-
-def read_inference_key(key_file: str | Path) -> str:
-    """The inference key from TorchServe's key_file.json (same layout as scripts/wait_ready.py reads)."""
-    return json.loads(Path(key_file).read_text())["inference"]["key"]
 
 
 @dataclass
@@ -190,7 +184,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.token is None:
         key_file = args.token_file or (DEFAULT_KEY_FILE if Path(DEFAULT_KEY_FILE).is_file() else None)
         try:
-            args.token = read_inference_key(key_file) if key_file else None
+            args.token = read_keys(key_file)["inference"] if key_file else None
         except (OSError, ValueError, KeyError, TypeError) as error:
             parser.error(f"cannot read the inference key from {key_file}: {type(error).__name__}: {error}")
     args.options = {name: value for name, value in

@@ -9,7 +9,6 @@ answer; a 4xx will not change. An answer that says the token or the model is wro
 from __future__ import annotations
 
 import base64
-import json
 import random
 import threading
 import time

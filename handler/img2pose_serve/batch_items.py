@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-import torch
+from typing import Any
 
 from .errors import RequestError
-from .request_parsing import ParsedRequest
+from .handler_config import HandlerConfig
+from .image_decoding import image_size
+from .request_parsing import DetectionParams, ParsedRequest, parse_request
 
 
 @dataclass
@@ -19,11 +21,46 @@ class RequestState:
 
     parsed: ParsedRequest | None = None
     error: RequestError | None = None
-    image_ids: list[int] = field(default_factory=list)  # indices into the batch's image list
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) per image, from headers
 
 
-@dataclass
+@dataclass(frozen=True)
 class BatchImage:
-    tensor: torch.Tensor  # float32 CHW in [0, 1], on the CPU
-    width: int
+    """One image of the batch, still compressed: it is decoded only when its forward runs."""
+
+    request: int  # index of its request in the batch
+    slot: int  # its position in that request
+    data: bytes
     height: int
+    width: int
+
+
+def read_request(row: Mapping[str, Any], content_type: str | None, defaults: DetectionParams,
+                 config: HandlerConfig) -> RequestState:
+    """Parse one request and read its images' sizes from their headers; a bad one carries its error.
+
+    No pixel is decoded here: the images stay compressed until their forward, so a batch costs
+    memory for one forward at a time, not for every image it carries.
+    """
+    try:
+        parsed = parse_request(row, defaults, content_type, max_images_per_request=config.max_images_per_request)
+    except RequestError as error:
+        return RequestState(error=error)
+    request = RequestState(parsed=parsed)
+    for n, data in enumerate(parsed.images):
+        try:
+            width, height = image_size(data, config.max_image_pixels)
+        except RequestError as error:
+            request.error = RequestError(error.status, parsed.error_prefix(n) + error.message)
+            return request
+        request.sizes.append((height, width))
+    return request
+
+
+def batch_images(requests: list[RequestState]) -> list[BatchImage]:
+    """Every image of the requests that are still good, in request order."""
+    return [
+        BatchImage(index, slot, data, height, width)
+        for index, request in enumerate(requests) if request.error is None
+        for slot, (data, (height, width)) in enumerate(zip(request.parsed.images, request.sizes))
+    ]

@@ -25,15 +25,28 @@ class CheckpointError(ValueError):
     """The file is not a usable img2pose checkpoint; the message says what is wrong."""
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Tensor]:
-    """Read the ``"fpn_model"`` state dict from a checkpoint file, tensors only."""
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    trust: bool = False) -> dict[str, Tensor]:
+    """Read the ``"fpn_model"`` state dict from a checkpoint file.
+
+    The file is unpickled with ``weights_only=True``: tensors and plain containers only, so a file
+    cannot run code while it is read. A file that needs more (a training checkpoint pickling
+    optimizer or config objects) is refused unless ``trust`` is set by an operator who knows where
+    the file came from; then it is fully unpickled, with a warning.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         container = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        container = _load_trusted(path, map_location, error)
+    except pickle.UnpicklingError as refusal:
+        if not trust:
+            raise CheckpointError(
+                f"{path} holds objects beyond tensors, and unpickling them could run code from the file, so it "
+                f"was not loaded (torch: {_first_line(refusal)}). If it is your own training checkpoint, rebuild "
+                "with `build_mar.py --trust-checkpoint` (its tensors are copied into the archive; the file "
+                "itself is never shipped)") from None
+        container = _load_trusted(path, map_location)
     except Exception as error:  # torch raises many types for truncated or foreign files
         raise CheckpointError(f"{path} could not be read as a torch checkpoint: {error}") from error
     if not isinstance(container, Mapping) or "fpn_model" not in container:
@@ -42,18 +55,21 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     state = container["fpn_model"]
     if not isinstance(state, Mapping):
         raise CheckpointError(f'{path}: "fpn_model" must be a state dict, found {type(state).__name__}')
+    if not all(isinstance(value, Tensor) for value in state.values()):
+        raise CheckpointError(f'{path}: "fpn_model" must map names to tensors only')
     return dict(state)
 
 
-def _load_trusted(path: Path, map_location, refusal: Exception):
-    """Training checkpoints may pickle more than tensors (optimizer extras). The file is the
-    operator's own, chosen when the archive is built, so it is trusted as the reference does."""
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _load_trusted(path: Path, map_location):
+    warnings.warn(f"--trust-checkpoint: {path} is fully unpickled; any code it carries runs now, in this process")
     try:
-        container = torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:
-        raise CheckpointError(f"{path} could not be read as a torch checkpoint: {refusal}") from error
-    warnings.warn(f"{path} holds objects beyond tensors; it was loaded with full unpickling")
-    return container
+        raise CheckpointError(f"{path} could not be read as a torch checkpoint: {error}") from error
 
 
 def canonical_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:

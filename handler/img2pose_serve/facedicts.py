@@ -1,4 +1,4 @@
-"""Model predictions -> the API's FaceDicts."""
+"""Model predictions -> the API's FaceDicts: filtering and formatting only."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import TypedDict
 import numpy as np
 from torch import Tensor
 
-from .pose import KEYPOINT_INDICES, project_keypoints
+from .pose import KEYPOINT_INDICES
 
 
 class FaceDict(TypedDict):
@@ -17,23 +17,22 @@ class FaceDict(TypedDict):
     keypoints: dict[str, list[float]]  # name -> [x, y], original-image pixels
 
 
-def to_face_dicts(prediction: dict[str, Tensor], width: int, height: int, points_68: np.ndarray,
-                  score_threshold: float, max_faces: int) -> list[FaceDict]:
-    """FaceDicts of one image, best first.
+def to_face_dicts(prediction: dict[str, Tensor], score_threshold: float, max_faces: int) -> list[FaceDict]:
+    """FaceDicts of one image's prediction, best first.
 
-    Keeps faces scoring at least ``score_threshold`` and, when ``max_faces`` > 0, the best
-    ``max_faces`` of them (-1 or 0: all). ``width``/``height`` are the original image's.
+    Keeps faces scoring at least ``score_threshold`` and, when ``max_faces`` >= 0, the best
+    ``max_faces`` of them (-1: all; 0: none).
     """
     scores = prediction["scores"].cpu().numpy()
     selected = np.flatnonzero(scores >= score_threshold)
     # NMS already returns faces best-first; a stable sort keeps that order for equal scores.
     selected = selected[np.argsort(-scores[selected], kind="stable")]
-    if max_faces > 0:
+    if max_faces >= 0:
         selected = selected[:max_faces]
 
     boxes = prediction["boxes"].cpu().numpy()[selected]
     poses = prediction["dofs"].cpu().numpy()[selected]
-    keypoints = project_keypoints(points_68, poses, width, height)
+    keypoints = prediction["keypoints"].cpu().numpy()[selected]
     names = list(KEYPOINT_INDICES)
     return [
         FaceDict(

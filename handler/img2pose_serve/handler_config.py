@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
+
+
+class HandlerConfigError(ValueError):
+    """A handler setting is unknown or has a value it cannot take; the message names it."""
 
 
 @dataclass(frozen=True)
 class HandlerConfig:
     score_threshold: float = 0.5  # default per-request threshold (requests may override)
-    max_faces: int = -1  # default per-request cap; -1 = all faces
-    max_images_per_forward: int = 8  # images of one padded canvas per forward, bounds memory
-    # Declared width*height above this -> 413, checked from the header before decoding. 120 M admits
-    # 108 MP phone photos; each admitted image costs ~12 bytes/pixel as a float32 tensor.
+    max_faces: int = -1  # default per-request cap; -1 = all faces, 0 = none
+    # A forward takes same-canvas images up to this count and up to this many original pixels in
+    # all (at least one image): each pixel costs 12 bytes as a float32 tensor until its forward ends.
+    max_images_per_forward: int = 8
+    max_pixels_per_forward: int = 120_000_000
+    # Declared width*height above this -> 413, checked from the header before decoding.
+    # 120 M admits 108 MP phone photos.
     max_image_pixels: int = 120_000_000
     max_images_per_request: int = 16  # with batchSize 8, bounds one handler call (responseTimeout)
     decode_threads: int = 2
     torch_threads: int = 0  # 0 = leave torch's default (one per core)
     # Images per pass through backbone / RPN head / RoI heads inside one forward (see passes.py).
-    # 0 = automatic: 1 on CPU (measured fastest there), the whole forward at once on CUDA.
+    # 0 = automatic: 1 on CPU, the whole forward at once on CUDA.
     images_per_pass: int = 0
 
     def resolved_images_per_pass(self, device_type: str) -> int | None:
@@ -28,22 +36,39 @@ class HandlerConfig:
 
     @classmethod
     def from_mapping(cls, section: dict[str, Any] | None) -> "HandlerConfig":
+        """Settings from a ``handler:`` section; HandlerConfigError names any unknown key or bad value.
+
+        Values must already have their type (YAML numbers, not strings): an integer setting refuses
+        2.7 or "2" instead of rounding it, and booleans are not numbers.
+        """
         section = dict(section or {})
         known = {f.name: f.type for f in fields(cls)}
         unknown = sorted(set(section) - set(known))
         if unknown:
-            raise ValueError(f"model-config.yaml handler section: unknown setting(s) {unknown}; known: {sorted(known)}")
-        defaults = cls()
-        values = {name: type(getattr(defaults, name))(section[name]) for name in section}
-        config = cls(**values)
+            raise HandlerConfigError(
+                f"model-config.yaml handler section: unknown setting(s) {unknown}; known: {sorted(known)}")
+        config = cls(**{name: _typed(name, value, known[name]) for name, value in section.items()})
         if not 0.0 <= config.score_threshold <= 1.0:
-            raise ValueError(f"score_threshold must be in [0, 1], got {config.score_threshold}")
+            raise HandlerConfigError(f"handler setting score_threshold must be in [0, 1], got {config.score_threshold}")
         if config.max_faces < -1:
-            raise ValueError(f"max_faces must be >= -1, got {config.max_faces}")
-        for name in ("max_images_per_forward", "max_image_pixels", "max_images_per_request", "decode_threads"):
+            raise HandlerConfigError(f"handler setting max_faces must be >= -1 (-1: all faces), got {config.max_faces}")
+        for name in ("max_images_per_forward", "max_pixels_per_forward", "max_image_pixels",
+                     "max_images_per_request", "decode_threads"):
             if getattr(config, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+                raise HandlerConfigError(f"handler setting {name} must be >= 1, got {getattr(config, name)}")
         for name in ("torch_threads", "images_per_pass"):
             if getattr(config, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0 = automatic), got {getattr(config, name)}")
+                raise HandlerConfigError(f"handler setting {name} must be >= 0 (0 = automatic), got {getattr(config, name)}")
         return config
+
+
+def _typed(name: str, value: Any, annotation: str) -> Any:
+    if annotation == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise HandlerConfigError(f"handler setting {name} must be an integer, got {value!r}")
+        return value
+    if annotation == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise HandlerConfigError(f"handler setting {name} must be a finite number, got {value!r}")
+        return float(value)
+    raise TypeError(f"no validation for {name}: {annotation}")  # a setting added without a type rule

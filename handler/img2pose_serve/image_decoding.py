@@ -29,7 +29,6 @@ path bit for bit, with these documented choices:
 from __future__ import annotations
 
 import struct
-from concurrent.futures import Executor
 from io import BytesIO
 
 import numpy as np
@@ -38,7 +37,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import RequestError
 
-__all__ = ["decode_image", "image_to_tensor", "decode_many"]
+__all__ = ["image_size", "decode_image", "image_to_tensor", "decode_tensor"]
 
 Image.MAX_IMAGE_PIXELS = None
 
@@ -47,17 +46,14 @@ _BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 _MAX_TEXT_PREVIEW_BYTES = 4096
 
 
+def image_size(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """(width, height) from the image's header, without decoding pixels; RequestError as decode_image."""
+    return _open_header(data, max_pixels).size
+
+
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode one image to RGB; RequestError 400 if undecodable, 413 if too large."""
-    if not data:
-        raise RequestError(400, "the image is empty (0 bytes)")
-    try:
-        img = Image.open(BytesIO(data))  # lazy: reads the header only
-    except _BOMB_ERRORS as e:
-        raise RequestError(413, f"the image is too large: {e}") from None
-    except Exception as e:
-        raise _undecodable(data, e) from None
-    _check_pixels(img, max_pixels)
+    img = _open_header(data, max_pixels)
     try:
         img.load()  # first frame of an animated file
     except _BOMB_ERRORS as e:
@@ -68,36 +64,41 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def image_to_tensor(img: Image.Image) -> torch.Tensor:
-    """Float32 CHW tensor in [0, 1], on the CPU, bit-identical to the reference."""
+    """Float32 CHW tensor in [0, 1], on the CPU, bit-identical to the reference.
+
+    The division is done in place: the same values and strides as the reference's ``/ 255.0``,
+    without a second full-resolution float array.
+    """
     if img.mode != "RGB":
         raise ValueError(f"image_to_tensor needs an RGB image, got mode {img.mode!r}")
     arr = np.array(img, dtype=np.float32)
-    return torch.from_numpy(arr).permute(2, 0, 1) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).div_(255.0)
 
 
-def decode_many(
-    datas: list[bytes], max_pixels: int, executor: Executor | None = None
-) -> list[Image.Image | RequestError]:
-    """Decode each item independently; a bad item yields its RequestError, never raises.
-
-    With an executor the items are decoded in parallel (PIL releases the GIL
-    while decoding); results keep the order of ``datas``.
-    """
-    if executor is None:
-        return [_decode_or_error(data, max_pixels) for data in datas]
-    futures = [executor.submit(_decode_or_error, data, max_pixels) for data in datas]
-    return [future.result() for future in futures]
-
-
-def _decode_or_error(data: bytes, max_pixels: int) -> Image.Image | RequestError:
+def decode_tensor(data: bytes, max_pixels: int) -> torch.Tensor | Exception:
+    """``image_to_tensor(decode_image(data))``, or what prevented it (never raises): a RequestError for
+    the client's mistakes, any other exception for ours."""
     try:
-        return decode_image(data, max_pixels)
+        return image_to_tensor(decode_image(data, max_pixels))
     except RequestError as e:
         return e
     except MemoryError:
         return RequestError(413, "the image is too large to decode in the memory available")
-    except Exception as e:  # a bug, not the client's fault
-        return RequestError(500, f"internal error while decoding the image: {type(e).__name__}")
+    except Exception as e:  # noqa: BLE001 - a bug, not the client's fault: answered as an internal error
+        return e
+
+
+def _open_header(data: bytes, max_pixels: int) -> Image.Image:
+    if not data:
+        raise RequestError(400, "the image is empty (0 bytes)")
+    try:
+        img = Image.open(BytesIO(data))  # lazy: reads the header only
+    except _BOMB_ERRORS as e:
+        raise RequestError(413, f"the image is too large: {e}") from None
+    except Exception as e:
+        raise _undecodable(data, e) from None
+    _check_pixels(img, max_pixels)
+    return img
 
 
 def _check_pixels(img: Image.Image, max_pixels: int) -> None:

@@ -28,8 +28,9 @@ class FasterDoFRCNN(GeneralizedRCNN):
     """img2pose's detector with the settings the reference uses at inference.
 
     ``forward(images)`` takes a list of float32 CHW tensors in [0, 1] and returns, per image,
-    ``{"boxes", "labels", "scores", "dofs"}``: boxes in original-image pixels, poses for the resized
-    image's camera, best score first.
+    ``{"boxes", "labels", "scores", "dofs", "keypoints"}``, best score first: boxes (N, 4) and the five
+    keypoints (N, 5, 2; float64, see ``KEYPOINT_INDICES``) in original-image pixels, poses (N, 6) for
+    the resized image's camera.
 
     Images that share one forward are zero-padded to a common canvas, and padding changes the
     features near the borders. Callers that need each image's result to equal a single-image run
@@ -52,12 +53,9 @@ class FasterDoFRCNN(GeneralizedRCNN):
             nms_thresh=0.4,
         )
         roi_heads = DoFRoIHeads(backbone.out_channels, NUM_CLASSES, pose_decoder)
-        transform = GeneralizedRCNNTransform(MIN_SIZE, MAX_SIZE, IMAGE_MEAN, IMAGE_STD, size_divisible=SIZE_DIVISIBLE)
+        transform = KeypointProjectingTransform(pose_decoder, MIN_SIZE, MAX_SIZE, IMAGE_MEAN, IMAGE_STD,
+                                                size_divisible=SIZE_DIVISIBLE)
         super().__init__(backbone, rpn, roi_heads, transform)
-
-    @property
-    def pose_decoder(self) -> PoseDecoder:
-        return self.roi_heads.pose_decoder
 
     def set_images_per_pass(self, images_per_pass: int | None) -> None:
         """Run backbone, RPN head and RoI heads in passes of this many images (None: all at once).
@@ -70,11 +68,19 @@ class FasterDoFRCNN(GeneralizedRCNN):
             stage.images_per_pass = images_per_pass
 
     @torch.inference_mode()
-    def detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        """One forward over ``images`` in eval mode, without autograd bookkeeping."""
+    def detect(self, images: list[Tensor], consume_inputs: bool = False) -> list[dict[str, Tensor]]:
+        """One forward over ``images`` in eval mode, without autograd bookkeeping.
+
+        ``consume_inputs=True`` hands the tensors over: they are normalised in place (saving two
+        full-resolution temporaries per image; results are bit-identical) and hold garbage afterwards.
+        """
         if self.training:
             raise RuntimeError("FasterDoFRCNN is inference-only: call .eval() first")
-        return self(images)
+        self.transform.normalize_in_place = consume_inputs
+        try:
+            return self(images)
+        finally:
+            self.transform.normalize_in_place = False
 
 
 class BackboneInPasses(nn.Module):
@@ -89,6 +95,37 @@ class BackboneInPasses(nn.Module):
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         return cat_feature_maps([self.fpn(self.body(x[part])) for part in pass_slices(x.shape[0], self.images_per_pass)])
+
+
+class KeypointProjectingTransform(GeneralizedRCNNTransform):
+    """torchvision's transform; its postprocess also projects each face's keypoints into the original image.
+
+    Boxes come back to original-image pixels by rescaling (torchvision's postprocess), but keypoints
+    cannot: the camera's focal length grows with the image, so they are projected through the pose with
+    the original image's own camera, as the reference does.
+
+    With ``normalize_in_place`` set (see ``FasterDoFRCNN.detect``), ``normalize`` overwrites the
+    caller's tensor with the same values torchvision's computes into two full-resolution temporaries.
+    """
+
+    def __init__(self, pose_decoder: PoseDecoder, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pose_decoder = pose_decoder
+        self.normalize_in_place = False
+
+    def normalize(self, image: Tensor) -> Tensor:
+        if not (self.normalize_in_place and image.is_floating_point()):
+            return super().normalize(image)
+        mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)
+        std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)
+        return image.sub_(mean[:, None, None]).div_(std[:, None, None])
+
+    def postprocess(self, result, image_shapes, original_image_sizes):
+        result = super().postprocess(result, image_shapes, original_image_sizes)
+        for prediction, (height, width) in zip(result, original_image_sizes):
+            keypoints = self.pose_decoder.keypoints(prediction["dofs"].cpu().numpy(), int(width), int(height))
+            prediction["keypoints"] = torch.from_numpy(keypoints).to(prediction["dofs"].device)
+        return result
 
 
 def resized_shape(height: int, width: int) -> tuple[int, int]:

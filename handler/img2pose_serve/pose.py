@@ -64,6 +64,10 @@ class PoseDecoder:
             raise ValueError("pose mean and stddev must be finite numbers")
         return cls(mean, std, points)
 
+    def keypoints(self, poses: np.ndarray, width: int, height: int) -> np.ndarray:
+        """See :func:`project_keypoints`."""
+        return project_keypoints(self.points_68, poses, width, height)
+
     def to_global(self, proposals: np.ndarray, raw_dofs: np.ndarray, image_hw: tuple[int, int]):
         """Decode detections of one (resized) image.
 

@@ -23,18 +23,8 @@ def points_68() -> np.ndarray:
     return np.asarray(_read_json("reference_3d_68_points.json")["points"], dtype=np.float32)
 
 
-@cache
-def points_5() -> np.ndarray:
-    """The 5-point 3D reference face (float32, 5x3) used for alignment."""
-    return np.asarray(_read_json("reference_3d_5_points.json")["points"], dtype=np.float32)
-
-
 def published_pose_stats() -> tuple[np.ndarray, np.ndarray]:
     """The official pose mean/stddev as published, rounded to 4 decimals (an approximation)."""
     stats = _read_json("pose_stats_approx.json")
     return (np.asarray(stats["pose_mean"], dtype=np.float32), np.asarray(stats["pose_stddev"], dtype=np.float32))
 
-
-def state_dict_manifest() -> list[dict]:
-    """Every entry (key, shape, dtype) of an official checkpoint's ``fpn_model`` state dict, in order."""
-    return _read_json("state_dict_manifest.json")["entries"]

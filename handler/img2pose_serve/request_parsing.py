@@ -324,7 +324,7 @@ def _check_score_threshold(number: float, original: Any) -> float:
 def _max_faces_error(value: Any) -> RequestError:
     return RequestError(
         400,
-        f"{MAX_FACES} must be an integer >= -1 (-1 means no limit), got {_describe(value)}",
+        f"{MAX_FACES} must be an integer >= -1 (-1: no limit; 0: no faces), got {_describe(value)}",
     )
 
 

@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
-"""Wait until a TorchServe model has a READY worker.
+"""Wait until a TorchServe model has a READY worker (console command ``img2pose-wait-ready``).
 
-    python scripts/wait_ready.py --model img2pose --timeout 300 \\
-        [--management http://127.0.0.1:8081] [--key-file key_file.json]
+    img2pose-wait-ready --model img2pose --timeout 300 \\
+        [--management http://127.0.0.1:8081] [--key-file key_file.json | --no-token]
 
 Exit status 0 once a worker of the model reports READY, 1 on timeout (with what was last seen),
 2 on bad arguments. ``GET /ping`` is not enough: TorchServe answers "Healthy" before any worker
@@ -14,7 +13,6 @@ when token authorization is on, the default).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -22,18 +20,13 @@ from pathlib import Path
 
 import requests
 
+from img2pose_client.key_file import DEFAULT_KEY_FILE, read_keys
+
 DEFAULT_MANAGEMENT = "http://127.0.0.1:8081"
-DEFAULT_KEY_FILE = "key_file.json"
 
 
 class NotReady(TimeoutError):
     """The model had no READY worker in time; the message says what was last seen."""
-
-
-def read_keys(key_file: str | Path) -> dict[str, str]:
-    """{"management": key, "inference": key, "API": key} from TorchServe's key_file.json."""
-    data = json.loads(Path(key_file).read_text())
-    return {name: entry["key"] for name, entry in data.items() if isinstance(entry, dict) and "key" in entry}
 
 
 def ready_workers(description) -> list[dict]:
@@ -106,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         description = wait_ready(args.model, args.timeout, args.management,
                                  key_file=None if args.no_token else args.key_file)
     except NotReady as error:
-        print(f"wait_ready.py: {error}", file=sys.stderr)
+        print(f"img2pose-wait-ready: {error}", file=sys.stderr)
         return 1
     workers = ready_workers(description)
     print(f"{args.model}: {len(workers)} worker(s) READY after {time.monotonic() - started:.1f} s")

@@ -23,21 +23,23 @@ size:
   6DoF head's last bias for tz (index 11) is 2.0 so the decoded depth is about 3 (with the identity
   pose stats), which projects to face-sized boxes.
 
-Measured with seed 0 on the golden set's 8 images (../shared/img2pose/golden/images), threshold
-0.5: 5 / 29 / 15 / 16 / 29 / 1 / 4 / 11 detections, boxes ~15-150 px.
+How many detections it gives on the committed golden images is recorded with their reference
+outputs (tests/golden/).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import zlib
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import reference_data
 
 # Face-logit bias of the RoI classifier (background logit bias is 0). Tuned on the golden set's
 # images for a handful of detections at threshold 0.5 (-3.0 gave dozens to hundreds); more
@@ -102,11 +104,24 @@ def _value(key: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
     return _normal(rng, shape, 0.0, math.sqrt(2.0 / fan_in))
 
 
-def build_demo_state_dict(seed: int = 0, manifest: list[dict] | None = None) -> dict[str, torch.Tensor]:
-    """Every entry of the official ``fpn_model`` state dict (key, shape, dtype, in manifest order)."""
-    entries = reference_data.state_dict_manifest() if manifest is None else manifest
+def state_dict_manifest() -> list[dict]:
+    """Every entry (key, shape, dtype) of an official checkpoint's ``fpn_model`` state dict, in order."""
+    text = resources.files(__package__).joinpath("data", "state_dict_manifest.json").read_text()
+    return json.loads(text)["entries"]
+
+
+def build_demo_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every entry of the official ``fpn_model`` state dict (key, shape, dtype, in manifest order).
+
+    The tensors are fresh copies: callers may change them.
+    """
+    return {key: tensor.clone() for key, tensor in _demo_state_dict(seed).items()}
+
+
+@lru_cache(maxsize=2)  # 42 M values take seconds to draw; tests and the builder ask for seed 0 often
+def _demo_state_dict(seed: int) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
-    for entry in entries:
+    for entry in state_dict_manifest():
         key, shape = entry["key"], tuple(entry["shape"])
         dtype = _TORCH_DTYPES[entry["dtype"]]
         array = _value(key, shape, seed)

@@ -1,4 +1,10 @@
-"""Starting and stopping a private TorchServe for the server tests (see conftest.torchserve_server).
+"""Starting and stopping a private TorchServe (the tests' session server, the benchmark's servers).
+
+The server's configuration is derived from a base ``config.properties`` (default: the repository's
+``config/config.properties``, what operators run): every setting and limit is kept, and only what
+must differ for a private server is replaced (listeners on free loopback ports, the model store,
+the models= block naming the given archives, system metrics off). ``ServerSettings`` can override
+the per-model batching settings; by default they are the base file's.
 
 Isolation from any other TorchServe on the machine (a developer's, another test run's):
 
@@ -26,11 +32,16 @@ from pathlib import Path
 
 import requests
 
-from scripts.wait_ready import NotReady, read_keys, ready_workers, wait_ready
+from img2pose_client.key_file import read_keys
+from img2pose_tools.wait_ready import NotReady, ready_workers, wait_ready
 
-REPO = Path(__file__).resolve().parents[1]
-METRICS_CONFIG = REPO / "config" / "metrics.yaml"
-MODEL_VERSION = "1.0"  # scripts/build_mar.py's archive version
+REPO = Path(__file__).resolve().parents[2]  # an editable install's checkout
+BASE_CONFIG = REPO / "config" / "config.properties"
+MODEL_VERSION = "1.0"  # img2pose_tools.build_mar's archive version
+# Replaced for a private server; everything else in the base file is kept as it is.
+REPLACED_KEYS = ("inference_address", "management_address", "metrics_address", "grpc_inference_port",
+                 "grpc_management_port", "model_store", "load_models", "models", "metrics_config",
+                 "disable_system_metrics")
 
 
 def free_port() -> int:
@@ -41,54 +52,67 @@ def free_port() -> int:
 
 @dataclass
 class ServerSettings:
-    """Frontend settings of the test server, applied to every model via the models= JSON."""
+    """Per-model frontend settings; None takes the base config's value."""
 
-    batch_size: int = 8
-    max_batch_delay_ms: int = 2000  # long, so that concurrent test requests land in one batch
-    workers: int = 1
-    startup_timeout_s: float = 300.0  # how long the fixture waits for READY workers
+    batch_size: int | None = None
+    max_batch_delay_ms: int | None = None
+    workers: int | None = None
+    startup_timeout_s: float = 300.0  # how long start_torchserve waits for READY workers
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """A Java .properties file as TorchServe reads it: ``#``/``!`` comments, ``key=value``, and
+    lines continued by a trailing backslash."""
+    properties, pending = {}, ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip() if not pending else raw.lstrip()
+        if not pending and (not line or line.startswith(("#", "!"))):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1]
+            continue
+        line, pending = pending + line, ""
+        key, _, value = line.partition("=")
+        properties[key.strip()] = value.strip()
+    return properties
+
+
+def model_settings(base: dict[str, str], model: str = "img2pose") -> dict:
+    """The base config's models= entry for ``model``'s default version (batchSize, maxBatchDelay, ...)."""
+    versions = json.loads(base["models"])[model]
+    return next(v for v in versions.values() if v.get("defaultVersion", True))
 
 
 def write_config(path: Path, *, ports: tuple[int, int, int], model_store: Path, archives: dict[str, Path],
-                 settings: ServerSettings, metrics_config: Path = METRICS_CONFIG) -> Path:
-    """A config.properties like config/config.properties, on the given ports and model store."""
+                 settings: ServerSettings, base_config: Path = BASE_CONFIG) -> Path:
+    """``base_config`` with private listeners, ``model_store`` and a models= block for ``archives``."""
+    base = read_properties(base_config)
+    template = model_settings(base)
+    overrides = {"batchSize": settings.batch_size, "maxBatchDelay": settings.max_batch_delay_ms,
+                 "minWorkers": settings.workers, "maxWorkers": settings.workers}
     models = {
-        name: {MODEL_VERSION: {
-            "defaultVersion": True,
-            "marName": archive.name,
-            "minWorkers": settings.workers,
-            "maxWorkers": settings.workers,
-            "batchSize": settings.batch_size,
-            "maxBatchDelay": settings.max_batch_delay_ms,
-        }}
+        name: {MODEL_VERSION: {**template, "marName": archive.name,
+                               **{k: v for k, v in overrides.items() if v is not None}}}
         for name, archive in archives.items()
     }
     inference, management, metrics = ports
-    lines = [
-        f"inference_address=http://127.0.0.1:{inference}",
-        f"management_address=http://127.0.0.1:{management}",
-        f"metrics_address=http://127.0.0.1:{metrics}",
-        # gRPC listeners are on by default (7070/7071): give them free ports too, so that several
+    private = {
+        "inference_address": f"http://127.0.0.1:{inference}",
+        "management_address": f"http://127.0.0.1:{management}",
+        "metrics_address": f"http://127.0.0.1:{metrics}",
+        # gRPC listeners are on by default (7070/7071): free ports for them too, so that several
         # servers (a developer's and the tests') can run side by side.
-        f"grpc_inference_port={free_port()}",
-        f"grpc_management_port={free_port()}",
-        "enable_model_api=false",
-        "allowed_urls=(?!)",
-        f"model_store={model_store}",
-        f"models={json.dumps(models)}",
-        "max_request_size=104857600",
-        "max_response_size=104857600",
-        "default_response_timeout=600",
-        "job_queue_size=1000",
-        "number_of_netty_threads=4",
-        "metrics_mode=prometheus",
-        f"metrics_config={metrics_config}",
-        "model_metrics_auto_detect=false",
+        "grpc_inference_port": str(free_port()),
+        "grpc_management_port": str(free_port()),
+        "model_store": str(model_store),
+        "models": json.dumps(models),
+        "metrics_config": str((base_config.parent.parent / base["metrics_config"]).resolve()),
         # The frontend otherwise starts a Python process every minute to sample system metrics:
         # CPU taken from the model on a small machine, and noise in the benchmark's figures.
-        "disable_system_metrics=true",
-    ]
-    path.write_text("\n".join(lines) + "\n")
+        "disable_system_metrics": "true",
+    }
+    kept = {key: value for key, value in base.items() if key not in REPLACED_KEYS}
+    path.write_text("".join(f"{key}={value}\n" for key, value in {**kept, **private}.items()))
     return path
 
 
@@ -99,7 +123,7 @@ class TorchServeServer:
     metrics_url: str
     inference_key: str
     management_key: str
-    model_name: str  # the primary model (served_checkpoint's archive)
+    model_name: str  # the primary model
     model_names: list[str]
     log_dir: Path
     workdir: Path
@@ -179,7 +203,7 @@ def _worker_deaths(log_dir: Path) -> int:
 
 
 def start_torchserve(workdir: Path, model_store: Path, archives: dict[str, Path], primary: str,
-                     settings: ServerSettings | None = None) -> TorchServeServer:
+                     settings: ServerSettings | None = None, base_config: Path = BASE_CONFIG) -> TorchServeServer:
     """Start TorchServe serving ``archives`` ({name: .mar in model_store}); wait until all are READY."""
     if shutil.which("java") is None:
         raise RuntimeError("java is not on PATH")
@@ -190,7 +214,7 @@ def start_torchserve(workdir: Path, model_store: Path, archives: dict[str, Path]
     log_dir.mkdir(exist_ok=True)
     ports = (free_port(), free_port(), free_port())
     config = write_config(workdir / "config.properties", ports=ports, model_store=model_store,
-                          archives=archives, settings=settings)
+                          archives=archives, settings=settings, base_config=base_config)
     env = {**os.environ, "TMPDIR": str(tmp), "TEMP": str(tmp),
            "LOG_LOCATION": str(log_dir), "METRICS_LOCATION": str(log_dir)}
     command = ["torchserve", "--start", "--ncs", "--model-store", str(model_store),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json as jsonlib
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ class BadCase:
         if self.files is not None:
             row = {}
             for name, spec in self.files:
-                filename, data = spec[0], spec[1]
+                data = spec[1]
                 # TorchServe 0.12 hands text parts over as bytes too, like file parts.
                 row[name] = bytearray(data.encode("utf-8") if isinstance(data, str) else data)
             return row
