@@ -3,15 +3,17 @@
 Every input of the server is a fixture, so a test module (or a conftest closer to the tests) can
 override it:
 
-* ``golden_checkpoint``: the golden set's synthetic checkpoint (seed 0), built once per session
-  with ../shared/img2pose/golden/make_ckpt.py; tests using it are skipped without ../shared.
+* ``golden_checkpoint``: ../shared's golden-set checkpoint (seed 0), for the extra parity check
+  against ../shared's golden outputs; tests using it skip without ../shared.
 * ``demo_checkpoint_file``: the project's demo checkpoint (img2pose_tools.demo_checkpoint) as a file.
-* ``served_checkpoint``: the checkpoint of the primary model ``img2pose``: the golden checkpoint
-  when ../shared is there, else the demo checkpoint file.
-* ``served_pose_stats``: (mean.npy, stddev.npy) for ``img2pose``: identity statistics, what the
-  reference library uses with a bare checkpoint path (the golden outputs were made that way).
-* ``served_archives``: {model name: .mar}: ``img2pose`` from the two above and ``img2pose_demo``
-  (the demo archive, demo=true), built with ``build_archive`` into a session tmp dir.
+* ``code_running_checkpoint``: the demo weights in a file that also pickles an object which creates a
+  marker file when unpickled: (checkpoint, marker).
+* ``identity_pose_stats``: (mean.npy, stddev.npy) with the identity statistics, what the reference
+  library uses with a bare checkpoint path.
+* ``served_archives``: {model name: .mar}, built once per session: ``img2pose`` (the demo archive,
+  exactly what README's serve command builds) and ``img2pose_trusted`` (the code-running checkpoint,
+  built with ``trust_checkpoint``; its marker is removed after the build, so a worker that unpickled
+  the file again would re-create it).
 * ``server_settings``: overrides of config/config.properties' batch size, batch delay and workers
   (img2pose_tools.torchserve_launcher.ServerSettings; by default none: the server runs with what
   operators run).
@@ -29,14 +31,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from img2pose_serve import reference_data
 from img2pose_tools.torchserve_launcher import REPO, ServerSettings, start_torchserve, stop_torchserve
 
 SHARED = REPO.parent / "shared" / "img2pose"
 MAKE_CKPT = SHARED / "golden" / "make_ckpt.py"
-PRIMARY_MODEL = "img2pose"
-DEMO_MODEL = "img2pose_demo"
+PRIMARY_MODEL = DEMO_MODEL = "img2pose"
+TRUSTED_MODEL = "img2pose_trusted"
 
 
 @pytest.fixture(scope="session")
@@ -57,16 +60,29 @@ def demo_checkpoint_file(tmp_path_factory) -> Path:
     return write_demo_checkpoint(tmp_path_factory.mktemp("demo") / "img2pose_demo.pth")
 
 
-@pytest.fixture(scope="session")
-def served_checkpoint(request) -> Path:
-    """The primary model's checkpoint: golden if ../shared is present, else the demo checkpoint."""
-    if MAKE_CKPT.is_file():
-        return request.getfixturevalue("golden_checkpoint")
-    return request.getfixturevalue("demo_checkpoint_file")
+class CreatesFileWhenUnpickled:
+    """Unpickling this calls ``open(path, "w")``: a stand-in for any code a pickle can run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
 
 
 @pytest.fixture(scope="session")
-def served_pose_stats(tmp_path_factory) -> tuple[Path, Path]:
+def code_running_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
+    from img2pose_tools.demo_checkpoint import build_demo_state_dict
+
+    directory = tmp_path_factory.mktemp("hostile")
+    checkpoint, marker = directory / "training_checkpoint.pth", directory / "code-ran.marker"
+    torch.save({"fpn_model": build_demo_state_dict(0), "optimizer_extra": CreatesFileWhenUnpickled(marker)},
+               checkpoint)
+    return checkpoint, marker
+
+
+@pytest.fixture(scope="session")
+def identity_pose_stats(tmp_path_factory) -> tuple[Path, Path]:
     """Identity pose statistics (mean [0,0,0,0,0,1], stddev 1) as .npy files."""
     directory = tmp_path_factory.mktemp("pose_stats")
     mean, stddev = directory / "pose_mean.npy", directory / "pose_stddev.npy"
@@ -76,16 +92,19 @@ def served_pose_stats(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
-def served_archives(tmp_path_factory, served_checkpoint, served_pose_stats) -> dict[str, Path]:
+def served_archives(tmp_path_factory, code_running_checkpoint, identity_pose_stats) -> dict[str, Path]:
     from img2pose_tools.build_mar import build_archive
 
     store = tmp_path_factory.mktemp("model_store")
-    mean, stddev = served_pose_stats
-    return {
-        PRIMARY_MODEL: build_archive(served_checkpoint, mean, stddev, export_path=store,
-                                     model_name=PRIMARY_MODEL, quiet=True),
-        DEMO_MODEL: build_archive(None, export_path=store, model_name=DEMO_MODEL, quiet=True),
+    checkpoint, marker = code_running_checkpoint
+    archives = {
+        PRIMARY_MODEL: build_archive(None, export_path=store, model_name=PRIMARY_MODEL, quiet=True),
+        TRUSTED_MODEL: build_archive(checkpoint, *identity_pose_stats, export_path=store, model_name=TRUSTED_MODEL,
+                                     trust_checkpoint=True, quiet=True),
     }
+    assert marker.exists(), "the trusted build should have unpickled the checkpoint (and run its code)"
+    marker.unlink()
+    return archives
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +133,7 @@ def server_settings() -> ServerSettings:
 
 @pytest.fixture(scope="session")
 def torchserve_server(tmp_path_factory, served_archives, server_settings):
-    """A running TorchServe with ``img2pose`` (primary) and ``img2pose_demo``; stopped at session end."""
+    """A running TorchServe serving ``served_archives`` (primary: ``img2pose``); stopped at session end."""
     for tool in ("java", "torchserve"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not on PATH: TorchServe cannot run here")

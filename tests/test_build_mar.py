@@ -1,7 +1,12 @@
-"""Fast tests of the demo checkpoint and of scripts/build_mar.py (no server)."""
+"""Tests of the demo checkpoint and of the archive builder (no server).
+
+The one demo archive packed per session (conftest ``served_archives``) is inspected here; the other
+cases check the staged files without packing ~170 MB more each time.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import zipfile
@@ -14,7 +19,9 @@ import yaml
 
 from img2pose_serve import reference_data
 from img2pose_tools.demo_checkpoint import state_dict_manifest
-from img2pose_serve.demo_checkpoint import build_demo_state_dict, write_demo_checkpoint
+from img2pose_tools.demo_checkpoint import build_demo_state_dict, write_demo_checkpoint
+from img2pose_serve import archive_layout
+from img2pose_serve.handler_config import HandlerConfig
 from img2pose_tools.build_mar import (
     FRONTEND_KEYS,
     SOURCE_DEMO,
@@ -23,7 +30,9 @@ from img2pose_tools.build_mar import (
     BuildError,
     build_archive,
     main,
+    staged_archive,
 )
+from tests.conftest import PRIMARY_MODEL
 
 DTYPES = {"float32": torch.float32, "int64": torch.int64}
 
@@ -34,8 +43,8 @@ def demo_state() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def demo_archive(tmp_path_factory) -> Path:
-    return build_archive(None, export_path=tmp_path_factory.mktemp("store"), quiet=True)
+def demo_archive(served_archives) -> Path:
+    return served_archives[PRIMARY_MODEL]
 
 
 def _stats(directory: Path, mean, stddev) -> tuple[Path, Path]:
@@ -97,68 +106,83 @@ def test_demo_archive_contents(demo_archive):
     with zipfile.ZipFile(demo_archive) as archive:
         names = set(archive.namelist())
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
-        info = json.loads(archive.read("archive_info.json"))
-        config_text = archive.read("model-config.yaml").decode()
-        mean = np.load(archive.open("pose_mean.npy"))
-        stddev = np.load(archive.open("pose_stddev.npy"))
-        weights = manifest["model"]["serializedFile"]
-        assert weights in names and archive.getinfo(weights).file_size > 100_000_000
-    assert manifest["model"]["handler"] == "img2pose_handler.py"
+        info = json.loads(archive.read(archive_layout.INFO_FILE))
+        config_text = archive.read(archive_layout.MODEL_CONFIG_FILE).decode()
+        mean = np.load(archive.open(archive_layout.POSE_MEAN_FILE))
+        stddev = np.load(archive.open(archive_layout.POSE_STDDEV_FILE))
+        weights = archive.read(archive_layout.WEIGHTS_FILE)
+    assert manifest["model"]["serializedFile"] == archive_layout.WEIGHTS_FILE
+    assert manifest["model"]["handler"] == archive_layout.HANDLER_FILE
     assert manifest["model"]["modelVersion"] == "1.0"
-    assert manifest["model"]["configFile"] == "model-config.yaml"
+    assert manifest["model"]["configFile"] == archive_layout.MODEL_CONFIG_FILE
     package = Path(__file__).resolve().parents[1] / "handler" / "img2pose_serve"
     expected = {f"img2pose_serve/{p.relative_to(package).as_posix()}" for p in package.rglob("*")
                 if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
     assert expected <= names, sorted(expected - names)
-    assert {"img2pose_handler.py", "img2pose_serve/__init__.py", "img2pose_serve/data/state_dict_manifest.json",
-            "pose_mean.npy", "pose_stddev.npy", "archive_info.json"} <= names
+    # Only what the worker needs: no builder, no demo generator, no tools, no pickles.
+    assert not any(n.startswith(("img2pose_tools/", "img2pose_client/")) or n.endswith((".pth", ".pt", ".pkl"))
+                   for n in names), sorted(names)
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     assert info["demo"] is True
     assert info["pose_stats_source"] == SOURCE_DEMO
-    assert len(info["checkpoint_sha256"]) == 64
+    assert info["weights_sha256"] == hashlib.sha256(weights).hexdigest()
+    assert info["source_checkpoint_sha256"] is None
     assert info["built_by"].startswith("img2pose-serve ")
     assert mean.dtype == np.float32 and mean.tolist() == [0, 0, 0, 0, 0, 1]
     assert stddev.dtype == np.float32 and stddev.tolist() == [1] * 6
     config = yaml.safe_load(config_text)
     for key in FRONTEND_KEYS:
         assert key not in config_text
-    assert config["handler"] == {"score_threshold": 0.5, "max_faces": -1, "max_images_per_forward": 8,
-                                 "max_image_pixels": 120_000_000, "max_images_per_request": 16,
-                                 "decode_threads": 2}
+    # Every handler setting, at HandlerConfig's defaults: the handler and the archive cannot disagree.
+    assert config["handler"] == dataclasses.asdict(HandlerConfig())
+    assert HandlerConfig.from_mapping(config["handler"]) == HandlerConfig()
     assert config["responseTimeout"] == 1200  # see build_mar's docstring: config.properties cannot set it
 
 
-def test_handler_settings_are_valid_for_the_handler(demo_archive):
-    from img2pose_serve.handler_config import HandlerConfig
-
+def test_demo_archive_weights_are_the_demo_state_dict(demo_archive, tmp_path):
     with zipfile.ZipFile(demo_archive) as archive:
-        HandlerConfig.from_mapping(yaml.safe_load(archive.read("model-config.yaml"))["handler"])
+        archive.extractall(tmp_path)
+    info = archive_layout.ArchiveInfo.read(tmp_path)
+    weights = archive_layout.read_weights(tmp_path, info.weights_sha256)
+    demo = build_demo_state_dict(0)
+    assert set(demo) <= set(weights)
+    assert all(torch.equal(weights[k], demo[k]) for k in demo)
 
 
-def test_checkpoint_with_npy_stats(tmp_path):
-    checkpoint = write_demo_checkpoint(tmp_path / "real_name.pth", seed=0)
+def test_checkpoint_with_npy_stats(demo_checkpoint_file, tmp_path):
     mean, stddev = _stats(tmp_path, [1, 2, 3, 4, 5, 6], [[0.5] * 6])  # any shape with 6 values
-    mar = build_archive(checkpoint, mean, stddev, export_path=tmp_path / "store", model_name="custom", quiet=True)
-    assert mar == tmp_path / "store" / "custom.mar"
-    with zipfile.ZipFile(mar) as archive:
-        info = json.loads(archive.read("archive_info.json"))
-        assert json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"] == "real_name.pth"
-        assert np.load(archive.open("pose_mean.npy")).tolist() == [1, 2, 3, 4, 5, 6]
-        assert np.load(archive.open("pose_stddev.npy")).tolist() == [0.5] * 6
-    assert info["demo"] is False
-    assert info["pose_stats_source"] == SOURCE_NPY
-    assert info["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    with staged_archive(demo_checkpoint_file, mean, stddev, quiet=True) as staged:
+        info = staged.info
+        stored_mean = np.load(staged.extra / archive_layout.POSE_MEAN_FILE).tolist()
+        stored_stddev = np.load(staged.extra / archive_layout.POSE_STDDEV_FILE).tolist()
+        assert archive_layout.ArchiveInfo.read(staged.extra) == info
+        assert info.weights_sha256 == archive_layout.sha256_of(staged.weights)
+    assert stored_mean == [1, 2, 3, 4, 5, 6] and stored_stddev == [0.5] * 6
+    assert info.demo is False
+    assert info.pose_stats_source == SOURCE_NPY
+    assert info.source_checkpoint_sha256 == hashlib.sha256(demo_checkpoint_file.read_bytes()).hexdigest()
 
 
-def test_checkpoint_without_stats_uses_published_approximation(tmp_path, capsys):
-    checkpoint = write_demo_checkpoint(tmp_path / "c.pth")
-    mar = build_archive(checkpoint, export_path=tmp_path, quiet=False)
+def test_checkpoint_without_stats_uses_published_approximation(demo_checkpoint_file, capsys):
+    with staged_archive(demo_checkpoint_file) as staged:
+        info = staged.info
+        mean = np.load(staged.extra / archive_layout.POSE_MEAN_FILE)
     assert "WARNING" in capsys.readouterr().err
-    with zipfile.ZipFile(mar) as archive:
-        info = json.loads(archive.read("archive_info.json"))
-        mean = np.load(archive.open("pose_mean.npy"))
-    assert info["pose_stats_source"] == SOURCE_PUBLISHED and info["demo"] is False
+    assert info.pose_stats_source == SOURCE_PUBLISHED and info.demo is False
     np.testing.assert_array_equal(mean, reference_data.published_pose_stats()[0])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"batchSize": 4}, "belongs in config.properties"),
+    ({"max_images_per_forward": 2.7}, "max_images_per_forward must be an integer"),
+    ({"max_images_per_forward": "1.5"}, "max_images_per_forward must be an integer"),
+    ({"max_images_per_forward": 0}, "max_images_per_forward must be >= 1"),
+    ({"no_such_setting": 1}, "unknown setting"),
+])
+def test_handler_settings_are_validated_at_build_time(tmp_path, overrides, message):
+    with pytest.raises(BuildError, match=message):
+        build_archive(None, export_path=tmp_path, handler_overrides=overrides, quiet=True)
+    assert not (tmp_path / "img2pose.mar").exists()
 
 
 def test_existing_archive_needs_force(tmp_path):
@@ -203,8 +227,6 @@ def test_input_errors(tmp_path):
     (tmp_path / "junk.npy").write_bytes(b"not an npy file")
     with pytest.raises(BuildError, match="not a readable .npy"):
         build_archive(checkpoint, tmp_path / "junk.npy", stddev, export_path=out)
-    with pytest.raises(BuildError, match="belongs in config.properties"):
-        build_archive(None, export_path=out, handler_settings={"batchSize": 4})
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -227,3 +249,41 @@ def test_checkpoint_is_checked_strictly_at_build_time(tmp_path):
 def test_cli_reports_errors(tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path / "missing.pth"), "--export-path", str(tmp_path)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+# --- checkpoints are data, never code ------------------------------------------------------------
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_its_code_never_runs(code_running_checkpoint, tmp_path,
+                                                                              capsys):
+    checkpoint, marker = code_running_checkpoint
+    assert main(["--checkpoint", str(checkpoint), "--export-path", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds objects beyond tensors" in err and "--trust-checkpoint" in err
+    assert not marker.exists()
+    assert not (tmp_path / "img2pose.mar").exists()
+
+
+def test_trusted_checkpoint_ships_its_tensors_only(served_archives, code_running_checkpoint, tmp_path):
+    from tests.conftest import TRUSTED_MODEL
+
+    checkpoint, marker = code_running_checkpoint
+    with zipfile.ZipFile(served_archives[TRUSTED_MODEL]) as archive:
+        archive.extractall(tmp_path)
+    assert not any(path.suffix in (".pth", ".pt", ".pkl") for path in tmp_path.rglob("*"))
+    info = archive_layout.ArchiveInfo.read(tmp_path)
+    assert info.source_checkpoint_sha256 == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    model, _ = archive_layout.load_detector(tmp_path)  # what a worker does at start
+    assert not marker.exists()
+    demo = build_demo_state_dict(0)
+    assert all(torch.equal(model.state_dict()[k], demo[k]) for k in demo)
+
+
+def test_tampered_weights_are_refused_at_load(demo_archive, tmp_path):
+    with zipfile.ZipFile(demo_archive) as archive:
+        archive.extractall(tmp_path)
+    weights = tmp_path / archive_layout.WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(archive_layout.ArchiveIntegrityError, match="changed after the archive was built"):
+        archive_layout.load_detector(tmp_path)

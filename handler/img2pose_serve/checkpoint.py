@@ -40,11 +40,14 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     try:
         container = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as refusal:
+        detail = _unpickler_detail(refusal)
+        if "Unsupported global" not in detail:  # not a pickle at all, or a broken one
+            raise CheckpointError(f"{path} could not be read as a torch checkpoint: {detail}") from None
         if not trust:
             raise CheckpointError(
                 f"{path} holds objects beyond tensors, and unpickling them could run code from the file, so it "
-                f"was not loaded (torch: {_first_line(refusal)}). If it is your own training checkpoint, rebuild "
-                "with `build_mar.py --trust-checkpoint` (its tensors are copied into the archive; the file "
+                f"was not loaded ({detail}). If it is your own training checkpoint, rebuild with "
+                "`build_mar.py --trust-checkpoint` (its tensors are copied into the archive; the file "
                 "itself is never shipped)") from None
         container = _load_trusted(path, map_location)
     except Exception as error:  # torch raises many types for truncated or foreign files
@@ -60,8 +63,12 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     return dict(state)
 
 
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+def _unpickler_detail(error: Exception) -> str:
+    """The sentence of torch's weights_only refusal that says what it met (not its long advice)."""
+    text = str(error)
+    _, found, detail = text.partition("WeightsUnpickler error:")
+    detail = (detail if found else text).strip()
+    return (detail.splitlines() or [type(error).__name__])[0].split(" Please use")[0]
 
 
 def _load_trusted(path: Path, map_location):

@@ -31,7 +31,9 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -196,29 +198,32 @@ def _run_archiver(staging: Path, **settings) -> None:
         ModelArchiver.generate_model_archive(ModelArchiverConfig(**settings))
 
 
-def build_archive(
+@dataclass(frozen=True)
+class StagedArchive:
+    """An archive's files, checked and written out, before the archiver packs them."""
+
+    weights: Path
+    extra: Path  # copied to the archive's root: the package, pose statistics, archive_info.json
+    config_file: Path
+    info: archive_layout.ArchiveInfo
+
+
+@contextmanager
+def staged_archive(
     checkpoint: str | Path | None = None,
     pose_mean: str | Path | None = None,
     pose_stddev: str | Path | None = None,
-    export_path: str | Path = DEFAULT_EXPORT_PATH,
-    model_name: str = DEFAULT_MODEL_NAME,
-    force: bool = True,
     demo_seed: int = 0,
     handler_overrides: dict | None = None,
     response_timeout: int = DEFAULT_RESPONSE_TIMEOUT,
     trust_checkpoint: bool = False,
     quiet: bool = False,
-) -> Path:
-    """Write ``<export_path>/<model_name>.mar`` and return its path.
+) -> Iterator[StagedArchive]:
+    """Check the inputs and write the archive's files into a temporary directory (removed afterwards).
 
-    ``checkpoint=None`` builds the DEMO archive (generated weights, identity pose statistics).
-    ``handler_overrides`` replaces entries of the archive's ``handler:`` section.
-    Raises BuildError for unusable inputs, FileExistsError when the archive exists and not ``force``.
+    ``checkpoint=None`` stages the DEMO archive (generated weights, identity pose statistics).
+    Raises BuildError for unusable inputs.
     """
-    export_path = Path(export_path)
-    mar = export_path / f"{model_name}.mar"
-    if mar.exists() and not force:
-        raise FileExistsError(f"{mar} already exists (use --force to overwrite)")
     mean, stddev, stats_source = resolve_pose_stats(checkpoint, pose_mean, pose_stddev)
     settings = handler_settings(handler_overrides)
     if int(response_timeout) <= 0:
@@ -227,8 +232,7 @@ def build_archive(
     if demo:
         if not quiet:
             print(DEMO_BANNER, file=sys.stderr)
-        state = build_demo_state_dict(demo_seed)
-        source_sha256 = None
+        state, source_sha256 = build_demo_state_dict(demo_seed), None
     else:
         checkpoint = Path(checkpoint)
         if trust_checkpoint and not quiet:
@@ -240,18 +244,16 @@ def build_archive(
         if stats_source == SOURCE_PUBLISHED and not quiet:
             print(APPROX_STATS_WARNING, file=sys.stderr)
 
-    export_path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="img2pose-mar-") as tmp:
         tmp = Path(tmp)
         weights, weights_sha256 = archive_layout.write_weights(state, tmp)
-        # Everything except the handler, weights and config goes into one directory that the
-        # archiver copies to the archive root. It copies a directory's *contents* (one level
-        # flattened), so the package must sit one level down to arrive as img2pose_serve/.
+        # The archiver copies a directory's *contents* to the archive root (one level flattened),
+        # so the package must sit one level down to arrive as img2pose_serve/.
         extra = tmp / "extra"
         shutil.copytree(PACKAGE_DIR, extra / archive_layout.PACKAGE_DIR,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
         archive_layout.write_pose_stats(mean, stddev, extra)
-        archive_layout.ArchiveInfo(
+        info = archive_layout.ArchiveInfo(
             demo=demo,
             weights_sha256=weights_sha256,
             source_checkpoint_sha256=source_sha256,
@@ -259,31 +261,54 @@ def build_archive(
             pose_mean=[float(v) for v in mean],
             pose_stddev=[float(v) for v in stddev],
             built_by=f"img2pose-serve {project_version()}",
-        ).write(extra)
+        )
+        info.write(extra)
         config_file = tmp / archive_layout.MODEL_CONFIG_FILE
         config_file.write_text(
             "# Batch size, batch delay and workers live in config.properties (values here would\n"
             "# override it). responseTimeout must be here: TorchServe 0.12 takes it from the archive\n"
             "# (default 120) whenever the archive has a model-config.yaml.\n"
             + yaml.safe_dump({"responseTimeout": int(response_timeout), "handler": settings}, sort_keys=False))
+        yield StagedArchive(weights, extra, config_file, info)
 
-        staging = tmp / "archiver-tmp"
-        staging.mkdir()
+
+def build_archive(
+    checkpoint: str | Path | None = None,
+    pose_mean: str | Path | None = None,
+    pose_stddev: str | Path | None = None,
+    export_path: str | Path = DEFAULT_EXPORT_PATH,
+    model_name: str = DEFAULT_MODEL_NAME,
+    force: bool = True,
+    quiet: bool = False,
+    **staging,
+) -> Path:
+    """Write ``<export_path>/<model_name>.mar`` and return its path (``staging``: see ``staged_archive``).
+
+    Raises BuildError for unusable inputs, FileExistsError when the archive exists and not ``force``.
+    """
+    export_path = Path(export_path)
+    mar = export_path / f"{model_name}.mar"
+    if mar.exists() and not force:
+        raise FileExistsError(f"{mar} already exists (use --force to overwrite)")
+    with staged_archive(checkpoint, pose_mean, pose_stddev, quiet=quiet, **staging) as staged:
+        export_path.mkdir(parents=True, exist_ok=True)
+        archiver_tmp = staged.weights.parent / "archiver-tmp"
+        archiver_tmp.mkdir()
         _run_archiver(
-            staging,
+            archiver_tmp,
             model_name=model_name,
             version=ARCHIVE_VERSION,
             handler=str(HANDLER_PATH),
-            serialized_file=str(weights),
-            extra_files=str(extra),
-            config_file=str(config_file),
+            serialized_file=str(staged.weights),
+            extra_files=str(staged.extra),
+            config_file=str(staged.config_file),
             export_path=str(export_path),
             archive_format="default",
             force=True,  # the existence check above already honoured ``force``
         )
     if not quiet:
-        print(f"wrote {mar} ({'DEMO, meaningless detections' if demo else 'weights from ' + checkpoint.name};"
-              f" pose stats: {stats_source})")
+        source = "DEMO, meaningless detections" if checkpoint is None else f"weights from {Path(checkpoint).name}"
+        print(f"wrote {mar} ({source}; pose stats: {staged.info.pose_stats_source})")
     return mar
 
 
