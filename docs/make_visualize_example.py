@@ -10,19 +10,17 @@ chosen pose, so that the results line (written here by hand, not detected) fits 
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-DOCS = Path(__file__).resolve().parent
-sys.path.insert(0, str(DOCS.parent / "handler"))
+from img2pose_client.visualize import visualize
+from img2pose_serve.pose import KEYPOINT_INDICES, camera_matrix, project_keypoints, project_points
+from img2pose_serve.reference_data import points_68
 
-from img2pose_client.visualize import visualize  # noqa: E402
-from img2pose_serve.pose import KEYPOINT_INDICES, _project, camera_matrix, project_keypoints  # noqa: E402
-from img2pose_serve.reference_data import points_68  # noqa: E402
+DEFAULT_OUT = Path(__file__).resolve().parent / "visualize_example.png"
 
 WIDTH, HEIGHT = 480, 360
 POSE = np.array([0.1, 0.25, 0.05, -0.15, 0.05, 6.5])  # turned to the side, nodding a little
@@ -40,11 +38,11 @@ def sketch(landmarks: np.ndarray, forehead: np.ndarray) -> Image.Image:
     return image
 
 
-def main() -> None:
+def main(out: Path = DEFAULT_OUT) -> dict:
     camera = camera_matrix(WIDTH + HEIGHT, WIDTH / 2, HEIGHT / 2)
     points = points_68().astype(np.float64)
-    landmarks = _project(points, POSE[None], camera)[0]
-    forehead = _project(points[17:27] + [0, -0.45, 0.1], POSE[None], camera)[0]  # above the brows
+    landmarks = project_points(points, POSE[None], camera)[0]
+    forehead = project_points(points[17:27] + [0, -0.45, 0.1], POSE[None], camera)[0]  # above the brows
     low, high = np.minimum(landmarks.min(0), forehead.min(0)), np.maximum(landmarks.max(0), forehead.max(0))
     keypoints = project_keypoints(points_68(), POSE[None], WIDTH, HEIGHT)[0]
     face = {"box": [round(float(v)) for v in (*(low - 6), *(high + 6))], "confidence": 0.97,
@@ -55,9 +53,9 @@ def main() -> None:
         results = Path(tmp) / "results.jsonl"
         results.write_text(json.dumps({"path": str(photo), "faces": [face]}) + "\n")
         [drawn] = visualize(results, Path(tmp) / "viz", angles=True)
-        Image.open(drawn).save(DOCS / "visualize_example.png", optimize=True)
-    print(json.dumps({"faces": [face]}))
+        Image.open(drawn).save(out, optimize=True)
+    return {"faces": [face]}
 
 
 if __name__ == "__main__":
-    main()
+    print(json.dumps(main()))

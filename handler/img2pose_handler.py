@@ -24,12 +24,11 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from img2pose_serve import archive_layout
-from img2pose_serve.batch_items import BatchImage, RequestState, batch_images, read_request
+from img2pose_serve.batch_items import BatchImage, RequestState, batch_images, decode_batch_image, read_request
 from img2pose_serve.batching import plan_forwards
 from img2pose_serve.errors import RequestError, internal_error
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.handler_config import HandlerConfig
-from img2pose_serve.image_decoding import decode_tensor
 from img2pose_serve.request_parsing import DetectionParams
 
 logger = logging.getLogger(__name__)
@@ -114,14 +113,15 @@ class Img2PoseHandler(BaseHandler):
         """The group's input tensors; an image that cannot be decoded fails its request."""
         started = time.perf_counter()
         max_pixels = self.config.max_image_pixels
-        decoded = self.decode_pool.map(lambda i: decode_tensor(images[i].data, max_pixels), group)
+        decoded = self.decode_pool.map(
+            lambda i: decode_batch_image(images[i], requests[images[i].request], max_pixels), group)
         tensors = {}
         for i, result in zip(group, decoded):
             request = requests[images[i].request]
             if request.error is not None:
                 continue
             if isinstance(result, RequestError):
-                request.error = RequestError(result.status, request.parsed.error_prefix(images[i].slot) + result.message)
+                request.error = result
             elif isinstance(result, Exception):
                 request.error = internal_error(self.context.get_request_id(images[i].request), result, logger)
             else:

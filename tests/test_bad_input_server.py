@@ -9,33 +9,38 @@ survive (same PID).
 
 from __future__ import annotations
 
+import io
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from img2pose_serve.image_decoding import decode_many
+from img2pose_serve.batch_items import batch_images, decode_batch_image, read_request
 from img2pose_serve.errors import RequestError
-from img2pose_serve.request_parsing import DetectionParams, parse_request
+from img2pose_serve.handler_config import HandlerConfig
+from img2pose_serve.request_parsing import DetectionParams
 from img2pose_tools.bad_inputs import CASES, BadCase
-from tests.golden_set import GOLDEN
+from img2pose_tools.synthetic_images import photo_like_pil
 
-GOOD_IMAGE = GOLDEN / "images" / "06_palette_100x100.png"
 GOOD_COUNT = 7  # interleaved good requests (plus one sent alone first: 8 forwards in all)
-MAX_PIXELS = 120_000_000  # HandlerConfig defaults, as in the served archives
-MAX_IMAGES = 16
+CONFIG = HandlerConfig()  # the served archives' settings
+
+
+def _good_image() -> bytes:
+    buffer = io.BytesIO()
+    photo_like_pil(100, 100, seed=7).convert("P").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _answer_in_process(case: BadCase) -> tuple[int, str]:
-    """What the handler's preprocess answers for the case: (status, message); (200, "") if accepted."""
-    try:
-        parsed = parse_request(case.row(), DetectionParams(0.5, -1), case.header_content_type(),
-                               max_images_per_request=MAX_IMAGES)
-    except RequestError as error:
-        return error.status, error.message
-    decoded = decode_many(parsed.images, MAX_PIXELS)
-    for n, item in enumerate(decoded):
-        if isinstance(item, RequestError):
-            return item.status, parsed.error_prefix(n) + item.message
+    """What the handler answers for the case, by its own two steps (read the request, then decode
+    each image as its forward would): (status, message); (200, "") if accepted."""
+    request = read_request(case.row(), case.header_content_type(), DetectionParams(0.5, -1), CONFIG)
+    if request.error is not None:
+        return request.error.status, request.error.message
+    for image in batch_images([request]):
+        result = decode_batch_image(image, request, CONFIG.max_image_pixels)
+        if isinstance(result, RequestError):
+            return result.status, result.message
     return 200, ""
 
 
@@ -58,10 +63,9 @@ def _send_bad(server, case: BadCase):
 
 
 @pytest.mark.server
-@pytest.mark.skipif(not GOLDEN.is_dir(), reason="../shared/img2pose/golden is not present")
 def test_corpus_in_mixed_batches(torchserve_server):
     server = torchserve_server
-    good = GOOD_IMAGE.read_bytes()
+    good = _good_image()
     headers = {"Content-Type": "application/octet-stream"}
     pid_before = server.describe()[0]["workers"][0]["pid"]
 

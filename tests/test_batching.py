@@ -29,3 +29,13 @@ def test_groups_are_capped():
 
 def test_empty_batch():
     assert plan_forwards([], 8) == []
+
+
+def test_forwards_are_capped_by_pixels_too():
+    sizes = [(480, 640)] * 5  # 307,200 pixels each, one canvas
+    assert plan_forwards(sizes, 8, max_pixels_per_forward=3 * 640 * 480) == [[0, 1, 2], [3, 4]]
+    assert plan_forwards(sizes, 2, max_pixels_per_forward=3 * 640 * 480) == [[0, 1], [2, 3], [4]]
+    # An image larger than the budget still gets a forward of its own.
+    assert plan_forwards([(480, 640), (10000, 10000), (480, 640)], 8, max_pixels_per_forward=10**6) == [[0, 2], [1]]
+    big = [(10000, 10000)] * 3
+    assert plan_forwards(big, 8, max_pixels_per_forward=120_000_000) == [[0], [1], [2]]

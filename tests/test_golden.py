@@ -7,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-from img2pose_serve import reference_data
 from img2pose_serve.detector import build_detector
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.image_decoding import image_to_tensor
@@ -27,7 +26,7 @@ def _detect_all(detector, threshold: float) -> dict[str, list[dict]]:
     for name in image_names():
         image = _open_rgb(name)
         prediction = detector.detect([image_to_tensor(image)])[0]
-        results[name] = to_face_dicts(prediction, image.width, image.height, reference_data.points_68(), threshold, -1)
+        results[name] = to_face_dicts(prediction, threshold, -1)
     return results
 
 

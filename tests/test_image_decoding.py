@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import struct
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from img2pose_serve.image_decoding import decode_image, decode_many, image_to_tensor
+from img2pose_serve.image_decoding import decode_image, decode_tensor, image_size, image_to_tensor
 from img2pose_serve.errors import RequestError
 
 LIMIT = 10_000_000
@@ -261,24 +260,37 @@ def test_image_to_tensor_refuses_non_rgb() -> None:
         image_to_tensor(Image.new("L", (2, 2)))
 
 
-# --- decode_many ------------------------------------------------------------
+# --- decode_tensor -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("use_pool", [False, True])
-def test_decode_many_isolates_bad_items(use_pool: bool) -> None:
+def test_decode_tensor_returns_errors_instead_of_raising() -> None:
     good_a = encode(Image.new("RGB", (3, 3), (9, 9, 9)), "PNG")
     good_b = encode(Image.new("L", (2, 5), 40), "PNG")
     bomb = png_with_declared_size(5000, 5000)
-    datas = [good_a, b"not an image", good_b, bomb, b""]
-    if use_pool:
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            results = decode_many(datas, 1000, pool)
-    else:
-        results = decode_many(datas, 1000, None)
-    assert len(results) == 5
-    assert isinstance(results[0], Image.Image) and results[0].size == (3, 3)
+    results = [decode_tensor(data, 1000) for data in (good_a, b"not an image", good_b, bomb, b"")]
+    assert isinstance(results[0], torch.Tensor) and tuple(results[0].shape) == (3, 3, 3)
     assert isinstance(results[1], RequestError) and results[1].status == 400
-    assert isinstance(results[2], Image.Image) and results[2].size == (2, 5)
-    assert pixels(results[2])[0, 0].tolist() == [40, 40, 40]
+    assert isinstance(results[2], torch.Tensor) and tuple(results[2].shape) == (3, 5, 2)
+    assert results[2][:, 0, 0].tolist() == [np.float32(40) / np.float32(255)] * 3
     assert isinstance(results[3], RequestError) and results[3].status == 413
     assert isinstance(results[4], RequestError) and results[4].status == 400
+
+
+def test_image_size_reads_the_header_only() -> None:
+    noise = np.random.default_rng(1).integers(0, 256, size=(21, 370, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(noise), "PNG")
+    cut = data[: len(data) // 2]  # the pixel data is cut off: not read here
+    assert image_size(data, 10_000) == (370, 21)
+    assert image_size(cut, 10_000) == (370, 21)
+    with pytest.raises(RequestError) as error:
+        image_size(png_with_declared_size(5000, 5000), 1000)
+    assert error.value.status == 413
+    assert isinstance(decode_tensor(cut, 10_000), RequestError)
+
+
+def test_image_to_tensor_equals_the_reference_expression_bit_for_bit() -> None:
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(31, 17, 3), dtype=np.uint8))
+    ours = image_to_tensor(img)
+    reference = torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1) / 255.0
+    assert torch.equal(ours, reference)
+    assert ours.stride() == reference.stride() and ours.dtype == reference.dtype

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from img2pose_serve import reference_data
-from img2pose_serve.pose import KEYPOINT_INDICES, PoseDecoder, project_keypoints
+from img2pose_serve.pose import BOX_SCALE, KEYPOINT_INDICES, PoseDecoder, camera_matrix, project_keypoints, project_points
 
 IDENTITY = PoseDecoder.create([0, 0, 0, 0, 0, 0], [1] * 6, reference_data.points_68())
 H, W = 480, 640  # focal 1120, principal point (320, 240)
@@ -51,16 +51,23 @@ def test_frontal_face_box_is_integer_clipped_and_extends_up_for_the_forehead():
     assert 240 - y1 > y2 - 240
 
 
-@pytest.mark.parametrize("roll, side", [(0.0, "top"), (1.5, "right"), (-1.5, "left"), (3.0, "bottom")])
+@pytest.mark.parametrize("roll, side", [(0.0, "top"), (0.9, "top"), (1.5, "right"), (-1.5, "left"),
+                                        (3.0, "bottom"), (-3.0, "bottom")])
 def test_forehead_side_follows_roll(roll, side):
     box = np.float32([[270, 190, 370, 290]])
-    base = IDENTITY.to_global(box, np.float32([[0, 0, 0, 0, 0, 3.0]]), (H, W))[1][0]
-    rolled_pose = np.float32([[0, 0, roll, 0, 0, 3.0]])
-    poses, rolled = IDENTITY.to_global(box, rolled_pose, (H, W))
-    # Rotating about the optical axis keeps the landmark extent's centre: compare the grown side.
-    extent_growth = {"left": base[0] - rolled[0][0], "top": base[1] - rolled[0][1],
-                     "right": rolled[0][2] - base[2], "bottom": rolled[0][3] - base[3]}
-    assert max(extent_growth, key=extent_growth.get) == side or side == "top"
+    poses, boxes = IDENTITY.to_global(box, np.float32([[0, 0, roll, 0, 0, 3.0]]), (H, W))
+    # The box is the landmarks' extent scaled about its centre, plus room for the forehead on one
+    # side: measure how far each side reaches beyond the extent scaled by BOX_SCALE alone.
+    landmarks = project_points(reference_data.points_68(), poses, camera_matrix(W + H, W // 2, H // 2))[0]
+    low, high = landmarks.min(axis=0), landmarks.max(axis=0)
+    centre, half = (low + high) / 2, np.trunc((high - low) * BOX_SCALE) / 2
+    left, top, right, bottom = boxes[0]
+    beyond = {"left": (centre[0] - half[0]) - left, "top": (centre[1] - half[1]) - top,
+              "right": right - (centre[0] + half[0]), "bottom": bottom - (centre[1] + half[1])}
+    grown = max(beyond, key=beyond.get)
+    assert grown == side, beyond
+    # The forehead adds a real margin on that side only (the others differ by integer truncation).
+    assert beyond[side] > 5 and all(v <= 1 for k, v in beyond.items() if k != side), beyond
 
 
 def test_boxes_are_clipped_to_the_image():

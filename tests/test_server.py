@@ -10,7 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
+from img2pose_tools.torchserve_launcher import BASE_CONFIG, model_settings, read_properties
 from scripts.benchmark import ForwardBatchMeter
+from tests.conftest import DEMO_MODEL, TRUSTED_MODEL
 from tests.golden_set import GOLDEN, compare_faces, image_names, reference_outputs
 
 pytestmark = [pytest.mark.server,
@@ -121,19 +123,27 @@ def test_bad_request_fails_alone_inside_a_batch(torchserve_server, sequential):
 
 
 def test_demo_archive_is_marked_everywhere(torchserve_server):
-    response = torchserve_server.predict(_bytes("06_palette_100x100.png"), model="img2pose_demo")
-    assert response.status_code == 200, response.text
-    assert "meaningless" in response.headers.get("X-Img2Pose-Demo", "")
-    assert isinstance(response.json(), list)
+    demo = torchserve_server.predict(_bytes("06_palette_100x100.png"), model=DEMO_MODEL)
+    assert demo.status_code == 200, demo.text
+    assert "meaningless" in demo.headers.get("X-Img2Pose-Demo", "")
+    assert isinstance(demo.json(), list)
     assert "DEMO ARCHIVE" in torchserve_server.log_tail(200_000)
-    primary = torchserve_server.predict(_bytes("06_palette_100x100.png"))
-    assert "X-Img2Pose-Demo" not in primary.headers
+    real = torchserve_server.predict(_bytes("06_palette_100x100.png"), model=TRUSTED_MODEL)
+    assert real.status_code == 200 and "X-Img2Pose-Demo" not in real.headers
+    assert real.json() == demo.json()  # the same weights and pose statistics
 
 
 def test_worker_settings_come_from_config_properties(torchserve_server):
-    description = torchserve_server.describe()[0]
-    assert description["batchSize"] == 8
-    assert all(w["status"] == "READY" for w in description["workers"])
+    wanted = model_settings(read_properties(BASE_CONFIG))
+    for name in torchserve_server.model_names:
+        description = torchserve_server.describe(name)[0]
+        assert description["batchSize"] == wanted["batchSize"]
+        assert description["maxBatchDelay"] == wanted["maxBatchDelay"]
+        assert description["minWorkers"] == wanted["minWorkers"] and description["maxWorkers"] == wanted["maxWorkers"]
+        ready = [w for w in description["workers"] if w["status"] == "READY"]
+        assert len(ready) == wanted["minWorkers"]
+    assert read_properties(torchserve_server.config_path)["max_request_size"] == \
+        read_properties(BASE_CONFIG)["max_request_size"]
 
 
 def test_worker_log_has_no_torch_warnings(torchserve_server, sequential):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,15 @@ def test_cli_draws_success_lines_only(tmp_path, capsys):
     assert [p.name for p in written] == [output_name(str(photo))]
     assert len(pixels_of(Image.open(written[0]).convert("RGB"), BOX_COLOUR)) > 200
     assert "1 image(s) written" in capsys.readouterr().out
+
+
+def test_the_docs_example_script_runs(tmp_path):
+    """README points users at docs/make_visualize_example.py: it must keep working."""
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "docs" / "make_visualize_example.py"))
+    out = tmp_path / "example.png"
+    result = script["main"](out)
+    assert Image.open(out).size == (script["WIDTH"], script["HEIGHT"])
+    [face] = result["faces"]
+    assert set(face) == {"box", "confidence", "pose", "keypoints"} and len(face["keypoints"]) == 5

@@ -11,7 +11,9 @@ from typing import Any
 
 from .errors import RequestError
 from .handler_config import HandlerConfig
-from .image_decoding import image_size
+import torch
+
+from .image_decoding import decode_tensor, image_size
 from .request_parsing import DetectionParams, ParsedRequest, parse_request
 
 
@@ -64,3 +66,12 @@ def batch_images(requests: list[RequestState]) -> list[BatchImage]:
         for index, request in enumerate(requests) if request.error is None
         for slot, (data, (height, width)) in enumerate(zip(request.parsed.images, request.sizes))
     ]
+
+
+def decode_batch_image(image: BatchImage, request: RequestState, max_pixels: int) -> torch.Tensor | Exception:
+    """The image's input tensor, or what prevented it: a RequestError naming the image's place in its
+    request (``images[1]: ...``) for the client's mistakes, any other exception for ours."""
+    result = decode_tensor(image.data, max_pixels)
+    if isinstance(result, RequestError):
+        return RequestError(result.status, request.parsed.error_prefix(image.slot) + result.message)
+    return result
