@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from scripts import benchmark
+from tests.conftest import DEMO_MODEL
 
 
 def test_image_sets_are_deterministic_jpegs_of_the_promised_sizes():
@@ -38,7 +39,7 @@ def test_sweep_against_a_running_server_writes_every_report(torchserve_server, t
     exit_code = benchmark.main([
         "--url", torchserve_server.inference_url, "--management-url", torchserve_server.management_url,
         "--metrics-url", torchserve_server.metrics_url, "--key-file", str(torchserve_server.workdir / "key_file.json"),
-        "--model", "img2pose_demo", "--concurrency", "2", "--requests", "2", "--rounds", "1", "--image-sets", "same",
+        "--model", DEMO_MODEL, "--concurrency", "2", "--requests", "2", "--rounds", "1", "--image-sets", "same",
         "--out", str(tmp_path),
     ])
     assert exit_code == 0
@@ -46,7 +47,7 @@ def test_sweep_against_a_running_server_writes_every_report(torchserve_server, t
     assert len(rows) == 1
     row = rows[0]
     assert (row["image_set"], row["concurrency"], row["requests"], row["ok"], row["errors"]) == ("same", "2", "2", "2", "0")
-    assert int(row["batch_size"]) == torchserve_server.describe("img2pose_demo")[0]["batchSize"]
+    assert int(row["batch_size"]) == torchserve_server.describe(DEMO_MODEL)[0]["batchSize"]
     assert float(row["images_per_s"]) > 0 and float(row["p95_s"]) >= float(row["p50_s"]) > 0
     assert float(row["mean_forward_batch"]) >= 1.0  # read from the handler's Prometheus metric
     report = json.loads((tmp_path / "results.json").read_text())

@@ -18,7 +18,7 @@ class HandlerConfig:
     # A forward takes same-canvas images up to this count and up to this many original pixels in
     # all (at least one image): each pixel costs 12 bytes as a float32 tensor until its forward ends.
     max_images_per_forward: int = 8
-    max_pixels_per_forward: int = 120_000_000
+    max_pixels_per_forward: int = 48_000_000
     # Declared width*height above this -> 413, checked from the header before decoding.
     # 120 M admits 108 MP phone photos.
     max_image_pixels: int = 120_000_000

@@ -121,6 +121,7 @@ class TorchServeServer:
     inference_url: str
     management_url: str
     metrics_url: str
+    grpc_inference_target: str  # host:port of the gRPC inference API
     inference_key: str
     management_key: str
     model_name: str  # the primary model
@@ -226,7 +227,9 @@ def start_torchserve(workdir: Path, model_store: Path, archives: dict[str, Path]
     java_pid = _read_pid(tmp / ".model_server.pid")
     server = TorchServeServer(
         inference_url=f"http://127.0.0.1:{ports[0]}", management_url=f"http://127.0.0.1:{ports[1]}",
-        metrics_url=f"http://127.0.0.1:{ports[2]}", inference_key="", management_key="",
+        metrics_url=f"http://127.0.0.1:{ports[2]}",
+        grpc_inference_target=f"127.0.0.1:{read_properties(config)['grpc_inference_port']}",
+        inference_key="", management_key="",
         model_name=primary, model_names=list(archives), log_dir=log_dir, workdir=workdir,
         config_path=config, env=env, java_pid=java_pid)
     def healthy() -> bool:

@@ -1,0 +1,70 @@
+"""A client of TorchServe's gRPC inference API (``inference.proto``, service ``InferenceAPIsService``).
+
+TorchServe's pip package ships no Python stubs, but its frontend jar carries ``inference.proto``;
+:func:`load_stubs` compiles it with grpcio-tools into a directory and imports the result, so the
+stubs always match the installed TorchServe. Needs ``pip install grpcio grpcio-tools
+googleapis-common-protos`` (the project's ``grpc`` extra).
+
+TorchServe 0.12 answers gRPC status OK whatever status the handler set for a request: a rejected
+image comes back as an OK response whose body is the handler's JSON error object
+(``{"error": ..., "code": 400}``), so a gRPC client must look at the body.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import zipfile
+from pathlib import Path
+from types import ModuleType
+
+import ts
+
+PROTO = "proto/inference.proto"
+
+
+def frontend_jar() -> Path:
+    return Path(ts.__file__).resolve().parent / "frontend" / "model-server.jar"
+
+
+def load_stubs(directory: Path) -> tuple[ModuleType, ModuleType]:
+    """(inference_pb2, inference_pb2_grpc) compiled from the installed TorchServe's inference.proto."""
+    import google.rpc.status_pb2
+    from grpc_tools import protoc
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(frontend_jar()) as jar:
+        (directory / "inference.proto").write_bytes(jar.read(PROTO))
+    googleapis = Path(google.rpc.status_pb2.__file__).resolve().parents[2]  # holds google/rpc/status.proto
+    well_known = Path(protoc.__file__).resolve().parent / "_proto"  # google/protobuf/empty.proto
+    status = protoc.main(["protoc", f"-I{directory}", f"-I{googleapis}", f"-I{well_known}",
+                          f"--python_out={directory}", f"--grpc_python_out={directory}", "inference.proto"])
+    if status != 0:
+        raise RuntimeError(f"protoc could not compile {PROTO} from {frontend_jar()} (exit {status})")
+    sys.path.insert(0, str(directory))  # the generated grpc module imports its sibling by top-level name
+    try:
+        return importlib.import_module("inference_pb2"), importlib.import_module("inference_pb2_grpc")
+    finally:
+        sys.path.remove(str(directory))
+
+
+class GrpcInference:
+    """``predict`` over gRPC with an inference token, returning the decoded JSON body."""
+
+    def __init__(self, target: str, token: str | None, stubs_dir: Path) -> None:
+        import grpc
+
+        self.pb2, pb2_grpc = load_stubs(stubs_dir)
+        self.channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 100 * 2**20),
+                                                              ("grpc.max_receive_message_length", 100 * 2**20)])
+        self.stub = pb2_grpc.InferenceAPIsServiceStub(self.channel)
+        self.metadata = [("authorization", f"Bearer {token}")] if token else []
+
+    def predict(self, model: str, inputs: dict[str, bytes], timeout: float = 600) -> object:
+        request = self.pb2.PredictionsRequest(model_name=model, input=inputs)
+        response = self.stub.Predictions(request, metadata=self.metadata, timeout=timeout)
+        return json.loads(response.prediction)
+
+    def close(self) -> None:
+        self.channel.close()
