@@ -17,30 +17,18 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
-from PIL import Image, ImageDraw
 
 from img2pose_client.key_file import read_keys
-from img2pose_tools.synthetic_images import photo_like_jpeg
+from img2pose_tools.synthetic_images import compressible_png, photo_like_jpeg
 from img2pose_tools.worker_memory import PeakRss
 
 RAW = {"Content-Type": "application/octet-stream"}
 
-
-def compressible_png(width: int, height: int) -> bytes:
-    image = Image.new("RGB", (width, height), (90, 110, 130))
-    draw = ImageDraw.Draw(image)
-    for k in range(6):
-        x, y = width * k // 7, height * k // 7
-        draw.ellipse((x, y, x + width // 5, y + height // 4), fill=(200 - 20 * k, 150, 40 * k))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,14 +4,12 @@ worker, errors that leak nothing, and the gRPC inference API."""
 from __future__ import annotations
 
 import base64
-import io
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from PIL import Image, ImageDraw
 
 from img2pose_serve.handler_config import HandlerConfig
-from img2pose_tools.synthetic_images import photo_like_jpeg
+from img2pose_tools.synthetic_images import compressible_png, photo_like_jpeg
 from img2pose_tools.worker_memory import PeakRss
 from tests.conftest import PRIMARY_MODEL, TRUSTED_MODEL
 
@@ -25,17 +23,6 @@ def _worker_pid(server, model: str = PRIMARY_MODEL) -> int:
     return server.describe(model)[0]["workers"][0]["pid"]
 
 
-def _compressible_png(width: int, height: int) -> bytes:
-    """A large image that compresses to almost nothing (a few shapes on a flat background)."""
-    image = Image.new("RGB", (width, height), (90, 110, 130))
-    draw = ImageDraw.Draw(image)
-    for k in range(6):
-        x, y = width * k // 7, height * k // 7
-        draw.ellipse((x, y, x + width // 5, y + height // 4), fill=(200 - 20 * k, 150, 40 * k))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=6)
-    return buffer.getvalue()
-
 
 @pytest.fixture(scope="module")
 def ordinary_alone(torchserve_server) -> list:
@@ -48,7 +35,7 @@ def test_a_request_of_huge_images_costs_one_forward_of_memory(torchserve_server,
     """4 x 40 MP in one request beside ordinary ones: peak worker RSS grows by about what one forward's
     input needs (the images are decoded one forward at a time), not by the request's 4 x 40 MP."""
     server, config = torchserve_server, HandlerConfig()
-    huge = base64.b64encode(_compressible_png(8000, 5000)).decode()
+    huge = base64.b64encode(compressible_png(8000, 5000)).decode()
     pid = _worker_pid(server)
     assert config.max_pixels_per_forward < 2 * 40_000_000  # so each forward takes one of the 40 MP images
 

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
 def photo_like(width: int, height: int, seed: int) -> np.ndarray:
@@ -33,4 +33,17 @@ def photo_like_jpeg(width: int, height: int, seed: int, quality: int = 90) -> by
     """The photo-like image encoded as a JPEG file."""
     buffer = io.BytesIO()
     photo_like_pil(width, height, seed).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def compressible_png(width: int, height: int) -> bytes:
+    """A large image that compresses to almost nothing: a few shapes on a flat background (a PNG of
+    a few hundred kB for 100 MP). What a client can send inside every size limit on the wire."""
+    image = Image.new("RGB", (width, height), (90, 110, 130))
+    draw = ImageDraw.Draw(image)
+    for k in range(6):
+        x, y = width * k // 7, height * k // 7
+        draw.ellipse((x, y, x + width // 5, y + height // 4), fill=(200 - 20 * k, 150, 40 * k))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
