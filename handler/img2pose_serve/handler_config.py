@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import os
+from dataclasses import dataclass, fields, replace
 from typing import Any
+
+# Fills torch_threads when the archive leaves it at 0; Kubernetes sets it to the pod's CPU limit.
+TORCH_THREADS_ENV = "IMG2POSE_TORCH_THREADS"
 
 
 @dataclass(frozen=True)
@@ -16,7 +20,7 @@ class HandlerConfig:
     max_image_pixels: int = 120_000_000
     max_images_per_request: int = 16  # with batchSize 8, bounds one handler call (responseTimeout)
     decode_threads: int = 2
-    torch_threads: int = 0  # 0 = leave torch's default (one per core)
+    torch_threads: int = 0  # 0 = $IMG2POSE_TORCH_THREADS if set, else torch's default (one per core)
     # Images per pass through backbone / RPN head / RoI heads inside one forward (see passes.py).
     # 0 = automatic: 1 on CPU (measured fastest there), the whole forward at once on CUDA.
     images_per_pass: int = 0
@@ -36,6 +40,8 @@ class HandlerConfig:
         defaults = cls()
         values = {name: type(getattr(defaults, name))(section[name]) for name in section}
         config = cls(**values)
+        if config.torch_threads == 0 and os.environ.get(TORCH_THREADS_ENV, "").strip():
+            config = replace(config, torch_threads=int(os.environ[TORCH_THREADS_ENV]))
         if not 0.0 <= config.score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {config.score_threshold}")
         if config.max_faces < -1:
