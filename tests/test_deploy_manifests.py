@@ -4,14 +4,13 @@ against the Kubernetes 1.33 schemas (and KServe's CRD), and checked for what mat
 from __future__ import annotations
 
 import copy
-import shlex
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from tests.deploy_support import (BACKFILL_JOB, CLUSTER_CONFIG, DEPLOY, GPU_CONFIG, IMAGE_HOME, INFERENCE_SERVICE,
+from tests.deploy_support import (BACKFILL_JOB, CLUSTER_CONFIG, DEPLOY, GPU_CONFIG, INFERENCE_SERVICE,
                                   METRICS_CONFIG, container_command, dockerfile, load_yaml_documents,
                                   main_container, models_block, only, read_properties, render_overlay)
 from tests.serving import REPO
