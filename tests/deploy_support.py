@@ -52,8 +52,7 @@ def models_block(properties: dict[str, str]) -> dict:
 
 @cache
 def dockerfile() -> DockerfileParser:
-    parser = DockerfileParser(fileobj=open(DOCKERFILE, "rb"))
-    return parser
+    return DockerfileParser(path=str(DOCKERFILE), cache_content=True)
 
 
 def dockerfile_json_list(instruction: str) -> list[str]:

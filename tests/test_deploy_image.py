@@ -3,6 +3,7 @@ who it runs as, what it runs and what it exposes."""
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
@@ -65,6 +66,16 @@ def test_the_command_runs_torchserve_in_the_foreground_under_tini_with_the_clust
     assert destinations["config/metrics.yaml"] == read_properties(CLUSTER_CONFIG)["metrics_config"]
     assert PurePosixPath(destinations["model_store/img2pose.mar"]).parent == PurePosixPath(
         read_properties(CLUSTER_CONFIG)["model_store"])
+
+
+def test_the_docker_healthcheck_is_the_readiness_probe():
+    """`docker run` users get the same "worker READY" health as the pods' readiness probe."""
+    from tests.deploy_support import base_deployment, main_container
+
+    [healthcheck] = [e["value"] for e in dockerfile().structure if e["instruction"] == "HEALTHCHECK"]
+    command = json.loads(healthcheck.split(" CMD ", 1)[1])
+    probe = main_container(base_deployment()["spec"]["template"]["spec"])["readinessProbe"]["exec"]["command"]
+    assert command == probe
 
 
 def test_only_inference_and_metrics_are_exposed_and_writable_paths_are_logs_and_tmp():

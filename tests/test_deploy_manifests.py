@@ -53,7 +53,7 @@ def test_every_rendered_object_validates_strictly(overlay):
 
 def test_the_backfill_job_validates_strictly():
     documents = load_yaml_documents(BACKFILL_JOB)
-    assert sorted(doc["kind"] for doc in documents) == ["Job", "PersistentVolumeClaim"]
+    assert sorted(doc["kind"] for doc in documents) == ["Job", "NetworkPolicy", "PersistentVolumeClaim"]
     for doc in documents:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
@@ -263,6 +263,12 @@ def test_the_backfill_job_runs_one_shard_per_index_against_the_service():
     assert "--token" not in args and "--token-file" not in args
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # its own NetworkPolicy lets it reach the img2pose pods' inference port (and DNS) only
+    policy = only(load_yaml_documents(BACKFILL_JOB), "NetworkPolicy")["spec"]
+    assert selects(policy["podSelector"], spec["template"]["metadata"]["labels"]) and policy["ingress"] == []
+    [to_server] = [rule for rule in policy["egress"] if rule["ports"][0]["port"] == cluster_port("inference_address")]
+    server_labels = only(render_overlay("cpu"), "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert selects(to_server["to"][0]["podSelector"], server_labels)
 
 
 # --- KServe --------------------------------------------------------------------------------------

@@ -44,10 +44,18 @@ def queued_requests(management: str, model: str) -> int | None:
 
 
 def send_barrier(inference: str, model: str, timeout: float) -> int:
-    """POST the barrier; returns its HTTP status once every earlier request has been answered."""
-    answer = requests.post(f"{inference.rstrip('/')}/predictions/{model}", data=BARRIER_BODY,
-                           headers={"Content-Type": "application/json"}, timeout=max(timeout, 1.0))
-    return answer.status_code
+    """POST the barrier; returns its HTTP status once every earlier request has been answered.
+
+    A 503 means the queue was full and the barrier never joined it: sent again until ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = requests.post(f"{inference.rstrip('/')}/predictions/{model}", data=BARRIER_BODY,
+                               headers={"Content-Type": "application/json"},
+                               timeout=max(deadline - time.monotonic(), 1.0))
+        if answer.status_code != 503 or time.monotonic() + 1.0 >= deadline:
+            return answer.status_code
+        time.sleep(1.0)
 
 
 def drain(model: str, inference: str, management: str, settle: float, timeout: float) -> bool:
@@ -63,7 +71,10 @@ def drain(model: str, inference: str, management: str, settle: float, timeout: f
     except requests.RequestException as error:
         print(f"img2pose-drain: barrier failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         return False
-    # 400 is the handler's answer to the barrier; anything else still means the queue ahead was served.
+    if status == 503:
+        print("img2pose-drain: the queue stayed full until the timeout", file=sys.stderr, flush=True)
+        return False
+    # 400 is the handler's answer to the barrier; any other answer also came through the queue.
     print(f"img2pose-drain: drained after {time.monotonic() - started:.1f} s (barrier answered {status})",
           flush=True)
     return True
