@@ -3,9 +3,12 @@
     backfill INPUT... --url http://127.0.0.1:8080 [--model img2pose]
         [--token KEY | --token-file key_file.json] --output results.jsonl [--concurrency 16]
         [--score-threshold X] [--max-faces N] [--retry-errors] [--retries 5] [--timeout 300]
+        [--shard I/N]
 
 INPUT: image files, directories (recursive) or lists of paths (``*.txt``, ``*.lst`` or ``@FILE``);
-see img2pose_client.inputs. Each image gets one line in --output, ``{"path", "faces"}`` or
+see img2pose_client.inputs. ``--shard I/N`` keeps only the inputs whose path hashes to shard I:
+N runs with the same INPUTs (and the library at the same absolute path), each with its own
+--output, process every input exactly once between them, and each resumes on its own. Each image gets one line in --output, ``{"path", "faces"}`` or
 ``{"path", "error", "status"}``; paths already there are skipped, so re-running resumes (with
 --retry-errors, paths whose last line is an error are sent again and the new line appended).
 
@@ -28,7 +31,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .inputs import iter_inputs
+from .inputs import Shard, iter_inputs
 from .key_file import DEFAULT_KEY_FILE, read_keys
 from .predict_client import TRANSPORT_ERROR, FatalServerError, Outcome, PredictClient
 from .results_file import ResultWriter, ResumeIndex
@@ -41,6 +44,7 @@ ABORT_AFTER_TRANSPORT_ERRORS = 20
 class Tally:
     processed: int = 0
     skipped: int = 0
+    other_shards: int = 0  # inputs left to the other shards (--shard)
     faces: int = 0
     errors: Counter = field(default_factory=Counter)  # str(status) -> count
     demo: bool = False
@@ -105,7 +109,9 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
 
         try:
             for item in iter_inputs(args.inputs):
-                if index.should_skip(item.path, args.retry_errors):
+                if args.shard is not None and not args.shard.owns(item.path):
+                    tally.other_shards += 1
+                elif index.should_skip(item.path, args.retry_errors):
                     tally.skipped += 1
                 elif item.error is not None:
                     record(item.path, Outcome(error=item.error, status=LOCAL_ERROR))
@@ -123,6 +129,8 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         "output": str(args.output),
         "processed": tally.processed,
         "skipped": tally.skipped,
+        "shard": f"{args.shard.index}/{args.shard.count}" if args.shard is not None else None,
+        "other_shards": tally.other_shards,
         "faces": tally.faces,
         "errors": dict(sorted(tally.errors.items())),
         "error_count": sum(tally.errors.values()),
@@ -139,6 +147,8 @@ def summary_text(summary: dict[str, Any]) -> str:
         f"{summary['output']}: {summary['processed']} processed, {summary['skipped']} skipped (already done), "
         f"{summary['faces']} faces",
         f"errors: {summary['error_count']} ({errors})",
+        *([f"shard {summary['shard']}: {summary['other_shards']} inputs left to the other shards"]
+          if summary["shard"] else []),
         f"{summary['wall_s']} s, {summary['images_per_s']} images/s",
     ]
     if summary["demo_weights"]:
@@ -175,8 +185,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for an answer (default 300)")
     parser.add_argument("--backoff", type=float, default=1.0,
                         help="first retry delay in seconds, doubled per retry, jittered (default 1)")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="process only shard I of N (0 <= I < N), by a stable hash of each absolute path; "
+                             "run N processes with the same inputs and one --output each")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    try:
+        args.shard = Shard.parse(args.shard) if args.shard is not None else None
+    except ValueError as error:
+        parser.error(str(error))
     if args.concurrency < 1 or args.retries < 0 or args.timeout <= 0 or args.backoff < 0:
         parser.error("need --concurrency >= 1, --retries >= 0, --timeout > 0, --backoff >= 0")
     if not args.url.startswith(("http://", "https://")):

@@ -9,11 +9,17 @@
 
 Paths come out absolute: ``os.path.realpath`` of each INPUT / list line, with directory entries
 joined below it. A directory that cannot be listed comes out as an ``Item`` with an ``error``.
+
+``Shard`` splits the inputs among N processes by a stable hash of that absolute path (the one
+recorded in the results file), so every process given the same INPUTs takes a disjoint part and
+together they take every input once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -25,6 +31,36 @@ LIST_SUFFIXES = (".txt", ".lst")
 class Item:
     path: str  # absolute
     error: str | None = None  # set when the path could not be enumerated
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (``backfill --shard I/N``, 0 <= I < N)."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"shard {self.index}/{self.count}: need 0 <= I < N")
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        if match is None:
+            raise ValueError(f"shard must be I/N (e.g. 0/4), got {text!r}")
+        return cls(int(match[1]), int(match[2]))
+
+    def owns(self, path: str) -> bool:
+        return shard_of(path, self.count) == self.index
+
+
+def shard_of(path: str, count: int) -> int:
+    """The shard of ``path`` among ``count``: a keyed BLAKE2b hash of its bytes, the same in every
+    process and Python version (unlike the salted built-in ``hash``)."""
+    digest = hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8,
+                             person=b"img2pose-shard").digest()
+    return int.from_bytes(digest, "big") % count
 
 
 def is_image_name(name: str) -> bool:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+import os
+from dataclasses import dataclass, fields, replace
 from typing import Any
+
+# Fills torch_threads when the archive leaves it at 0; Kubernetes sets it to the pod's CPU limit.
+TORCH_THREADS_ENV = "IMG2POSE_TORCH_THREADS"
 
 
 class HandlerConfigError(ValueError):
@@ -24,7 +28,7 @@ class HandlerConfig:
     max_image_pixels: int = 120_000_000
     max_images_per_request: int = 16  # with batchSize 8, bounds one handler call (responseTimeout)
     decode_threads: int = 2
-    torch_threads: int = 0  # 0 = leave torch's default (one per core)
+    torch_threads: int = 0  # 0 = $IMG2POSE_TORCH_THREADS if set, else torch's default (one per core)
     # Images per pass through backbone / RPN head / RoI heads inside one forward (see passes.py).
     # 0 = automatic: 1 on CPU, the whole forward at once on CUDA.
     images_per_pass: int = 0
@@ -48,6 +52,11 @@ class HandlerConfig:
             raise HandlerConfigError(
                 f"model-config.yaml handler section: unknown setting(s) {unknown}; known: {sorted(known)}")
         config = cls(**{name: _typed(name, value, known[name]) for name, value in section.items()})
+        from_env = os.environ.get(TORCH_THREADS_ENV, "").strip()
+        if config.torch_threads == 0 and from_env:
+            if not from_env.isdigit():
+                raise HandlerConfigError(f"handler setting torch_threads from ${TORCH_THREADS_ENV} must be a whole number, got {from_env!r}")
+            config = replace(config, torch_threads=int(from_env))
         if not 0.0 <= config.score_threshold <= 1.0:
             raise HandlerConfigError(f"handler setting score_threshold must be in [0, 1], got {config.score_threshold}")
         if config.max_faces < -1:
