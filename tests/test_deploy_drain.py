@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from img2pose_client import drain
+from img2pose_tools import drain
 
 
 @pytest.fixture
