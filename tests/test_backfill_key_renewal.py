@@ -299,7 +299,7 @@ def test_a_backfill_runs_through_several_key_expiries(short_key_server, tmp_path
     seconds_per_image = (time.monotonic() - started) / len(originals)
     # TorchServe checks the key when a request arrives: with 2 in flight requests keep arriving, and
     # enough of them to outlast about four keys at this machine's speed (at least two must expire)
-    count = max(8, min(500, math.ceil(4 * KEY_LIFETIME_S / seconds_per_image)))
+    count = max(8, min(2000, math.ceil(4 * KEY_LIFETIME_S / seconds_per_image)))
     folder = tmp_path / "library"
     folder.mkdir()
     expected = {}
