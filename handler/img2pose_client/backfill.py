@@ -1,9 +1,9 @@
 """Run a whole photo library through an img2pose TorchServe into a resumable JSON-lines file.
 
     backfill INPUT... --url http://127.0.0.1:8080 [--model img2pose]
-        [--token KEY | --token-file key_file.json] --output results.jsonl [--concurrency 16]
-        [--score-threshold X] [--max-faces N] [--retry-errors] [--retries 5] [--timeout 300]
-        [--shard I/N]
+        [--token KEY] [--token-file key_file.json] [--management-url http://127.0.0.1:8081]
+        --output results.jsonl [--concurrency 16] [--score-threshold X] [--max-faces N]
+        [--retry-errors] [--retries 5] [--timeout 300] [--shard I/N]
 
 INPUT: image files, directories (recursive) or lists of paths (``*.txt``, ``*.lst`` or ``@FILE``);
 see img2pose_client.inputs. ``--shard I/N`` keeps only the inputs whose path hashes to shard I:
@@ -12,9 +12,14 @@ N runs with the same INPUTs (and the library at the same absolute path), each wi
 ``{"path", "error", "status"}``; paths already there are skipped, so re-running resumes (with
 --retry-errors, paths whose last line is an error are sent again and the new line appended).
 
+When the server rejects the key (it expires), the key file is read again and, with
+--management-url, the key renewed with the file's API key; the rejected requests are sent again
+(see img2pose_client.inference_key). A fixed --token alone is never replaced.
+
 Exit status: 0 every image sent in this run succeeded; 1 some were recorded as errors; 2 usage
-error, or the run was aborted: the server rejected the token or does not know the model, or
-stopped answering (ABORT_AFTER_TRANSPORT_ERRORS images in a row without an HTTP answer).
+error, or the run was aborted: the server rejected the key and no working one could be had, or
+does not know the model, or stopped answering (ABORT_AFTER_TRANSPORT_ERRORS images in a row
+without an HTTP answer).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from .inference_key import InferenceKey
 from .inputs import Shard, iter_inputs
 from .key_file import DEFAULT_KEY_FILE, read_keys
 from .predict_client import TRANSPORT_ERROR, FatalServerError, Outcome, PredictClient
@@ -81,7 +87,8 @@ def process(client: PredictClient, path: str) -> Outcome:
 
 def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
     """Backfill ``args.inputs`` into ``args.output``; returns the summary (see ``summary_text``)."""
-    client = PredictClient(args.url, args.model, args.token, timeout=args.timeout, retries=args.retries,
+    key = InferenceKey(args.token, args.key_file, args.management_url)
+    client = PredictClient(args.url, args.model, key, timeout=args.timeout, retries=args.retries,
                            backoff=args.backoff, options=args.options)
     tally = Tally()
     aborted = None
@@ -104,8 +111,17 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
                                        f"images in a row (last: {outcome.error})")
 
         def collect(futures: Iterable[Future]) -> None:
-            for future in futures:
-                record(pending.pop(future), future.result())
+            fatal = None
+            for future in futures:  # record every answer that came, then abort if one said to
+                path = pending.pop(future)
+                try:
+                    outcome = future.result()
+                except FatalServerError as error:
+                    fatal = fatal or error
+                else:
+                    record(path, outcome)
+            if fatal is not None:
+                raise fatal
 
         try:
             for item in iter_inputs(args.inputs):
@@ -124,6 +140,9 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
             aborted = str(error)
             for future in pending:
                 future.cancel()
+            for future, path in pending.items():  # those already sent: keep the answers that come
+                if not future.cancelled() and future.exception() is None and future.result().faces is not None:
+                    record(path, future.result())
     wall = time.monotonic() - started
     return {
         "output": str(args.output),
@@ -137,6 +156,8 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         "wall_s": round(wall, 2),
         "images_per_s": round(tally.processed / wall, 3) if wall > 0 else None,
         "demo_weights": tally.demo,
+        "key_rereads": key.rereads,
+        "key_renewals": key.renewals,
         "aborted": aborted,
     }
 
@@ -151,10 +172,13 @@ def summary_text(summary: dict[str, Any]) -> str:
           if summary["shard"] else []),
         f"{summary['wall_s']} s, {summary['images_per_s']} images/s",
     ]
+    if summary["key_rereads"] or summary["key_renewals"]:
+        lines.append(f"inference key: {summary['key_renewals']} renewed, {summary['key_rereads']} picked up "
+                     "from the key file (the server rejected the one in use)")
     if summary["demo_weights"]:
         lines.append("note: the server runs demo weights; its detections are meaningless")
     if summary["aborted"]:
-        lines.append(f"ABORTED: {summary['aborted']}; images in flight were not recorded, re-run to resume")
+        lines.append(f"ABORTED: {summary['aborted']}; images without an answer were not recorded, re-run to resume")
     return "\n".join(lines)
 
 
@@ -170,10 +194,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="image file, directory (recursive) or list of paths (*.txt, *.lst, @FILE)")
     parser.add_argument("--url", required=True, help="inference API, e.g. http://127.0.0.1:8080")
     parser.add_argument("--model", default="img2pose")
-    auth = parser.add_mutually_exclusive_group()
-    auth.add_argument("--token", help="inference key")
-    auth.add_argument("--token-file", help=f"TorchServe's key_file.json (default: ./{DEFAULT_KEY_FILE} if "
-                                           "present, else no token)")
+    parser.add_argument("--token", help="inference key; alone, it is never replaced")
+    parser.add_argument("--token-file", help=f"TorchServe's key_file.json, read again when the server rejects the "
+                                             f"key (default: ./{DEFAULT_KEY_FILE} if present, else no token)")
+    parser.add_argument("--management-url", help="management API, e.g. http://127.0.0.1:8081: renew a rejected "
+                                                 "inference key there with the key file's API key")
     parser.add_argument("--output", required=True, type=Path, help="results JSONL; appended to, and resumed from")
     parser.add_argument("--concurrency", type=int, default=16,
                         help="requests in flight (default 16: two TorchServe batches of 8)")
@@ -198,15 +223,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("need --concurrency >= 1, --retries >= 0, --timeout > 0, --backoff >= 0")
     if not args.url.startswith(("http://", "https://")):
         parser.error(f"--url must be an http:// or https:// URL, got {args.url!r}")
-    if args.token is None:
-        key_file = args.token_file or (DEFAULT_KEY_FILE if Path(DEFAULT_KEY_FILE).is_file() else None)
-        try:
-            args.token = read_keys(key_file)["inference"] if key_file else None
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            parser.error(f"cannot read the inference key from {key_file}: {type(error).__name__}: {error}")
+    if args.management_url is not None and not args.management_url.startswith(("http://", "https://")):
+        parser.error(f"--management-url must be an http:// or https:// URL, got {args.management_url!r}")
+    args.key_file = key_file_of(args, parser)
     args.options = {name: value for name, value in
                     (("score_threshold", args.score_threshold), ("max_faces", args.max_faces)) if value is not None}
     return args
+
+
+def key_file_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path | None:
+    """The key file read again on a rejected key (None: a fixed --token, or no token); fills in
+    ``args.token`` from it when no --token was given."""
+    key_file = args.token_file
+    if key_file is None and (args.token is None or args.management_url) and Path(DEFAULT_KEY_FILE).is_file():
+        key_file = DEFAULT_KEY_FILE
+    if key_file is None:
+        if args.management_url:
+            parser.error(f"--management-url needs the server's key file (--token-file, or ./{DEFAULT_KEY_FILE})")
+        return None
+    needed = (["inference"] if args.token is None else []) + (["API"] if args.management_url else [])
+    try:
+        keys = read_keys(key_file)
+    except (OSError, ValueError, TypeError) as error:
+        parser.error(f"cannot read the keys from {key_file}: {type(error).__name__}: {error}")
+    if missing := [name for name in needed if name not in keys]:
+        parser.error(f"{key_file} has no {' or '.join(missing)} key")
+    if args.token is None:
+        args.token = keys["inference"]
+    return Path(key_file)
 
 
 def main(argv: list[str] | None = None) -> int:

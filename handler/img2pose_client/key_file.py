@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import requests
+
 DEFAULT_KEY_FILE = "key_file.json"
 
 
@@ -12,3 +14,20 @@ def read_keys(key_file: str | Path = DEFAULT_KEY_FILE) -> dict[str, str]:
     """{"management": key, "inference": key, "API": key}: whichever of them the file holds."""
     data = json.loads(Path(key_file).read_text())
     return {name: entry["key"] for name, entry in data.items() if isinstance(entry, dict) and "key" in entry}
+
+
+def is_key_rejection(status: int, body: object) -> bool:
+    """TorchServe answers a wrong or expired key with 400 InvalidKeyException; proxies say 401/403."""
+    return status in (401, 403) or (isinstance(body, dict) and body.get("type") == "InvalidKeyException")
+
+
+def renew_key(management_url: str, api_key: str, key_type: str, timeout: float = 30.0) -> None:
+    """Have TorchServe replace its ``key_type`` ("inference" or "management") key.
+
+    The answer carries no key: TorchServe rewrites key_file.json (read it again) and the replaced
+    key stops working at once, even if it had not expired. Raises ``requests.RequestException``
+    when the server cannot be reached or refuses (a wrong API key: 400 InvalidKeyException).
+    """
+    answer = requests.post(f"{management_url.rstrip('/')}/token", params={"type": key_type},
+                           headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
+    answer.raise_for_status()

@@ -1,9 +1,11 @@
 """POST one image to /predictions/<model>, retrying what is worth retrying.
 
 Retried, with exponential backoff and full jitter: 502/503/504 (a worker restarting, an
-overloaded server or proxy), 429, connection errors and timeouts. Never retried: any other
-answer; a 4xx will not change. An answer that says the token or the model is wrong raises
-``FatalServerError``: every other request would get it too.
+overloaded server or proxy), 429, connection errors and timeouts. A rejected key (400
+InvalidKeyException, 401, 403) is retried with the key ``InferenceKey.recover`` gives, at most
+MAX_KEY_RECOVERIES times per request. Never retried: any other answer; a 4xx will not change. An
+unknown model, or a key that cannot be recovered, raises ``FatalServerError``: every other request
+would get it too. A rejected request is never returned as an Outcome.
 """
 
 from __future__ import annotations
@@ -17,13 +19,19 @@ from typing import Any
 
 import requests
 
+from .inference_key import InferenceKey, KeyRecoveryFailed
+from .key_file import is_key_rejection
+
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
 TRANSPORT_ERROR = "connection"  # the status recorded when no HTTP answer came back
 DEMO_HEADER = "X-Img2Pose-Demo"
+# A request rejected again with the key it was just given: another client renewed in between, or
+# the server's keys expire as soon as they are made; the bound keeps the latter from looping.
+MAX_KEY_RECOVERIES = 3
 
 
 class FatalServerError(RuntimeError):
-    """The server rejects the token or does not know the model: abort the whole run."""
+    """The server rejects the key and no working one can be had, or does not know the model: abort the run."""
 
 
 @dataclass
@@ -38,7 +46,7 @@ class Outcome:
 class PredictClient:
     url: str  # e.g. http://127.0.0.1:8080
     model: str
-    token: str | None
+    key: InferenceKey = field(default_factory=lambda: InferenceKey(None))
     timeout: float = 300.0
     retries: int = 5
     backoff: float = 1.0  # first retry delay in seconds; doubled per attempt, at most backoff_cap
@@ -55,8 +63,6 @@ class PredictClient:
         session = getattr(self._local, "session", None)
         if session is None:  # one Session (one keep-alive connection) per thread
             session = self._local.session = requests.Session()
-            if self.token:
-                session.headers["Authorization"] = f"Bearer {self.token}"
             self._sessions.append(session)
         return session
 
@@ -77,41 +83,60 @@ class PredictClient:
 
     def predict(self, image: bytes) -> Outcome:
         kwargs = self._request_kwargs(image)
-        for attempt in range(self.retries + 1):
+        content_headers = kwargs.pop("headers", {})
+        attempt = key_recoveries = 0
+        while True:
             last_try = attempt == self.retries
+            key = self.key.key
+            headers = {**content_headers, **({"Authorization": f"Bearer {key}"} if key else {})}
             try:
-                response = self._session().post(self.endpoint, timeout=(10, self.timeout), **kwargs)
+                response = self._session().post(self.endpoint, timeout=(10, self.timeout), headers=headers, **kwargs)
             except requests.RequestException as error:  # connection refused/reset, timeout
                 if last_try:
                     return Outcome(error=f"{type(error).__name__}: {error}"[:500], status=TRANSPORT_ERROR)
             else:
+                body = _json_body(response)
+                if is_key_rejection(response.status_code, body):
+                    self._recover_key(response, key, key_recoveries)
+                    key_recoveries += 1
+                    continue  # at once: the new key works now, and costs no retry
                 if response.status_code not in RETRIED_STATUSES or last_try:
-                    return _outcome(response)
+                    return _outcome(response, body)
             time.sleep(random.uniform(0, min(self.backoff_cap, self.backoff * 2**attempt)))
-        raise AssertionError("unreachable")
+            attempt += 1
+
+    def _recover_key(self, response: requests.Response, rejected: str | None, recoveries: int) -> None:
+        rejection = f"the server rejects the token (HTTP {response.status_code}: {_short(response)})"
+        if recoveries >= MAX_KEY_RECOVERIES:
+            raise FatalServerError(f"{rejection}, {recoveries + 1} times in a row for one image, each time with "
+                                   "a new key; check --token / --token-file")
+        try:
+            self.key.recover(rejected)
+        except KeyRecoveryFailed as error:
+            raise FatalServerError(f"{rejection}; {error}") from error
 
 
-def _outcome(response: requests.Response) -> Outcome:
-    demo = DEMO_HEADER in response.headers
+def _json_body(response: requests.Response) -> Any:
     try:
-        body = response.json()
+        return response.json()
     except ValueError:
-        body = None
+        return None
+
+
+def _outcome(response: requests.Response, body: Any) -> Outcome:
+    demo = DEMO_HEADER in response.headers
     if response.status_code == 200 and isinstance(body, list):
         return Outcome(faces=body, status=200, demo=demo)
-    _raise_if_fatal(response, body)
+    _raise_if_unknown_model(response, body)
     message = (body.get("error") or body.get("message")) if isinstance(body, dict) else None
     return Outcome(error=str(message or response.text.strip() or response.reason)[:500],
                    status=response.status_code, demo=demo)
 
 
-def _raise_if_fatal(response: requests.Response, body: Any) -> None:
-    # TorchServe answers a bad or expired token with 400 InvalidKeyException, an unknown model
-    # with 404 ModelNotFoundException; the handler's own errors carry {"error", "code"} instead.
+def _raise_if_unknown_model(response: requests.Response, body: Any) -> None:
+    # TorchServe answers an unknown model with 404 ModelNotFoundException; the handler's own
+    # errors carry {"error", "code"} instead.
     kind = body.get("type") if isinstance(body, dict) else None
-    if response.status_code in (401, 403) or kind == "InvalidKeyException":
-        raise FatalServerError(f"the server rejects the token (HTTP {response.status_code}: "
-                               f"{_short(response)}); check --token / --token-file")
     if response.status_code == 404 or kind == "ModelNotFoundException":
         raise FatalServerError(f"no such model at {response.url} (HTTP {response.status_code}: "
                                f"{_short(response)}); check --url / --model")

@@ -4,7 +4,8 @@ The server's configuration is derived from a base ``config.properties`` (default
 ``config/config.properties``, what operators run): every setting and limit is kept, and only what
 must differ for a private server is replaced (listeners on free loopback ports, the model store,
 the models= block naming the given archives, system metrics off). ``ServerSettings`` can override
-the per-model batching settings; by default they are the base file's.
+the per-model batching settings (by default they are the base file's) and add or replace any
+other property (``properties``, e.g. a short ``token_expiration_min``).
 
 Isolation from any other TorchServe on the machine (a developer's, another test run's):
 
@@ -58,6 +59,7 @@ class ServerSettings:
     max_batch_delay_ms: int | None = None
     workers: int | None = None
     startup_timeout_s: float = 300.0  # how long start_torchserve waits for READY workers
+    properties: dict[str, str] = field(default_factory=dict)  # written last: they win over everything
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -112,7 +114,7 @@ def write_config(path: Path, *, ports: tuple[int, int, int], model_store: Path, 
         "disable_system_metrics": "true",
     }
     kept = {key: value for key, value in base.items() if key not in REPLACED_KEYS}
-    path.write_text("".join(f"{key}={value}\n" for key, value in {**kept, **private}.items()))
+    path.write_text("".join(f"{key}={value}\n" for key, value in {**kept, **private, **settings.properties}.items()))
     return path
 
 

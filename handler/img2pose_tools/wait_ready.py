@@ -7,7 +7,8 @@ Exit status 0 once a worker of the model reports READY, 1 on timeout (with what 
 2 on bad arguments. ``GET /ping`` is not enough: TorchServe answers "Healthy" before any worker
 has loaded the model, so this polls ``GET <management>/models/<model>`` instead, with the
 management token from key_file.json (TorchServe writes it into the directory it was started from
-when token authorization is on, the default).
+when token authorization is on, the default). Should that key expire while the model loads (a
+small ``token_expiration_min``), it is renewed with the file's API key.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-from img2pose_client.key_file import DEFAULT_KEY_FILE, read_keys
+from img2pose_client.key_file import DEFAULT_KEY_FILE, is_key_rejection, read_keys, renew_key
 
 DEFAULT_MANAGEMENT = "http://127.0.0.1:8081"
 
@@ -47,7 +48,8 @@ def wait_ready(
     """Poll until ``model`` has a READY worker; return the model's description (list of versions).
 
     ``key`` is the management token; without it, it is read from ``key_file`` once that exists
-    (TorchServe writes it shortly after start). ``key_file=None`` and ``key=None``: no token sent
+    (TorchServe writes it shortly after start), and renewed with the file's API key when the server
+    rejects it (TorchServe then rewrites the file). ``key_file=None`` and ``key=None``: no token sent
     (token authorization disabled). ``alive`` is called each round; returning False aborts early
     (e.g. the server process died). Raises NotReady on timeout.
     """
@@ -78,11 +80,29 @@ def wait_ready(
                     last = f"model registered, workers {states or 'none yet'}"
                 else:
                     last = f"HTTP {answer.status_code} from {url}: {answer.text.strip()[:200]}"
+                    if key is None and key_file is not None and is_key_rejection(answer.status_code, _json(answer)):
+                        last += _renew_management_key(management, key_file)
             except requests.RequestException as error:
                 last = f"{type(error).__name__} connecting to {url}"
         if time.monotonic() >= deadline:
             raise NotReady(f"model {model!r} had no READY worker after {timeout:g} s; last seen: {last}")
         time.sleep(interval)
+
+
+def _json(answer: requests.Response):
+    try:
+        return answer.json()
+    except ValueError:
+        return None
+
+
+def _renew_management_key(management: str, key_file: str | Path) -> str:
+    """Renew the rejected management key (read again next round); returns a note for what was last seen."""
+    try:
+        renew_key(management, read_keys(key_file)["API"], "management", timeout=5)
+    except (OSError, ValueError, KeyError, requests.RequestException) as error:
+        return f"; renewing the management key failed: {type(error).__name__}: {error}"
+    return "; management key renewed"
 
 
 def main(argv: list[str] | None = None) -> int:

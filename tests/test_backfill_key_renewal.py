@@ -1,0 +1,322 @@
+"""A backfill outlives the server's inference key: rotated keys are picked up from the key file, and
+with --management-url the key is renewed; when neither works the run stops (exit 2) having recorded
+nothing wrongly. Against a stand-in that keeps TorchServe's token rules, and against a private
+TorchServe whose keys expire after 6 seconds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import secrets
+import shutil
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+
+from img2pose_client.backfill import exit_status, main, parse_args, run
+from img2pose_client.key_file import read_keys, renew_key
+from img2pose_client.predict_client import MAX_KEY_RECOVERIES
+from img2pose_tools.synthetic_images import photo_like_jpeg
+from img2pose_tools.torchserve_launcher import ServerSettings, start_torchserve, stop_torchserve
+from img2pose_tools.wait_ready import wait_ready
+from tests.conftest import DEMO_MODEL
+from tests.test_backfill import image_bytes, lines
+
+INVALID_KEY = {"code": 400, "type": "InvalidKeyException",
+               "message": "Token Authorization failed. Token either incorrect, expired, or not provided correctly"}
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+class TokenStandIn:
+    """TorchServe's token rules, with expiry by use instead of by time (deterministic):
+
+    * POST /predictions/m answers ``[{"digest": <sha256 of the body>}]`` if the request carries the
+      current inference key and that key has been accepted fewer than ``uses_per_key`` times,
+      else 400 InvalidKeyException. Answers are held ``delay`` s, so requests overlap.
+    * POST /token?type=inference|management with the API key replaces that key (the old one stops
+      working at once) and rewrites the key file; the answer carries no key. ``renewal_works=False``:
+      the API key is refused, as TorchServe refuses a wrong one.
+    * ``rotate_when_used_up``: the server replaces a used-up inference key itself (an operator
+      renewing it), so only re-reading the key file helps.
+    * GET /models/m (management key, ``uses_per_key`` too) says READY from the ``ready_after``-th
+      accepted call on.
+    """
+
+    def __init__(self, key_file: Path, uses_per_key: int | None = None, renewal_works: bool = True,
+                 rotate_when_used_up: bool = False, delay: float = 0.02, ready_after: int = 1) -> None:
+        self.key_file, self.uses_per_key, self.renewal_works = key_file, uses_per_key, renewal_works
+        self.rotate_when_used_up, self.delay, self.ready_after = rotate_when_used_up, delay, ready_after
+        self.api_key = secrets.token_urlsafe(6)
+        self.keys = {"inference": secrets.token_urlsafe(6), "management": secrets.token_urlsafe(6)}
+        self.uses = Counter()  # key type -> accepted uses of its current key
+        self.accepted, self.rejected = Counter(), Counter()  # key type -> requests
+        self.renewals = Counter()  # key type -> /token calls, answered or refused
+        self.model_polls = 0
+        self.lock = threading.Lock()
+        self.write_key_file()
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                url = urlsplit(self.path)
+                if url.path == "/token":
+                    self.answer(*stand_in.renew(self.bearer(), parse_qs(url.query).get("type", [""])[0]))
+                elif stand_in.admit("inference", self.bearer()):
+                    time.sleep(stand_in.delay)
+                    self.answer(200, [{"digest": digest(body)}])
+                else:
+                    self.answer(400, INVALID_KEY)
+
+            def do_GET(self):  # noqa: N802
+                if not stand_in.admit("management", self.bearer()):
+                    self.answer(400, INVALID_KEY)
+                    return
+                with stand_in.lock:
+                    stand_in.model_polls += 1
+                    ready = stand_in.model_polls >= stand_in.ready_after
+                self.answer(200, [{"workers": [{"status": "READY" if ready else "LOADING"}]}])
+
+            def bearer(self) -> str:
+                return self.headers.get("Authorization", "").removeprefix("Bearer ")
+
+            def answer(self, status: int, payload: object) -> None:
+                data = b"\n" if payload is None else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def write_key_file(self) -> None:
+        self.key_file.write_text(json.dumps({**{name: {"key": key} for name, key in self.keys.items()},
+                                             "API": {"key": self.api_key}}, indent=2))
+
+    def replace(self, kind: str) -> None:  # under self.lock
+        self.keys[kind], self.uses[kind] = secrets.token_urlsafe(6), 0
+        self.write_key_file()
+
+    def admit(self, kind: str, key: str) -> bool:
+        with self.lock:
+            usable = key == self.keys[kind] and (self.uses_per_key is None or self.uses[kind] < self.uses_per_key)
+            if usable:
+                self.uses[kind] += 1
+                self.accepted[kind] += 1
+                if kind == "inference" and self.rotate_when_used_up and self.uses[kind] == self.uses_per_key:
+                    self.replace(kind)
+            else:
+                self.rejected[kind] += 1
+            return usable
+
+    def renew(self, key: str, kind: str) -> tuple[int, object]:
+        with self.lock:
+            self.renewals[kind] += 1
+            if not self.renewal_works or key != self.api_key or kind not in self.keys:
+                return 400, INVALID_KEY
+            self.replace(kind)
+            return 200, None
+
+
+@pytest.fixture
+def stand_in_factory(tmp_path):
+    servers = []
+
+    def make(**kwargs) -> TokenStandIn:
+        servers.append(TokenStandIn(tmp_path / "key_file.json", **kwargs))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.server.shutdown()
+        server.server.server_close()
+
+
+@pytest.fixture
+def photos(tmp_path) -> dict[str, str]:
+    """12 distinct images: {path: digest of its bytes}."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    expected = {}
+    for n in range(12):
+        data = image_bytes(n, size=(32, 24))
+        (folder / f"{n:02d}.jpg").write_bytes(data)
+        expected[str(folder / f"{n:02d}.jpg")] = digest(data)
+    return expected
+
+
+def backfill(*argv) -> dict:
+    return run(parse_args([*map(str, argv), "--quiet", "--backoff", "0.01"]), progress=False)
+
+
+def assert_recorded_once_as_answered(output: Path, expected: dict[str, str], complete: bool = True) -> None:
+    recorded = lines(output)
+    assert Counter(line["path"] for line in recorded).most_common(1)[0][1] == 1, "a path recorded twice"
+    assert all(line == {"path": line["path"], "faces": [{"digest": expected[line["path"]]}]} for line in recorded)
+    if complete:
+        assert {line["path"] for line in recorded} == set(expected)
+
+
+def test_keys_are_renewed_once_per_expiry_while_many_requests_are_in_flight(stand_in_factory, photos, tmp_path):
+    server = stand_in_factory(uses_per_key=4)
+    out = tmp_path / "out.jsonl"
+    summary = backfill(Path(next(iter(photos))).parent, "--url", server.url, "--model", "m", "--output", out,
+                       "--token-file", server.key_file, "--management-url", server.url, "--concurrency", "8")
+    assert_recorded_once_as_answered(out, photos)
+    assert exit_status(summary) == 0 and summary["error_count"] == 0
+    # 12 images, 4 per key: 3 keys, so 2 renewals; one per used-up key however many requests it failed
+    assert server.renewals == {"inference": 2} and summary["key_renewals"] == 2 and summary["key_rereads"] == 0
+    assert server.rejected["inference"] >= 2 and server.accepted["inference"] == 12
+
+
+def test_a_key_rotated_in_the_key_file_is_picked_up(stand_in_factory, photos, tmp_path, capsys):
+    server = stand_in_factory(uses_per_key=5, rotate_when_used_up=True)
+    out = tmp_path / "out.jsonl"
+    code = main([str(Path(next(iter(photos))).parent), "--url", server.url, "--model", "m", "--output", str(out),
+                 "--token-file", str(server.key_file), "--concurrency", "4", "--quiet"])
+    assert code == 0
+    assert_recorded_once_as_answered(out, photos)
+    assert "inference key: 0 renewed, 2 picked up from the key file" in capsys.readouterr().out
+    assert not server.renewals and server.accepted["inference"] == 12
+
+
+@pytest.mark.parametrize("case", ["renewal refused", "token file is a stale copy", "fixed token"])
+def test_a_key_that_cannot_be_recovered_stops_the_run_recording_only_answers(stand_in_factory, photos, tmp_path,
+                                                                              capsys, case):
+    server = stand_in_factory(uses_per_key=3, renewal_works=case != "renewal refused")
+    token_file = server.key_file
+    if case == "token file is a stale copy":
+        token_file = tmp_path / "copied_key_file.json"
+        shutil.copy(server.key_file, token_file)
+    auth = (["--token", server.keys["inference"]] if case == "fixed token" else
+            ["--token-file", str(token_file), "--management-url", server.url])
+    out = tmp_path / "out.jsonl"
+    code = main([str(Path(next(iter(photos))).parent), "--url", server.url, "--model", "m", "--output", str(out),
+                 *auth, "--concurrency", "4", "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 2 and "ABORTED: the server rejects the token" in printed
+    why = {"renewal refused": "renewing the inference key at", "fixed token": "a fixed key (--token) cannot",
+           "token file is a stale copy": "still holds the rejected one: is it the key_file.json"}[case]
+    assert why in printed
+    # the 3 answered images (those in flight too), nothing for the rejected requests
+    assert_recorded_once_as_answered(out, photos, complete=False)
+    assert len(lines(out)) == 3
+    assert server.renewals["inference"] == (0 if case == "fixed token" else 1)  # tried once, not per request
+
+
+def test_keys_that_never_work_stop_the_run_instead_of_renewing_forever(stand_in_factory, photos, tmp_path):
+    server = stand_in_factory(uses_per_key=0)
+    out = tmp_path / "out.jsonl"
+    summary = backfill(Path(next(iter(photos))).parent, "--url", server.url, "--model", "m", "--output", out,
+                       "--token-file", server.key_file, "--management-url", server.url, "--concurrency", "1")
+    assert exit_status(summary) == 2 and "times in a row for one image" in summary["aborted"]
+    assert out.read_text() == ""
+    assert server.renewals["inference"] == MAX_KEY_RECOVERIES
+
+
+def test_management_url_needs_the_key_files_api_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./key_file.json
+    with pytest.raises(SystemExit):
+        parse_args(["x.jpg", "--url", "http://127.0.0.1:9", "--output", "o.jsonl", "--token", "T",
+                    "--management-url", "http://127.0.0.1:9"])
+    (tmp_path / "keys.json").write_text(json.dumps({"inference": {"key": "I"}}))
+    with pytest.raises(SystemExit):
+        parse_args(["x.jpg", "--url", "http://127.0.0.1:9", "--output", "o.jsonl", "--token-file", "keys.json",
+                    "--management-url", "http://127.0.0.1:9"])
+    args = parse_args(["x.jpg", "--url", "http://127.0.0.1:9", "--output", "o.jsonl", "--token", "T"])
+    assert (args.token, args.key_file) == ("T", None)
+
+
+def test_wait_ready_renews_an_expired_management_key(stand_in_factory):
+    server = stand_in_factory(uses_per_key=1, ready_after=3)
+    description = wait_ready("m", timeout=30, management=server.url, key_file=server.key_file, interval=0.01)
+    assert description[0]["workers"][0]["status"] == "READY"
+    assert server.renewals["management"] >= 2 and server.model_polls == 3
+
+
+# --- against a TorchServe whose keys last 6 s ----------------------------------------------------
+
+KEY_LIFETIME_S = 6  # token_expiration_min=0.1, which TorchServe reads as a Double
+
+
+def fresh_keys(server) -> dict[str, str]:
+    """Renew both keys with the API key and read them from the key file TorchServe rewrote."""
+    key_file = server.workdir / "key_file.json"
+    for kind in ("inference", "management"):
+        renew_key(server.management_url, read_keys(key_file)["API"], kind)
+    keys = read_keys(key_file)
+    server.inference_key, server.management_key = keys["inference"], keys["management"]
+    return keys
+
+
+@pytest.fixture(scope="module")
+def short_key_server(tmp_path_factory, served_archives):
+    for tool in ("java", "torchserve"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not on PATH: TorchServe cannot run here")
+    archive = served_archives[DEMO_MODEL]
+    # start_torchserve's wait_ready outlives several management keys while the model loads
+    server = start_torchserve(tmp_path_factory.mktemp("short_keys"), archive.parent, {DEMO_MODEL: archive},
+                              primary=DEMO_MODEL,
+                              settings=ServerSettings(properties={"token_expiration_min": str(KEY_LIFETIME_S / 60)}))
+    try:
+        yield server
+    finally:
+        try:
+            fresh_keys(server)  # so that stop_torchserve can ask for the worker pids
+        except (requests.RequestException, OSError, KeyError, ValueError):
+            pass
+        stop_torchserve(server)
+
+
+@pytest.mark.server
+def test_a_backfill_runs_through_several_key_expiries(short_key_server, tmp_path):
+    server = short_key_server
+    originals = [photo_like_jpeg(160, 120, seed) for seed in range(3)]
+    direct, started = [], time.monotonic()
+    for data in originals:
+        fresh_keys(server)
+        answer = server.predict(data, headers={"Content-Type": "application/octet-stream"})
+        assert answer.status_code == 200, answer.text
+        direct.append(answer.json())
+    assert any(direct), "the demo weights found no face: the comparison below would prove little"
+    seconds_per_image = (time.monotonic() - started) / len(originals)
+    # TorchServe checks the key when a request arrives: with 2 in flight requests keep arriving, and
+    # enough of them to outlast about four keys at this machine's speed (at least two must expire)
+    count = max(8, min(2000, math.ceil(4 * KEY_LIFETIME_S / seconds_per_image)))
+    folder = tmp_path / "library"
+    folder.mkdir()
+    expected = {}
+    for n in range(count):
+        (folder / f"{n:03d}.jpg").write_bytes(originals[n % 3])
+        expected[str(folder / f"{n:03d}.jpg")] = direct[n % 3]
+
+    fresh_keys(server)
+    out = tmp_path / "results.jsonl"
+    summary = backfill(folder, "--url", server.inference_url, "--model", DEMO_MODEL, "--output", out,
+                       "--token-file", server.workdir / "key_file.json", "--management-url", server.management_url,
+                       "--concurrency", "2")
+    assert exit_status(summary) == 0 and summary["aborted"] is None and summary["error_count"] == 0
+    recorded = lines(out)
+    assert Counter(line["path"] for line in recorded) == Counter(expected.keys())  # each input exactly once
+    assert all(line == {"path": line["path"], "faces": expected[line["path"]]} for line in recorded)
+    print(f"\n{count} images, {seconds_per_image:.2f} s per lone request; backfill summary: {summary}")
+    assert summary["key_renewals"] >= 2, f"the run ({summary['wall_s']} s) did not outlast two keys"
+    # renewed once per expired key, not once per rejected request
+    assert summary["key_renewals"] <= summary["wall_s"] / KEY_LIFETIME_S + 2
