@@ -3,11 +3,12 @@
 Every input of the server is a fixture, so a test module (or a conftest closer to the tests) can
 override it:
 
-* ``golden_checkpoint``: the golden set's synthetic checkpoint (seed 0), built once per session
-  with ../shared/img2pose/golden/make_ckpt.py; tests using it are skipped without ../shared.
-* ``demo_checkpoint_file``: scripts/build_mar.py's demo checkpoint written to a file.
-* ``served_checkpoint``: the checkpoint of the primary model ``img2pose``: the golden checkpoint
-  when ../shared is there, else the demo checkpoint file.
+* ``golden_checkpoint``: ../shared's golden set's synthetic checkpoint (seed 0), built once per
+  session with ../shared/img2pose/golden/make_ckpt.py, for that set's extra parity cases; tests
+  using it are skipped without ../shared.
+* ``demo_checkpoint_file``: scripts/build_mar.py's demo checkpoint (seed 0) written to a file: the
+  checkpoint the committed golden set (tests/golden) was made for.
+* ``served_checkpoint``: the checkpoint of the primary model ``img2pose``: the demo checkpoint file.
 * ``served_pose_stats``: (mean.npy, stddev.npy) for ``img2pose``: identity statistics, what the
   reference library uses with a bare checkpoint path (the golden outputs were made that way).
 * ``served_archives``: {model name: .mar}: ``img2pose`` from the two above and ``img2pose_demo``
@@ -51,15 +52,13 @@ def golden_checkpoint(tmp_path_factory) -> Path:
 def demo_checkpoint_file(tmp_path_factory) -> Path:
     from img2pose_serve.demo_checkpoint import write_demo_checkpoint
 
-    return write_demo_checkpoint(tmp_path_factory.mktemp("demo") / "img2pose_demo.pth")
+    return write_demo_checkpoint(tmp_path_factory.mktemp("demo") / "img2pose_demo.pth", seed=0)
 
 
 @pytest.fixture(scope="session")
-def served_checkpoint(request) -> Path:
-    """The primary model's checkpoint: golden if ../shared is present, else the demo checkpoint."""
-    if MAKE_CKPT.is_file():
-        return request.getfixturevalue("golden_checkpoint")
-    return request.getfixturevalue("demo_checkpoint_file")
+def served_checkpoint(demo_checkpoint_file) -> Path:
+    """The primary model's checkpoint: the demo checkpoint, so REST parity uses the committed golden set."""
+    return demo_checkpoint_file
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,9 @@ import pytest
 from img2pose_serve.image_decoding import decode_many
 from img2pose_serve.request_parsing import DetectionParams, RequestError, parse_request
 from tests.bad_inputs import CASES, BadCase
-from tests.golden_set import GOLDEN
+from tests.golden_set import COMMITTED
 
-GOOD_IMAGE = GOLDEN / "images" / "06_palette_100x100.png"
+GOOD_IMAGE = COMMITTED.image_path("06_palette_100x100.png")
 GOOD_COUNT = 7  # interleaved good requests (plus one sent alone first: 8 forwards in all)
 MAX_PIXELS = 120_000_000  # HandlerConfig defaults, as in the served archives
 MAX_IMAGES = 16
@@ -57,7 +57,6 @@ def _send_bad(server, case: BadCase):
 
 
 @pytest.mark.server
-@pytest.mark.skipif(not GOLDEN.is_dir(), reason="../shared/img2pose/golden is not present")
 def test_corpus_in_mixed_batches(torchserve_server):
     server = torchserve_server
     good = GOOD_IMAGE.read_bytes()

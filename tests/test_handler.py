@@ -13,15 +13,13 @@ from img2pose_serve.detector import build_detector
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.image_decoding import decode_image, image_to_tensor
 from tests.fake_context import make_context, set_requests
-from tests.golden_set import GOLDEN, compare_faces, reference_outputs
-
-pytestmark = pytest.mark.skipif(not GOLDEN.is_dir(), reason="../shared/img2pose/golden is not present")
+from tests.golden_set import COMMITTED, compare_faces
 
 IMAGES = ["01_rgb_640x480.jpg", "04_gray_320x240.png", "06_palette_100x100.png", "08_rgb_333x517.png"]
 
 
 def _bytes(name: str) -> bytes:
-    return (GOLDEN / "images" / name).read_bytes()
+    return COMMITTED.image_path(name).read_bytes()
 
 
 def _b64(name: str) -> str:
@@ -29,10 +27,10 @@ def _b64(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(golden_checkpoint, served_pose_stats, tmp_path_factory):
+def model_dir(served_checkpoint, served_pose_stats, tmp_path_factory):
     """An unpacked archive's directory, as TorchServe gives it to the handler."""
     directory = tmp_path_factory.mktemp("model_dir")
-    (directory / "weights.pth").symlink_to(golden_checkpoint)
+    (directory / "weights.pth").symlink_to(served_checkpoint)
     for stats in served_pose_stats:
         (directory / stats.name).symlink_to(stats)
     (directory / "archive_info.json").write_text(json.dumps({"demo": True, "pose_stats_source": "test"}))
@@ -48,9 +46,9 @@ def handler_and_context(model_dir):
 
 
 @pytest.fixture(scope="module")
-def alone(golden_checkpoint):
+def alone(served_checkpoint):
     """Each test image run on its own, at threshold 0 (FaceDicts)."""
-    detector = build_detector(golden_checkpoint)
+    detector = build_detector(served_checkpoint)
     results = {}
     for name in IMAGES:
         image = decode_image(_bytes(name), 10**8)
@@ -114,8 +112,8 @@ def test_responses_are_json_and_marked_demo(mixed_batch):
 
 def test_handler_results_match_the_reference_library(mixed_batch):
     bodies, _, _ = mixed_batch
-    assert compare_faces(bodies[0], reference_outputs()["sequential"][IMAGES[0]], 0.5) == []
-    assert compare_faces(bodies[2][1], reference_outputs()["sequential"][IMAGES[3]], 0.5) == []
+    assert compare_faces(bodies[0], COMMITTED.reference["sequential"][IMAGES[0]], 0.5) == []
+    assert compare_faces(bodies[2][1], COMMITTED.reference["sequential"][IMAGES[3]], 0.5) == []
 
 
 def test_forward_failure_is_retried_in_halves_then_reported_per_image(handler_and_context, alone, monkeypatch):
