@@ -184,7 +184,7 @@ def state_dict_sha256(checkpoint: Path) -> str:
 
 
 def _import_reference(checkout: Path):
-    """The reference library's ``Img2Pose`` class, imported from ``checkout/src``."""
+    """The reference library (package ``img2pose``), imported from ``checkout/src``."""
     source = checkout / "src"
     if not (source / "img2pose" / "detector.py").is_file():
         raise SystemExit(f"{checkout} is not a TalHassner/img2pose checkout (no src/img2pose/detector.py)")
