@@ -1,15 +1,21 @@
-"""The golden set in ../shared/img2pose/golden and its comparison rules (see its README)."""
+"""Golden sets (images + the reference library's outputs) and the rules for comparing with them.
+
+* ``COMMITTED``: tests/golden, made by scripts/make_golden.py for the demo checkpoint (seed 0); always
+  present (tests/golden/README.md).
+* ``SHARED``: ../shared/img2pose/golden, made for its own synthetic checkpoint; present only beside
+  the developers' checkouts, an extra check there.
+"""
 
 from __future__ import annotations
 
 import json
-from functools import cache
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "img2pose"
-GOLDEN = SHARED / "golden"
+REPO = Path(__file__).resolve().parents[1]
 
 BOX_TOL = 1e-2
 KEYPOINT_TOL = 1e-2
@@ -17,23 +23,47 @@ CONFIDENCE_TOL = 1e-4
 ROTATION_TOL = 1e-3
 TRANSLATION_REL_TOL = 1e-3
 MATCH_IOU = 0.9
+DEFAULT_THRESHOLD = 0.5
 
 
-@cache
-def reference_outputs() -> dict:
-    return json.loads((GOLDEN / "reference_outputs.json").read_text())
+@dataclass(frozen=True)
+class GoldenSet:
+    name: str
+    directory: Path
+    checkpoint_fixture: str  # the conftest fixture giving the checkpoint its outputs were made with
+
+    @property
+    def present(self) -> bool:
+        return (self.directory / "reference_outputs.json").is_file()
+
+    @cached_property
+    def reference(self) -> dict:
+        return json.loads((self.directory / "reference_outputs.json").read_text())
+
+    def image_names(self) -> list[str]:
+        return list(self.reference["sequential"])
+
+    def image_path(self, name: str) -> Path:
+        return self.directory / "images" / name
+
+    def alt_pose_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        alt = self.reference["alt_pose_stats"]
+        return np.float32(alt["pose_mean"]), np.float32(alt["pose_stddev"])
 
 
-def image_names() -> list[str]:
-    return list(reference_outputs()["sequential"])
+COMMITTED = GoldenSet("committed", REPO / "tests" / "golden", "demo_checkpoint_file")
+SHARED = GoldenSet("shared", REPO.parent / "shared" / "img2pose" / "golden", "golden_checkpoint")
 
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` (N x 4, xyxy) with every box of ``b`` (M x 4)."""
+    a, b = a.reshape(-1, 4)[:, None, :], b.reshape(-1, 4)[None, :, :]
+    ix = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    iy = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
     inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else float(a == b)
+    union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, np.all(a == b, axis=-1).astype(float))
 
 
 def face_differences(ours: dict, theirs: dict) -> list[str]:
@@ -57,21 +87,37 @@ def face_differences(ours: dict, theirs: dict) -> list[str]:
     return problems
 
 
-def compare_faces(ours: list[dict], theirs: list[dict], threshold: float) -> list[str]:
-    """Match faces by IoU >= 0.9 and list every disagreement beyond the golden tolerances.
+def match_faces(ours: list[dict], theirs: list[dict]) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+    """Pair faces by IoU >= 0.9: each reference face, in order, takes the best-overlapping free one of ours.
 
-    A face may be missing on one side only if its score is within 1e-4 of the threshold.
+    Returns (pairs as (ours index, theirs index), unmatched ours, unmatched theirs).
     """
-    problems, unmatched = [], list(range(len(ours)))
-    for face in theirs:
-        best = max(unmatched, key=lambda i: _iou(ours[i]["box"], face["box"]), default=None)
-        if best is None or _iou(ours[best]["box"], face["box"]) < MATCH_IOU:
-            if abs(face["confidence"] - threshold) > CONFIDENCE_TOL:
-                problems.append(f"reference face missing: {face['box']} score {face['confidence']}")
+    iou = _iou_matrix(np.array([f["box"] for f in ours], dtype=np.float64),
+                      np.array([f["box"] for f in theirs], dtype=np.float64))
+    free = np.ones(len(ours), dtype=bool)
+    pairs, missing = [], []
+    for j in range(len(theirs)):
+        candidates = np.where(free, iou[:, j], -1.0)
+        best = int(np.argmax(candidates)) if len(ours) else -1
+        if best < 0 or candidates[best] < MATCH_IOU:
+            missing.append(j)
             continue
-        unmatched.remove(best)
-        problems += face_differences(ours[best], face)
-    for i in unmatched:
-        if abs(ours[i]["confidence"] - threshold) > CONFIDENCE_TOL:
-            problems.append(f"extra face: {ours[i]['box']} score {ours[i]['confidence']}")
+        free[best] = False
+        pairs.append((best, j))
+    return pairs, np.flatnonzero(free).tolist(), missing
+
+
+def compare_faces(ours: list[dict], theirs: list[dict], threshold: float) -> list[str]:
+    """Every disagreement beyond the golden tolerances between our faces and the reference's.
+
+    Faces are matched by IoU >= 0.9 (``match_faces``); a face may be missing on one side only if its
+    score is within 1e-4 of the threshold.
+    """
+    pairs, extra, missing = match_faces(ours, theirs)
+    problems = [f"reference face missing: {theirs[j]['box']} score {theirs[j]['confidence']}"
+                for j in missing if abs(theirs[j]["confidence"] - threshold) > CONFIDENCE_TOL]
+    for i, j in pairs:
+        problems += face_differences(ours[i], theirs[j])
+    problems += [f"extra face: {ours[i]['box']} score {ours[i]['confidence']}"
+                 for i in extra if abs(ours[i]["confidence"] - threshold) > CONFIDENCE_TOL]
     return problems

@@ -1,69 +1,134 @@
-"""Golden parity: our model reproduces the reference library's outputs on the golden set."""
+"""Golden parity: our model reproduces the reference library's outputs on the golden sets.
+
+The committed set (tests/golden) always runs; ../shared's set joins as extra cases where present.
+Every image costs one forward per pose-statistics setting: threshold-0 results with the identity
+statistics (filtered to 0.5 for the default threshold) and 0.5 results with the set's other statistics.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+import hashlib
+
 import pytest
 import torch
-from PIL import Image
 
 from img2pose_serve.detector import build_detector
 from img2pose_serve.facedicts import to_face_dicts
-from img2pose_serve.image_decoding import image_to_tensor
-from tests.golden_set import GOLDEN, compare_faces, image_names, reference_outputs
+from img2pose_serve.image_decoding import decode_tensor
+from tests.golden_set import COMMITTED, DEFAULT_THRESHOLD, SHARED, GoldenSet, compare_faces
 
-pytestmark = pytest.mark.skipif(not GOLDEN.is_dir(), reason="../shared/img2pose/golden is not present")
+GOLDEN_SETS = [COMMITTED, SHARED]
+PRESENT = [COMMITTED, *([SHARED] if SHARED.present else [])]  # the committed set must never go missing
+IMAGES = [pytest.param(golden, name, id=f"{golden.name}-{name}") for golden in PRESENT for name in golden.image_names()]
+SETS = [pytest.param(golden, id=golden.name) for golden in PRESENT]
+TORCH_THREADS = 2  # the thread count the reference outputs were made with
 
 
-def _open_rgb(name: str) -> Image.Image:
-    image = Image.open(GOLDEN / "images" / name)
-    return image if image.mode == "RGB" else image.convert("RGB")
+class Detections:
+    """Our FaceDicts, one forward per image and pose-statistics setting, kept for the module."""
+
+    def __init__(self, request: pytest.FixtureRequest):
+        self._request = request
+        self._detectors: dict[tuple[str, str], object] = {}
+        self._faces: dict[tuple[str, str, str], list[dict]] = {}
+
+    def identity_stats(self, golden: GoldenSet, name: str) -> list[dict]:
+        """Threshold 0, identity pose statistics (the reference's bare-checkpoint path)."""
+        return self._get(golden, "identity", name)
+
+    def alt_stats(self, golden: GoldenSet, name: str) -> list[dict]:
+        """Threshold 0.5, the set's ``alt_pose_stats`` statistics."""
+        return self._get(golden, "alt", name)
+
+    def _get(self, golden: GoldenSet, stats: str, name: str) -> list[dict]:
+        key = (golden.name, stats, name)
+        if key not in self._faces:
+            threshold = 0.0 if stats == "identity" else DEFAULT_THRESHOLD
+            self._faces[key] = _detect(self._detector(golden, stats), golden, name, threshold)
+        return self._faces[key]
+
+    def _detector(self, golden: GoldenSet, stats: str):
+        key = (golden.name, stats)
+        if key not in self._detectors:
+            checkpoint = self._request.getfixturevalue(golden.checkpoint_fixture)
+            pose_stats = golden.alt_pose_stats() if stats == "alt" else ()
+            self._detectors[key] = build_detector(checkpoint, *pose_stats)
+        return self._detectors[key]
 
 
-def _detect_all(detector, threshold: float) -> dict[str, list[dict]]:
-    torch.set_num_threads(2)  # the golden set's thread count
-    results = {}
-    for name in image_names():
-        image = _open_rgb(name)
-        prediction = detector.detect([image_to_tensor(image)])[0]
-        results[name] = to_face_dicts(prediction, threshold, -1)
-    return results
+def _detect(detector, golden: GoldenSet, name: str, threshold: float) -> list[dict]:
+    prediction = detector.detect([decode_tensor(golden.image_path(name).read_bytes(), 10**9)])[0]
+    return to_face_dicts(prediction, threshold, -1)
 
 
 @pytest.fixture(scope="module")
-def identity_stats_faces(golden_checkpoint):
-    """Threshold-0 faces with the identity pose stats (the reference's bare-checkpoint path)."""
-    return _detect_all(build_detector(golden_checkpoint), threshold=0.0)
+def detections(request):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TORCH_THREADS)
+    yield Detections(request)
+    torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("name", image_names())
-def test_sequential_matches_reference(identity_stats_faces, name):
-    ours = [f for f in identity_stats_faces[name] if f["confidence"] >= 0.5]
-    theirs = reference_outputs()["sequential"][name]
+@pytest.mark.parametrize("golden", GOLDEN_SETS, ids=[g.name for g in GOLDEN_SETS])
+def test_golden_set_is_present_and_unchanged(golden):
+    """The images are the ones the reference outputs were made from (the committed set records hashes)."""
+    if golden is not COMMITTED and not golden.present:
+        pytest.skip(f"{golden.directory} is not present: its extra parity cases are not collected")
+    for name in golden.image_names():
+        assert golden.image_path(name).is_file(), name
+    recorded = golden.reference.get("images")
+    if golden is COMMITTED:
+        assert set(recorded) == set(golden.image_names())
+        for name, facts in recorded.items():
+            assert hashlib.sha256(golden.image_path(name).read_bytes()).hexdigest() == facts["sha256"], name
+
+
+def test_committed_set_was_made_for_the_demo_checkpoint(demo_checkpoint_file):
+    digest = hashlib.sha256()
+    for key, tensor in torch.load(demo_checkpoint_file, map_location="cpu", weights_only=True)["fpn_model"].items():
+        digest.update(key.encode())
+        digest.update(tensor.numpy().tobytes())
+    recorded = COMMITTED.reference["recipe"]["checkpoint"]["state_dict_sha256"]
+    assert digest.hexdigest() == recorded, "the demo weights changed: regenerate tests/golden (see its README)"
+
+
+@pytest.mark.parametrize(("golden", "name"), IMAGES)
+def test_sequential_matches_reference(detections, golden, name):
+    ours = [f for f in detections.identity_stats(golden, name) if f["confidence"] >= DEFAULT_THRESHOLD]
+    theirs = golden.reference["sequential"][name]
     assert len(theirs) > 0
-    assert compare_faces(ours, theirs, threshold=0.5) == []
+    assert compare_faces(ours, theirs, threshold=DEFAULT_THRESHOLD) == []
 
 
-@pytest.mark.parametrize("name", image_names())
-def test_threshold_zero_matches_reference(identity_stats_faces, name):
-    assert compare_faces(identity_stats_faces[name], reference_outputs()["sequential_threshold0"][name], 0.0) == []
+@pytest.mark.parametrize(("golden", "name"), IMAGES)
+def test_threshold_zero_matches_reference(detections, golden, name):
+    theirs = golden.reference["sequential_threshold0"][name]
+    assert len(theirs) > len(golden.reference["sequential"][name])
+    assert compare_faces(detections.identity_stats(golden, name), theirs, threshold=0.0) == []
 
 
-def test_faces_are_sorted_and_well_formed(identity_stats_faces):
-    for faces in identity_stats_faces.values():
+@pytest.mark.parametrize(("golden", "name"), IMAGES)
+def test_other_pose_stats_match_reference(detections, golden, name):
+    theirs = golden.reference["alt_pose_stats"]["sequential"][name]
+    assert compare_faces(detections.alt_stats(golden, name), theirs, threshold=DEFAULT_THRESHOLD) == []
+
+
+@pytest.mark.parametrize("golden", SETS)
+def test_other_pose_stats_change_the_outcome(golden):
+    """Otherwise the alt-stats cases could not tell the statistics are applied."""
+    alt = golden.reference["alt_pose_stats"]["sequential"]
+    identity = golden.reference["sequential"]
+    assert any(alt[n] != identity[n] for n in golden.image_names())
+    assert any(len(alt[n]) != len(identity[n]) for n in golden.image_names())
+
+
+@pytest.mark.parametrize("golden", SETS)
+def test_faces_are_sorted_and_well_formed(detections, golden):
+    names = golden.image_names()
+    for faces in [*(detections.identity_stats(golden, n) for n in names), *(detections.alt_stats(golden, n) for n in names)]:
         confidences = [f["confidence"] for f in faces]
         assert confidences == sorted(confidences, reverse=True)
         for face in faces:
             assert set(face) == {"box", "confidence", "pose", "keypoints"}
             assert len(face["box"]) == 4 and len(face["pose"]) == 6
             assert set(face["keypoints"]) == {"left_eye", "right_eye", "nose", "mouth_left", "mouth_right"}
-
-
-def test_other_pose_stats_match_reference(golden_checkpoint):
-    alt = reference_outputs()["alt_pose_stats"]
-    detector = build_detector(golden_checkpoint, np.float32(alt["pose_mean"]), np.float32(alt["pose_stddev"]))
-    ours = _detect_all(detector, threshold=0.5)
-    problems = {name: compare_faces(ours[name], alt["sequential"][name], 0.5) for name in image_names()}
-    assert {k: v for k, v in problems.items() if v} == {}
-    # The statistics really changed the outcome (the check would be vacuous otherwise).
-    assert any(len(alt["sequential"][n]) != len(reference_outputs()["sequential"][n]) for n in image_names())

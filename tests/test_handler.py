@@ -15,6 +15,7 @@ from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.image_decoding import decode_tensor
 from img2pose_tools.synthetic_images import photo_like_pil
 from tests.fake_context import make_context, set_requests
+from tests.golden_set import COMMITTED, compare_faces
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
@@ -23,14 +24,11 @@ def _encode(image: Image.Image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-# 640x480 and 638x479 share a padded canvas; the others each have their own.
-IMAGES = {
-    "rgb_640x480.jpg": _encode(photo_like_pil(640, 480, 1), "JPEG"),
-    "gray_320x240.png": _encode(photo_like_pil(320, 240, 2).convert("L"), "PNG"),
-    "palette_100x100.png": _encode(photo_like_pil(100, 100, 3).convert("P"), "PNG"),
-    "rgb_333x517.png": _encode(photo_like_pil(333, 517, 4), "PNG"),
-    "rgb_638x479.jpg": _encode(photo_like_pil(638, 479, 5), "JPEG"),
-}
+# Four images of the committed golden set, and one of another size with 640x480's padded canvas.
+GOLDEN_NAMES = {"rgb_640x480.jpg": "01_rgb_640x480.jpg", "gray_320x240.png": "04_gray_320x240.png",
+                "palette_100x100.png": "06_palette_100x100.png", "rgb_333x517.png": "08_rgb_333x517.png"}
+IMAGES = {name: COMMITTED.image_path(golden).read_bytes() for name, golden in GOLDEN_NAMES.items()}
+IMAGES["rgb_638x479.jpg"] = _encode(photo_like_pil(638, 479, 5), "JPEG")
 NAMES = list(IMAGES)
 
 
@@ -98,6 +96,14 @@ def test_every_format_answers_exactly_what_each_image_gets_alone(mixed_batch, al
     for i in (0, 1, 2, 4, 6, 8):
         assert statuses[i][0] in (None, 200)
     assert all(len(body) > 0 for body in (bodies[0], bodies[2][0], bodies[2][1], bodies[6]))
+
+
+def test_handler_results_match_the_reference_library(mixed_batch):
+    bodies, _, _ = mixed_batch
+    reference = COMMITTED.reference["sequential"]
+    assert compare_faces(bodies[0], reference[GOLDEN_NAMES["rgb_640x480.jpg"]], 0.5) == []
+    assert compare_faces(bodies[2][0], reference[GOLDEN_NAMES["gray_320x240.png"]], 0.5) == []
+    assert compare_faces(bodies[2][1], reference[GOLDEN_NAMES["rgb_333x517.png"]], 0.5) == []
 
 
 def test_max_faces_zero_means_no_faces(mixed_batch, alone):
