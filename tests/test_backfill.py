@@ -8,11 +8,9 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from img2pose_client import inputs
 from img2pose_client.backfill import exit_status, main, parse_args, run
 from img2pose_client.results_file import ResultWriter, ResumeIndex, iter_records
 from tests.conftest import DEMO_MODEL
+from tests.stand_in_http import JsonHandler, start, stop
 from img2pose_tools.torchserve_launcher import REPO
 
 FACE = {"box": [1.0, 2.0, 30.0, 40.0], "confidence": 0.9, "pose": [0, 0, 0, 0, 0, 5.0],
@@ -131,26 +130,15 @@ class StandIn:
         self.requests: list[tuple[str, dict, bytes]] = []
         stand_in = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self):  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = self.body()
                 model = self.path.rsplit("/", 1)[-1]
                 stand_in.requests.append((model, dict(self.headers), body))
                 script = stand_in.scripts[model]
-                status, answer = script.pop(0) if len(script) > 1 else script[0]
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.answer(*(script.pop(0) if len(script) > 1 else script[0]))
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.server, self.url = start(Handler)
 
     def hits(self) -> Counter:
         return Counter(model for model, _, _ in self.requests)
@@ -160,8 +148,7 @@ class StandIn:
 def stand_in():
     server = StandIn()
     yield server
-    server.server.shutdown()
-    server.server.server_close()
+    stop(server.server)
 
 
 @pytest.fixture

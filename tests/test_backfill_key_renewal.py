@@ -13,7 +13,6 @@ import shutil
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,6 +26,7 @@ from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import ServerSettings, start_torchserve, stop_torchserve
 from img2pose_tools.wait_ready import wait_ready
 from tests.conftest import DEMO_MODEL
+from tests.stand_in_http import JsonHandler, start, stop
 from tests.test_backfill import image_bytes, lines
 
 INVALID_KEY = {"code": 400, "type": "InvalidKeyException",
@@ -66,9 +66,9 @@ class TokenStandIn:
         self.write_key_file()
         stand_in = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self):  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = self.body()
                 url = urlsplit(self.path)
                 if url.path == "/token":
                     self.answer(*stand_in.renew(self.bearer(), parse_qs(url.query).get("type", [""])[0]))
@@ -90,20 +90,7 @@ class TokenStandIn:
             def bearer(self) -> str:
                 return self.headers.get("Authorization", "").removeprefix("Bearer ")
 
-            def answer(self, status: int, payload: object) -> None:
-                data = b"\n" if payload is None else json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.server, self.url = start(Handler)
 
     def write_key_file(self) -> None:
         self.key_file.write_text(json.dumps({**{name: {"key": key} for name, key in self.keys.items()},
@@ -144,8 +131,7 @@ def stand_in_factory(tmp_path):
 
     yield make
     for server in servers:
-        server.server.shutdown()
-        server.server.server_close()
+        stop(server.server)
 
 
 @pytest.fixture

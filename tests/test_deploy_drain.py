@@ -4,12 +4,11 @@ The real thing, with requests in flight, is in tests/test_deploy_container.py.""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from img2pose_tools import drain
+from tests.stand_in_http import JsonHandler, serving
 
 
 @pytest.fixture
@@ -17,33 +16,19 @@ def stand_in():
     """Answers GET /models/<m> with a queue status, POST /predictions/<m> from ``statuses`` (last repeats)."""
     state = {"statuses": [400], "posts": [], "gets": 0}
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_GET(self):  # noqa: N802 - http.server's name
             state["gets"] += 1
-            self._answer(200, [{"jobQueueStatus": {"remainingCapacity": 990, "pendingRequests": 10}}])
+            self.answer(200, [{"jobQueueStatus": {"remainingCapacity": 990, "pendingRequests": 10}}])
 
         def do_POST(self):  # noqa: N802
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            state["posts"].append((self.path, self.headers.get("Content-Type"), body))
+            state["posts"].append((self.path, self.headers.get("Content-Type"), self.body()))
             statuses = state["statuses"]
-            self._answer(statuses.pop(0) if len(statuses) > 1 else statuses[0], {"code": 0})
+            self.answer(statuses.pop(0) if len(statuses) > 1 else statuses[0], {"code": 0})
 
-        def _answer(self, status, payload):
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    state["url"] = f"http://127.0.0.1:{server.server_address[1]}"
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as url:
+        state["url"] = url
+        yield state
 
 
 def run_drain(stand_in, *extra: str) -> int:
