@@ -20,6 +20,13 @@ from tests.golden_set import COMMITTED, DEFAULT_THRESHOLD, SHARED, GoldenSet, co
 GOLDEN_SETS = [COMMITTED, SHARED]
 PRESENT = [COMMITTED, *([SHARED] if SHARED.present else [])]  # the committed set must never go missing
 IMAGES = [pytest.param(golden, name, id=f"{golden.name}-{name}") for golden in PRESENT for name in golden.image_names()]
+# The other pose statistics change only how the 6DoF output is decoded, not the network: a few images
+# (alpha, the 1400 px limit, the smallest, a photograph) check it for the committed set, at one
+# forward each; ../shared's set is checked on all its images.
+ALT_STATS_COMMITTED = ("02_rgba_480x640.png", "05_rgb_1500x1000.png", "06_palette_100x100.png",
+                       "09_photo_astronaut_256x256.jpg")
+ALT_IMAGES = [param for param in IMAGES
+              if param.values[0] is not COMMITTED or param.values[1] in ALT_STATS_COMMITTED]
 SETS = [pytest.param(golden, id=golden.name) for golden in PRESENT]
 TORCH_THREADS = 2  # the thread count the reference outputs were made with
 
@@ -107,7 +114,7 @@ def test_threshold_zero_matches_reference(detections, golden, name):
     assert compare_faces(detections.identity_stats(golden, name), theirs, threshold=0.0) == []
 
 
-@pytest.mark.parametrize(("golden", "name"), IMAGES)
+@pytest.mark.parametrize(("golden", "name"), ALT_IMAGES)
 def test_other_pose_stats_match_reference(detections, golden, name):
     theirs = golden.reference["alt_pose_stats"]["sequential"][name]
     assert compare_faces(detections.alt_stats(golden, name), theirs, threshold=DEFAULT_THRESHOLD) == []
@@ -125,7 +132,8 @@ def test_other_pose_stats_change_the_outcome(golden):
 @pytest.mark.parametrize("golden", SETS)
 def test_faces_are_sorted_and_well_formed(detections, golden):
     names = golden.image_names()
-    for faces in [*(detections.identity_stats(golden, n) for n in names), *(detections.alt_stats(golden, n) for n in names)]:
+    alt_names = [param.values[1] for param in ALT_IMAGES if param.values[0] is golden]
+    for faces in [*(detections.identity_stats(golden, n) for n in names), *(detections.alt_stats(golden, n) for n in alt_names)]:
         confidences = [f["confidence"] for f in faces]
         assert confidences == sorted(confidences, reverse=True)
         for face in faces:

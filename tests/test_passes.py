@@ -25,7 +25,7 @@ def test_every_pass_size_gives_identical_detections(demo_detector):
     model = demo_detector
     images = photo_like_tensors(3, 320, 240)
     alone = [model.detect([image])[0] for image in images]
-    for per_pass in (None, 1, 2):
+    for per_pass in (None, 2):  # 1, the CPU default, is what every other batched test runs
         model.set_images_per_pass(per_pass)
         batched = model.detect(images)
         model.set_images_per_pass(1)

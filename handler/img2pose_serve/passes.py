@@ -1,11 +1,11 @@
 """Running the per-image parts of one forward in passes of a few images.
 
 On a CPU the convolutions and RoI heads of img2pose are limited by memory traffic, not arithmetic:
-measured on a 2-core machine, the backbone costs 0.38 s per 640x480 image one image at a time and
-0.62 s per image eight at a time (the activations of eight images no longer fit the caches). Every
-stage here treats images independently, so splitting the batch into passes and concatenating the
-results gives bit-identical outputs (checked by the tests) while the batch still shares one call,
-one transform and one proposal/NMS step. On CUDA the whole batch goes in one pass.
+several images' activations at once no longer fit the caches, so a batch costs more per image than
+one image alone (figures in docs/speed-and-tuning.md). Every stage here treats images independently,
+so splitting the batch into passes and concatenating the results gives bit-identical outputs (checked
+by the tests) while the batch still shares one call, one transform and one proposal/NMS step. On CUDA
+the whole batch goes in one pass.
 """
 
 from __future__ import annotations

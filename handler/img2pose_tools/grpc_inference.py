@@ -12,7 +12,7 @@ image comes back as an OK response whose body is the handler's JSON error object
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
 import sys
 import zipfile
@@ -42,11 +42,16 @@ def load_stubs(directory: Path) -> tuple[ModuleType, ModuleType]:
                           f"--python_out={directory}", f"--grpc_python_out={directory}", "inference.proto"])
     if status != 0:
         raise RuntimeError(f"protoc could not compile {PROTO} from {frontend_jar()} (exit {status})")
-    sys.path.insert(0, str(directory))  # the generated grpc module imports its sibling by top-level name
-    try:
-        return importlib.import_module("inference_pb2"), importlib.import_module("inference_pb2_grpc")
-    finally:
-        sys.path.remove(str(directory))
+    # The generated grpc module imports its sibling by the top-level name "inference_pb2".
+    return _load_module("inference_pb2", directory), _load_module("inference_pb2_grpc", directory)
+
+
+def _load_module(name: str, directory: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, directory / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 class GrpcInference:
