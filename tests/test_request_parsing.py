@@ -223,7 +223,7 @@ def test_max_faces_json_accepted(value: Any, expected: int) -> None:
 def test_max_faces_json_rejected(value: Any, shown: str) -> None:
     error = json_error({"image": B64_JPEG, "max_faces": value})
     assert error.status == 400
-    assert error.message == f"max_faces must be an integer >= -1 (-1 means no limit), got {shown}"
+    assert error.message == f"max_faces must be an integer >= -1 (-1: no limit; 0: no faces), got {shown}"
 
 
 # --- multipart --------------------------------------------------------------
