@@ -36,6 +36,8 @@ import torch
 from img2pose_serve import reference_data
 from img2pose_tools.torchserve_launcher import REPO, ServerSettings, start_torchserve, stop_torchserve
 
+pytest_plugins = ["tests.backfill_support"]  # the photo library the backfill tests share
+
 SHARED = REPO.parent / "shared" / "img2pose"
 MAKE_CKPT = SHARED / "golden" / "make_ckpt.py"
 PRIMARY_MODEL = DEMO_MODEL = "img2pose"

@@ -21,7 +21,7 @@ from img2pose_serve.request_parsing import DetectionParams
 from img2pose_tools.bad_inputs import CASES, BadCase
 from img2pose_tools.synthetic_images import photo_like_pil
 
-GOOD_COUNT = 7  # interleaved good requests (plus one sent alone first: 8 forwards in all)
+GOOD_COUNT = 4  # interleaved good requests (plus one sent alone first: 5 forwards in all)
 CONFIG = HandlerConfig()  # the served archives' settings
 
 
