@@ -200,8 +200,7 @@ def test_the_container_serves_without_a_token_and_the_prestop_hook_drains_in_fli
 
 def test_sigterm_stops_every_process_of_the_container(start_container):
     container = start_container()
-    wait_until_ready(container)
-    assert predict(container, image_bytes(2)).status_code == 200
+    wait_until_ready(container)  # the frontend and a model worker run: the processes SIGTERM must stop
     if container.tini:
         container.process.send_signal(signal.SIGTERM)  # what the kubelet sends to PID 1
     else:
