@@ -31,6 +31,7 @@ from img2pose_serve.detector import build_detector
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.handler_config import HandlerConfig
 from img2pose_serve.image_decoding import decode_many, image_to_tensor
+from img2pose_serve.precision import native_bf16
 from img2pose_serve.request_parsing import DetectionParams, RequestError, parse_request
 
 logger = logging.getLogger(__name__)
@@ -67,15 +68,20 @@ class Img2PoseHandler(BaseHandler):
         )
         images_per_pass = self.config.resolved_images_per_pass(self.device.type)
         self.model.set_images_per_pass(images_per_pass)
+        self.model.set_precision(self.config.precision)
         self.defaults = DetectionParams(self.config.score_threshold, self.config.max_faces)
         self.decode_pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="img2pose-decode")
         self.initialized = True
 
-        logger.info("img2pose loaded on %s (%d torch threads, %s images per pass) from %s (pose stats: %s; %s)",
-                    self.device, torch.get_num_threads(), images_per_pass or "all", checkpoint.name,
+        logger.info("img2pose loaded on %s (precision %s, %d torch threads, %s images per pass) from %s "
+                    "(pose stats: %s; %s)",
+                    self.device, self.config.precision, torch.get_num_threads(), images_per_pass or "all", checkpoint.name,
                     self.archive_info.get("pose_stats_source"), self.config)
         if self.is_demo:
             logger.warning(DEMO_NOTICE)
+        if self.config.precision == "bf16" and not native_bf16(self.device):
+            logger.warning("precision bf16 on %s, which has no bf16 arithmetic in hardware: it is emulated "
+                           "and likely slower than fp32", self.device)
 
     @staticmethod
     def _select_device(gpu_id) -> torch.device:

@@ -44,6 +44,7 @@ from img2pose_serve import reference_data  # noqa: E402
 from img2pose_serve.checkpoint import CheckpointError  # noqa: E402
 from img2pose_serve.demo_checkpoint import write_demo_checkpoint  # noqa: E402
 from img2pose_serve.detector import build_detector  # noqa: E402
+from img2pose_serve.precision import PRECISIONS, check_precision  # noqa: E402
 HANDLER_FILE = REPO / "handler" / "img2pose_handler.py"
 PACKAGE_DIR = REPO / "handler" / "img2pose_serve"
 DEFAULT_EXPORT_PATH = REPO / "model_store"
@@ -201,11 +202,13 @@ def build_archive(
     handler_settings: dict | None = None,
     response_timeout: int = DEFAULT_RESPONSE_TIMEOUT,
     quiet: bool = False,
+    precision: str = "fp32",
 ) -> Path:
     """Write ``<export_path>/<model_name>.mar`` and return its path.
 
     ``checkpoint=None`` builds the DEMO archive (generated weights, identity pose statistics).
     ``handler_settings`` overrides entries of the archive's ``handler:`` section (tests use it).
+    ``precision`` (``fp32`` or ``bf16``) goes into that section and into archive_info.json.
     Raises BuildError for unusable inputs, FileExistsError when the archive exists and not ``force``.
     """
     export_path = Path(export_path)
@@ -216,8 +219,12 @@ def build_archive(
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         check_checkpoint(checkpoint)
-    settings = dict(HANDLER_SETTINGS)
+    settings = dict(HANDLER_SETTINGS, precision=precision)
     settings.update(handler_settings or {})
+    try:
+        check_precision(settings["precision"])
+    except ValueError as error:
+        raise BuildError(str(error)) from error
     for key in FRONTEND_KEYS:
         if key in settings:
             raise BuildError(f"{key} belongs in config.properties, not in the archive's model-config.yaml")
@@ -249,6 +256,7 @@ def build_archive(
             "pose_stats_source": stats_source,
             "pose_mean": [float(v) for v in mean],
             "pose_stddev": [float(v) for v in stddev],
+            "precision": settings["precision"],
             "built_by": f"img2pose-serve {project_version()}",
         }
         (extra / "archive_info.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -275,7 +283,7 @@ def build_archive(
         )
     if not quiet:
         print(f"wrote {mar} ({'DEMO, meaningless detections' if demo else 'checkpoint ' + checkpoint.name};"
-              f" pose stats: {stats_source})")
+              f" pose stats: {stats_source}; precision: {settings['precision']})")
     return mar
 
 
@@ -291,11 +299,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--response-timeout", type=int, default=DEFAULT_RESPONSE_TIMEOUT,
                         help="seconds a handler call may take before TorchServe restarts the worker "
                              f"(default {DEFAULT_RESPONSE_TIMEOUT}; config.properties cannot override it)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (default): exact; bf16: faster where the hardware has bf16 arithmetic, "
+                             "slightly different numbers (docs/precision.md)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing archive")
     args = parser.parse_args(argv)
     try:
         build_archive(args.checkpoint, args.pose_mean, args.pose_stddev, args.export_path,
-                      args.model_name, force=args.force, response_timeout=args.response_timeout)
+                      args.model_name, force=args.force, response_timeout=args.response_timeout,
+                      precision=args.precision)
     except (BuildError, FileExistsError) as error:
         print(f"build_mar.py: error: {error}", file=sys.stderr)
         return 2

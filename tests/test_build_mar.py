@@ -123,7 +123,7 @@ def test_demo_archive_contents(demo_archive):
         assert key not in config_text
     assert config["handler"] == {"score_threshold": 0.5, "max_faces": -1, "max_images_per_forward": 8,
                                  "max_image_pixels": 120_000_000, "max_images_per_request": 16,
-                                 "decode_threads": 2}
+                                 "decode_threads": 2, "precision": "fp32"}
     assert config["responseTimeout"] == 1200  # see build_mar's docstring: config.properties cannot set it
 
 

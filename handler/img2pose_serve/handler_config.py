@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .precision import check_precision
+
 
 @dataclass(frozen=True)
 class HandlerConfig:
@@ -20,6 +22,9 @@ class HandlerConfig:
     # Images per pass through backbone / RPN head / RoI heads inside one forward (see passes.py).
     # 0 = automatic: 1 on CPU (measured fastest there), the whole forward at once on CUDA.
     images_per_pass: int = 0
+    # "fp32": exact (equal to the reference library); "bf16": the heavy layers in bfloat16, faster
+    # where the hardware has bf16 arithmetic, with slightly different numbers (see precision.py).
+    precision: str = "fp32"
 
     def resolved_images_per_pass(self, device_type: str) -> int | None:
         if self.images_per_pass > 0:
@@ -43,6 +48,7 @@ class HandlerConfig:
         for name in ("max_images_per_forward", "max_image_pixels", "max_images_per_request", "decode_threads"):
             if getattr(config, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+        check_precision(config.precision)
         for name in ("torch_threads", "images_per_pass"):
             if getattr(config, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = automatic), got {getattr(config, name)}")

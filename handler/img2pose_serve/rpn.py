@@ -10,6 +10,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import boxes as box_ops
 
 from .passes import cat_levels, pass_slices
+from .precision import run_fp32
 
 # img2pose declares a sixth anchor size (512) for five feature maps; only the first five are ever
 # used, and torchvision's AnchorGenerator rightly refuses the mismatch.
@@ -48,8 +49,9 @@ class SingleConvRPNHead(RPNHead):
         logits, deltas = [], []
         for feature in x:
             shared = F.relu(self.conv(feature))
-            logits.append(self.cls_logits(shared))
-            deltas.append(self.bbox_pred(shared))
+            # The proposals are ranked and decoded from these two: float32 in every precision.
+            logits.append(run_fp32(self.cls_logits, shared))
+            deltas.append(run_fp32(self.bbox_pred, shared))
         return logits, deltas
 
 
