@@ -86,6 +86,7 @@ def test_bf16_runs_the_heavy_layers_in_bf16_and_ranks_and_decodes_in_fp32(bf16_m
     watched = {
         "backbone conv": bf16_model.backbone.body.conv1,
         "rpn conv": bf16_model.rpn.head.conv,
+        "anchors": bf16_model.rpn.anchor_generator,
         "rpn objectness": bf16_model.rpn.head.cls_logits,
         "rpn deltas": bf16_model.rpn.head.bbox_pred,
         "roi pooling": bf16_model.roi_heads.box_roi_pool,
@@ -96,7 +97,7 @@ def test_bf16_runs_the_heavy_layers_in_bf16_and_ranks_and_decodes_in_fp32(bf16_m
 
     def recorder(name):
         def record(module, inputs, output) -> None:
-            dtypes.setdefault(name, output.dtype)
+            dtypes.setdefault(name, output[0].dtype if isinstance(output, list) else output.dtype)
         return record
 
     hooks = [module.register_forward_hook(recorder(name)) for name, module in watched.items()]
@@ -105,7 +106,8 @@ def test_bf16_runs_the_heavy_layers_in_bf16_and_ranks_and_decodes_in_fp32(bf16_m
     finally:
         for hook in hooks:
             hook.remove()
-    assert dtypes == {"backbone conv": torch.bfloat16, "rpn conv": torch.bfloat16, "rpn objectness": torch.float32,
+    assert dtypes == {"backbone conv": torch.bfloat16, "rpn conv": torch.bfloat16, "anchors": torch.float32,
+                      "rpn objectness": torch.float32,
                       "rpn deltas": torch.float32, "roi pooling": torch.float32, "box mlp": torch.bfloat16,
                       "pose predictor": torch.float32, "class predictor": torch.float32}
     assert {key: value.dtype for key, value in result.items()} == {

@@ -19,7 +19,19 @@ ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * len(ANCHOR_SIZES)
 
 
 def img2pose_anchor_generator() -> AnchorGenerator:
-    return AnchorGenerator(sizes=ANCHOR_SIZES, aspect_ratios=ASPECT_RATIOS)
+    return Float32AnchorGenerator(sizes=ANCHOR_SIZES, aspect_ratios=ASPECT_RATIOS)
+
+
+class Float32AnchorGenerator(AnchorGenerator):
+    """torchvision's anchors, always in float32.
+
+    torchvision makes anchors in the dtype of the first feature map. Under bf16 autocast that is
+    bfloat16, whose 8-bit mantissa cannot hold pixel coordinates: above 512 it steps by 4 px, so
+    anchors (and every proposal decoded from them) would land on a coarse grid.
+    """
+
+    def set_cell_anchors(self, dtype: torch.dtype, device: torch.device) -> None:
+        super().set_cell_anchors(torch.float32, device)
 
 
 class SingleConvRPNHead(RPNHead):
