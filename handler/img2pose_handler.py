@@ -29,6 +29,7 @@ from img2pose_serve.batching import plan_forwards
 from img2pose_serve.errors import RequestError, internal_error
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.handler_config import HandlerConfig
+from img2pose_serve.precision import native_bf16
 from img2pose_serve.request_parsing import DetectionParams
 
 logger = logging.getLogger(__name__)
@@ -58,15 +59,20 @@ class Img2PoseHandler(BaseHandler):
             raise
         images_per_pass = self.config.resolved_images_per_pass(self.device.type)
         self.model.set_images_per_pass(images_per_pass)
+        self.model.set_precision(self.config.precision)
         self.defaults = DetectionParams(self.config.score_threshold, self.config.max_faces)
         self.decode_pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="img2pose-decode")
         self.initialized = True
 
-        logger.info("img2pose loaded on %s (%d torch threads, %s images per pass); weights sha256 %s "
-                    "(pose stats: %s); %s", self.device, torch.get_num_threads(), images_per_pass or "all",
-                    self.archive_info.weights_sha256, self.archive_info.pose_stats_source, self.config)
+        logger.info("img2pose loaded on %s (precision %s, %d torch threads, %s images per pass); weights sha256 %s "
+                    "(pose stats: %s); %s", self.device, self.config.precision, torch.get_num_threads(),
+                    images_per_pass or "all", self.archive_info.weights_sha256, self.archive_info.pose_stats_source,
+                    self.config)
         if self.archive_info.demo:
             logger.warning(DEMO_NOTICE)
+        if self.config.precision == "bf16" and not native_bf16(self.device):
+            logger.warning("precision bf16 on %s, which has no bf16 arithmetic in hardware: it is emulated "
+                           "and likely slower than fp32", self.device)
 
     @staticmethod
     def _select_device(gpu_id) -> torch.device:

@@ -6,7 +6,7 @@ by side on free loopback ports, with the launcher the tests use; each holds a mo
 
     python scripts/benchmark.py --archive model_store/img2pose.mar --out benchmarks/cpu \\
         [--batch-sizes 1 4 8] [--delays 10 100] [--workers 1] [--concurrency 1 8] \\
-        [--image-sets same mixed] [--requests 16] [--rounds 2] [--compute-bound]
+        [--image-sets same mixed] [--requests 16] [--rounds 2] [--compute-bound] [--precisions fp32 bf16]
 
 Against a running server (its batch settings are whatever it was started with; only the client
 side is swept):
@@ -25,6 +25,10 @@ the same images, grouped exactly as the handler groups them, once per round at e
 size and at batch 1 (median over rounds). Cells whose concurrency can fill their batch then get
 ``serving_ratio`` (served images/s / in-process images/s at the same batch size) and
 ``vs_in_process_batch1`` (served / in-process at batch 1).
+
+``--precisions fp32 bf16`` (with --archive) adds precision as one more axis of the grid: a copy of
+the archive with that ``precision`` in its model-config.yaml is served for each, side by side and
+visited in the same interleaved rounds, so their images/s compare under the same machine state.
 
 Outputs in --out: results.csv, results.json (cells, compute bound, machine facts) and
 throughput.png (images/s and p95 latency vs batch size, one line per delay, per image set).
@@ -78,6 +82,7 @@ class Cell:
     max_batch_delay_ms: int
     workers: int
     concurrency: int
+    precision: str = "fp32"  # the archive's handler setting (see archive_with_precision)
     requests: int = 0
     ok: int = 0
     errors: int = 0
@@ -174,8 +179,32 @@ def load_archive_model(archive: Path, scratch: Path):
         mar.extractall(scratch)
     model, _ = archive_layout.load_detector(scratch, device="cpu")
     model_config = yaml.safe_load((scratch / archive_layout.MODEL_CONFIG_FILE).read_text()) or {}
-    model.set_images_per_pass(HandlerConfig.from_mapping(model_config.get("handler")).resolved_images_per_pass("cpu"))
+    config = HandlerConfig.from_mapping(model_config.get("handler"))
+    model.set_images_per_pass(config.resolved_images_per_pass("cpu"))
+    model.set_precision(config.precision)
     return model
+
+
+def archive_with_precision(archive: Path, precision: str, directory: Path) -> Path:
+    """A copy of ``archive`` in ``directory`` whose handler runs at ``precision`` (model-config.yaml and
+    archive_info.json rewritten, everything else copied as is)."""
+    import yaml
+
+    from img2pose_serve import archive_layout
+
+    directory.mkdir(parents=True, exist_ok=True)
+    copy = directory / archive.name
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(copy, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == archive_layout.MODEL_CONFIG_FILE:
+                config = yaml.safe_load(data) or {}
+                config.setdefault("handler", {})["precision"] = precision
+                data = yaml.safe_dump(config, sort_keys=False).encode()
+            elif item.filename == archive_layout.INFO_FILE:
+                data = (json.dumps({**json.loads(data), "precision": precision}, indent=2) + "\n").encode()
+            target.writestr(item, data)
+    return copy
 
 
 class InProcess:
@@ -214,11 +243,12 @@ def measure_in_process(in_process: InProcess, image_sets: list[str], batch_sizes
             measured.setdefault(image_set, {}).setdefault(batch, []).append(in_process.images_per_s(image_set, batch))
 
 
-def attach_ratios(cells: list[Cell], bound: dict[str, dict[int, float]]) -> None:
-    """``serving_ratio``: served / in-process at the cell's batch size; ``vs_in_process_batch1``:
-    served / in-process at batch 1. Only for cells whose concurrency can fill the batch."""
+def attach_ratios(cells: list[Cell], bound: dict[str, dict[str, dict[int, float]]]) -> None:
+    """``serving_ratio``: served / in-process at the cell's precision and batch size;
+    ``vs_in_process_batch1``: served / in-process at batch 1. Only for cells whose concurrency can
+    fill the batch. ``bound`` is {precision: {image set: {batch: images/s}}}."""
     for cell in cells:
-        by_batch = bound.get(cell.image_set, {})
+        by_batch = bound.get(cell.precision, {}).get(cell.image_set, {})
         if cell.batch_size in by_batch and cell.concurrency >= cell.batch_size:
             cell.in_process_images_per_s = by_batch[cell.batch_size]
             cell.serving_ratio = round(cell.images_per_s / by_batch[cell.batch_size], 3)
@@ -236,43 +266,45 @@ class Target:
     meter: ForwardBatchMeter
 
 
-def sweep_archive(args, sets: dict[str, list[bytes]], bar: tqdm, in_process: InProcess | None,
+def sweep_archive(args, sets: dict[str, list[bytes]], bar: tqdm, in_process: dict[str, InProcess],
                   measured: dict) -> list[Cell]:
     """All settings' servers run side by side; each round visits every setting (in rotated order),
     then times the model in-process, so slow drifts of the machine hit every setting alike."""
-    archive = args.archive.resolve()
-    grid = [ServerSettings(batch_size=b, max_batch_delay_ms=d, workers=w)
-            for w in args.workers for b in args.batch_sizes for d in args.delays]
+    grid = [(p, ServerSettings(batch_size=b, max_batch_delay_ms=d, workers=w))
+            for p in args.precisions for w in args.workers for b in args.batch_sizes for d in args.delays]
     with tempfile.TemporaryDirectory(prefix="img2pose-bench-") as workdir:
+        archives = {p: archive_with_precision(args.archive.resolve(), p, Path(workdir) / f"store-{p}")
+                    for p in args.precisions}
         servers = []
         try:
-            for n, settings in enumerate(tqdm(grid, desc="starting servers", unit="server", leave=False)):
+            for n, (precision, settings) in enumerate(tqdm(grid, desc="starting servers", unit="server", leave=False)):
+                archive = archives[precision]
                 servers.append(start_torchserve(Path(workdir) / str(n), archive.parent, {args.model: archive},
                                                 primary=args.model, settings=settings))
             targets = [Target(f"{server.inference_url}/predictions/{args.model}", server.inference_key,
                               ForwardBatchMeter(server.metrics_url, args.model)) for server in servers]
             for target in targets:
                 warm_up(target, sets[args.image_sets[0]])
-            cells = {n: new_cells(args, settings) for n, settings in enumerate(grid)}
+            cells = {n: new_cells(args, settings, precision) for n, (precision, settings) in enumerate(grid)}
             for round_ in range(args.rounds):
                 for n in [(round_ + k) % len(grid) for k in range(len(grid))]:
                     for cell in cells[n]:
-                        bar.set_postfix_str(f"round {round_ + 1} {cell.image_set} batch={cell.batch_size} "
-                                            f"delay={cell.max_batch_delay_ms} workers={cell.workers} "
-                                            f"conc={cell.concurrency}")
+                        bar.set_postfix_str(f"round {round_ + 1} {cell.image_set} {cell.precision} "
+                                            f"batch={cell.batch_size} delay={cell.max_batch_delay_ms} "
+                                            f"workers={cell.workers} conc={cell.concurrency}")
                         run_cell(cell, targets[n].endpoint, targets[n].token, sets[cell.image_set],
                                  args.requests, args.cell_seconds, targets[n].meter)
                         bar.update(1)
-                if in_process is not None:
-                    measure_in_process(in_process, args.image_sets, args.batch_sizes, measured)
+                for precision, model in in_process.items():
+                    measure_in_process(model, args.image_sets, args.batch_sizes, measured.setdefault(precision, {}))
         finally:
             for server in servers:
                 stop_torchserve(server)
     return [cell for n in range(len(grid)) for cell in cells[n]]
 
 
-def new_cells(args, settings: ServerSettings) -> list[Cell]:
-    return [Cell(name, settings.batch_size, settings.max_batch_delay_ms, settings.workers, concurrency)
+def new_cells(args, settings: ServerSettings, precision: str = "fp32") -> list[Cell]:
+    return [Cell(name, settings.batch_size, settings.max_batch_delay_ms, settings.workers, concurrency, precision)
             for name in args.image_sets for concurrency in args.concurrency]
 
 
@@ -343,20 +375,23 @@ def plot(path: Path, cells: list[Cell], bound: dict) -> None:
     busiest = max(c.concurrency for c in cells)
     fig, axes = plt.subplots(2, len(sets), figsize=(6 * len(sets), 7), squeeze=False, sharex=True)
     for column, name in enumerate(sets):
-        for delay in sorted({c.max_batch_delay_ms for c in cells}):
-            for workers in sorted({c.workers for c in cells}):
-                line = sorted((c for c in cells if (c.image_set, c.max_batch_delay_ms, c.workers, c.concurrency)
-                               == (name, delay, workers, busiest)), key=lambda c: c.batch_size)
-                if not line:
-                    continue
-                label = f"delay {delay} ms" + (f", {workers} workers" if workers > 1 else "")
-                xs = [c.batch_size for c in line]
-                axes[0][column].plot(xs, [c.images_per_s for c in line], marker="o", label=label)
-                axes[1][column].plot(xs, [c.p95_s for c in line], marker="o", label=label)
-        if bound.get(name):
-            batches = sorted(bound[name])
-            axes[0][column].plot(batches, [bound[name][b] for b in batches], "k--", marker="x",
-                                 label="in-process (compute bound)")
+        precisions = sorted({c.precision for c in cells})
+        delays, worker_counts = sorted({c.max_batch_delay_ms for c in cells}), sorted({c.workers for c in cells})
+        for precision, delay, workers in [(p, d, w) for p in precisions for d in delays for w in worker_counts]:
+            line = sorted((c for c in cells if (c.image_set, c.max_batch_delay_ms, c.workers, c.concurrency, c.precision)
+                           == (name, delay, workers, busiest, precision)), key=lambda c: c.batch_size)
+            if not line:
+                continue
+            label = (f"{precision}, " if len(precisions) > 1 else "") + f"delay {delay} ms" + (
+                f", {workers} workers" if workers > 1 else "")
+            xs = [c.batch_size for c in line]
+            axes[0][column].plot(xs, [c.images_per_s for c in line], marker="o", label=label)
+            axes[1][column].plot(xs, [c.p95_s for c in line], marker="o", label=label)
+        for precision, style in zip(sorted(bound), ("k--", "k:")):
+            if bound[precision].get(name):
+                batches = sorted(bound[precision][name])
+                axes[0][column].plot(batches, [bound[precision][name][b] for b in batches], style, marker="x",
+                                     label=f"in-process {precision} (compute bound)")
         axes[0][column].set_title(f"{name}-size images, concurrency {busiest}")
         axes[0][column].set_ylabel("images/s")
         axes[1][column].set_ylabel("p95 latency (s)")
@@ -374,10 +409,10 @@ def table(cells: list[Cell]) -> str:
     def shown(value) -> str:
         return "-" if value is None else str(value)
 
-    header = "set    batch delay workers conc  img/s    p50 s   p95 s   p99 s  fwd-batch ratio vs-b1 errors"
+    header = "set    prec batch delay workers conc  img/s    p50 s   p95 s   p99 s  fwd-batch ratio vs-b1 errors"
     rows = [header]
     for c in cells:
-        rows.append(f"{c.image_set:6} {c.batch_size:5} {c.max_batch_delay_ms:5} {c.workers:7} {c.concurrency:4} "
+        rows.append(f"{c.image_set:6} {c.precision:4} {c.batch_size:5} {c.max_batch_delay_ms:5} {c.workers:7} {c.concurrency:4} "
                     f"{c.images_per_s:6.3f} {c.p50_s or 0:7.2f} {c.p95_s or 0:7.2f} {c.p99_s or 0:7.2f} "
                     f"{shown(c.mean_forward_batch):>9} {shown(c.serving_ratio):>5} {shown(c.vs_in_process_batch1):>5} "
                     f"{c.errors:6}")
@@ -402,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=16, help="requests per cell and round")
     parser.add_argument("--rounds", type=int, default=2, help="times every cell is visited, interleaved")
     parser.add_argument("--cell-seconds", type=float, default=120.0, help="no request starts later in a cell")
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
+                        help="serve the archive at each of these precisions side by side (--archive)")
     parser.add_argument("--compute-bound", action="store_true", help="also time the model in-process (--archive)")
     parser.add_argument("--repeats", type=int, default=1, help="in-process timings per round (median)")
     parser.add_argument("--in-process-images", type=int, default=8, help="images per in-process measurement")
@@ -411,16 +448,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--compute-bound needs --archive (the model is loaded from it)")
 
     sets = {name: image_set(name, max(args.requests, 2 * max(args.batch_sizes))) for name in args.image_sets}
-    settings_count = (len(args.workers) * len(args.batch_sizes) * len(args.delays)) if args.archive else 1
-    in_process = InProcess(args.archive, sets, args.in_process_images, args.repeats) if args.compute_bound else None
-    measured: dict[str, dict[int, list[float]]] = {}
+    if args.url and args.precisions != ["fp32"]:
+        parser.error("--precisions needs --archive (a running server has the precision it was built with)")
+    settings_count = (len(args.precisions) * len(args.workers) * len(args.batch_sizes) * len(args.delays)
+                      if args.archive else 1)
+    in_process = {}
+    if args.compute_bound:
+        with tempfile.TemporaryDirectory() as scratch:
+            for precision in args.precisions:
+                archive = archive_with_precision(args.archive, precision, Path(scratch) / precision)
+                in_process[precision] = InProcess(archive, sets, args.in_process_images, args.repeats)
+    measured: dict[str, dict[str, dict[int, list[float]]]] = {}
     with tqdm(total=args.rounds * settings_count * len(args.image_sets) * len(args.concurrency), unit="cell") as bar:
         if args.archive:
             cells = sweep_archive(args, sets, bar, in_process, measured)
         else:
             cells = sweep_running(args, sets, bar)
-    bound = {name: {batch: round(statistics.median(v), 4) for batch, v in sorted(by_batch.items())}
-             for name, by_batch in measured.items()}
+    bound = {precision: {name: {batch: round(statistics.median(v), 4) for batch, v in sorted(by_batch.items())}
+                         for name, by_batch in by_set.items()}
+             for precision, by_set in measured.items()}
     attach_ratios(cells, bound)
     write_reports(args.out, cells, bound, args)
     print(table(cells))

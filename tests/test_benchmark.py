@@ -29,9 +29,29 @@ def test_in_process_ratios_only_where_the_batch_can_fill():
     measured: dict = {}
     benchmark.measure_in_process(FakeInProcess(), ["same"], [8], measured)
     assert measured == {"same": {1: [0.8], 8: [1.0]}}
-    cells = [benchmark.Cell("same", 8, 100, 1, 8, images_per_s=0.9), benchmark.Cell("same", 8, 100, 1, 1, images_per_s=0.5)]
-    benchmark.attach_ratios(cells, {"same": {1: 0.8, 8: 1.0}})
-    assert [(c.serving_ratio, c.vs_in_process_batch1) for c in cells] == [(0.9, 1.125), (None, None)]
+    cells = [benchmark.Cell("same", 8, 100, 1, 8, images_per_s=0.9), benchmark.Cell("same", 8, 100, 1, 1, images_per_s=0.5),
+             benchmark.Cell("same", 8, 100, 1, 8, "bf16", images_per_s=1.8)]
+    benchmark.attach_ratios(cells, {"fp32": {"same": {1: 0.8, 8: 1.0}}, "bf16": {"same": {1: 1.6, 8: 2.0}}})
+    assert [(c.serving_ratio, c.vs_in_process_batch1) for c in cells] == [(0.9, 1.125), (None, None), (0.9, 1.125)]
+
+
+def test_archive_copies_differ_only_in_their_precision(tmp_path):
+    import zipfile
+
+    import yaml
+
+    original = tmp_path / "img2pose.mar"
+    with zipfile.ZipFile(original, "w") as mar:
+        mar.writestr("model-config.yaml", "responseTimeout: 1200\nhandler:\n  score_threshold: 0.5\n")
+        mar.writestr("archive_info.json", json.dumps({"demo": True}))
+        mar.writestr("weights.pth", b"\x00" * 64)
+    copy = benchmark.archive_with_precision(original, "bf16", tmp_path / "bf16")
+    assert copy == tmp_path / "bf16" / "img2pose.mar"
+    with zipfile.ZipFile(copy) as mar:
+        assert yaml.safe_load(mar.read("model-config.yaml")) == {
+            "responseTimeout": 1200, "handler": {"score_threshold": 0.5, "precision": "bf16"}}
+        assert json.loads(mar.read("archive_info.json")) == {"demo": True, "precision": "bf16"}
+        assert mar.read("weights.pth") == b"\x00" * 64
 
 
 @pytest.mark.server

@@ -136,6 +136,7 @@ def test_demo_archive_contents(demo_archive):
     # Every handler setting, at HandlerConfig's defaults: the handler and the archive cannot disagree.
     assert config["handler"] == dataclasses.asdict(HandlerConfig())
     assert HandlerConfig.from_mapping(config["handler"]) == HandlerConfig()
+    assert config["handler"]["precision"] == info["precision"] == "fp32"
     assert config["responseTimeout"] == 1200  # see build_mar's docstring: config.properties cannot set it
 
 

@@ -44,6 +44,7 @@ class ArchiveInfo:
     pose_mean: list[float]
     pose_stddev: list[float]
     built_by: str
+    precision: str = "fp32"  # the handler setting the archive was built with
     source_checkpoint_sha256: str | None = None  # the operator's file the weights came from
 
     def write(self, directory: Path) -> Path:

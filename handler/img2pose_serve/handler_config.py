@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from .precision import PRECISIONS
+
 # Fills torch_threads when the archive leaves it at 0; Kubernetes sets it to the pod's CPU limit.
 TORCH_THREADS_ENV = "IMG2POSE_TORCH_THREADS"
 
@@ -32,6 +34,9 @@ class HandlerConfig:
     # Images per pass through backbone / RPN head / RoI heads inside one forward (see passes.py).
     # 0 = automatic: 1 on CPU, the whole forward at once on CUDA.
     images_per_pass: int = 0
+    # "fp32": exact (equal to the reference library); "bf16": the heavy layers in bfloat16, faster
+    # where the hardware has bf16 arithmetic, with slightly different numbers (see precision.py).
+    precision: str = "fp32"
 
     def resolved_images_per_pass(self, device_type: str) -> int | None:
         if self.images_per_pass > 0:
@@ -65,6 +70,8 @@ class HandlerConfig:
                      "max_images_per_request", "decode_threads"):
             if getattr(config, name) < 1:
                 raise HandlerConfigError(f"handler setting {name} must be >= 1, got {getattr(config, name)}")
+        if config.precision not in PRECISIONS:
+            raise HandlerConfigError(f"handler setting precision must be one of {list(PRECISIONS)}, got {config.precision!r}")
         for name in ("torch_threads", "images_per_pass"):
             if getattr(config, name) < 0:
                 raise HandlerConfigError(f"handler setting {name} must be >= 0 (0 = automatic), got {getattr(config, name)}")
@@ -80,4 +87,8 @@ def _typed(name: str, value: Any, annotation: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise HandlerConfigError(f"handler setting {name} must be a finite number, got {value!r}")
         return float(value)
+    if annotation == "str":
+        if not isinstance(value, str):
+            raise HandlerConfigError(f"handler setting {name} must be a string, got {value!r}")
+        return value
     raise TypeError(f"no validation for {name}: {annotation}")  # a setting added without a type rule

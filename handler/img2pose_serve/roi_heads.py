@@ -15,6 +15,7 @@ from torchvision.ops import boxes as box_ops
 
 from .passes import pass_slices
 from .pose import PoseDecoder
+from .precision import run_fp32
 
 FACE = 1
 DOF_SIZE = 6
@@ -104,9 +105,12 @@ class DoFRoIHeads(RoIHeads):
         return detections, {}
 
     def _detect(self, features, proposals, image_shapes) -> list[dict[str, Tensor]]:
-        pooled = self.box_roi_pool(features, proposals, image_shapes)
-        dof_regression = self.box_predictor(self.box_head(pooled))
-        class_logits = self.class_predictor(self.class_head(pooled))
+        # RoI align and the predictors run in float32 whatever the precision; only the two-layer
+        # MLPs (box_head, class_head) follow the forward's autocast.
+        pooled = self.box_roi_pool(OrderedDict((level, f.float()) for level, f in features.items()),
+                                   proposals, image_shapes)
+        dof_regression = run_fp32(self.box_predictor, self.box_head(pooled))
+        class_logits = run_fp32(self.class_predictor, self.class_head(pooled))
         per_image = zip(
             proposals,
             dof_regression.split([len(p) for p in proposals]),

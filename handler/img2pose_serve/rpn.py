@@ -10,6 +10,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import boxes as box_ops
 
 from .passes import cat_levels, pass_slices
+from .precision import run_fp32
 
 # img2pose declares a sixth anchor size (512) for five feature maps; only the first five are ever
 # used, and torchvision's AnchorGenerator rightly refuses the mismatch.
@@ -18,7 +19,19 @@ ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * len(ANCHOR_SIZES)
 
 
 def img2pose_anchor_generator() -> AnchorGenerator:
-    return AnchorGenerator(sizes=ANCHOR_SIZES, aspect_ratios=ASPECT_RATIOS)
+    return Float32AnchorGenerator(sizes=ANCHOR_SIZES, aspect_ratios=ASPECT_RATIOS)
+
+
+class Float32AnchorGenerator(AnchorGenerator):
+    """torchvision's anchors, always in float32.
+
+    torchvision makes anchors in the dtype of the first feature map. Under bf16 autocast that is
+    bfloat16, whose 8-bit mantissa cannot hold pixel coordinates: above 512 it steps by 4 px, so
+    anchors (and every proposal decoded from them) would land on a coarse grid.
+    """
+
+    def set_cell_anchors(self, dtype: torch.dtype, device: torch.device) -> None:
+        super().set_cell_anchors(torch.float32, device)
 
 
 class SingleConvRPNHead(RPNHead):
@@ -48,8 +61,9 @@ class SingleConvRPNHead(RPNHead):
         logits, deltas = [], []
         for feature in x:
             shared = F.relu(self.conv(feature))
-            logits.append(self.cls_logits(shared))
-            deltas.append(self.bbox_pred(shared))
+            # The proposals are ranked and decoded from these two: float32 in every precision.
+            logits.append(run_fp32(self.cls_logits, shared))
+            deltas.append(run_fp32(self.bbox_pred, shared))
         return logits, deltas
 
 

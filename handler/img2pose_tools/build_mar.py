@@ -45,6 +45,7 @@ from img2pose_serve import archive_layout, reference_data
 from img2pose_serve.checkpoint import CheckpointError, read_checkpoint
 from img2pose_serve.detector import build_detector
 from img2pose_serve.handler_config import HandlerConfig
+from img2pose_serve.precision import PRECISIONS
 from img2pose_tools.demo_checkpoint import build_demo_state_dict
 
 PACKAGE_DIR = Path(img2pose_serve.__file__).resolve().parent
@@ -217,15 +218,17 @@ def staged_archive(
     handler_overrides: dict | None = None,
     response_timeout: int = DEFAULT_RESPONSE_TIMEOUT,
     trust_checkpoint: bool = False,
+    precision: str = "fp32",
     quiet: bool = False,
 ) -> Iterator[StagedArchive]:
     """Check the inputs and write the archive's files into a temporary directory (removed afterwards).
 
     ``checkpoint=None`` stages the DEMO archive (generated weights, identity pose statistics).
+    ``precision`` (``fp32`` or ``bf16``) goes into the handler settings and into archive_info.json.
     Raises BuildError for unusable inputs.
     """
     mean, stddev, stats_source = resolve_pose_stats(checkpoint, pose_mean, pose_stddev)
-    settings = handler_settings(handler_overrides)
+    settings = handler_settings({"precision": precision, **(handler_overrides or {})})
     if int(response_timeout) <= 0:
         raise BuildError(f"--response-timeout must be a positive number of seconds, got {response_timeout}")
     demo = checkpoint is None
@@ -260,6 +263,7 @@ def staged_archive(
             pose_stats_source=stats_source,
             pose_mean=[float(v) for v in mean],
             pose_stddev=[float(v) for v in stddev],
+            precision=settings["precision"],
             built_by=f"img2pose-serve {project_version()}",
         )
         info.write(extra)
@@ -308,7 +312,8 @@ def build_archive(
         )
     if not quiet:
         source = "DEMO, meaningless detections" if checkpoint is None else f"weights from {Path(checkpoint).name}"
-        print(f"wrote {mar} ({source}; pose stats: {staged.info.pose_stats_source})")
+        print(f"wrote {mar} ({source}; pose stats: {staged.info.pose_stats_source}; "
+              f"precision: {staged.info.precision})")
     return mar
 
 
@@ -328,12 +333,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--response-timeout", type=int, default=DEFAULT_RESPONSE_TIMEOUT,
                         help="seconds a handler call may take before TorchServe restarts the worker "
                              f"(default {DEFAULT_RESPONSE_TIMEOUT}; config.properties cannot override it)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (default): exact; bf16: faster where the hardware has bf16 arithmetic, "
+                             "slightly different numbers (docs/precision.md)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing archive")
     args = parser.parse_args(argv)
     try:
         build_archive(args.checkpoint, args.pose_mean, args.pose_stddev, args.export_path,
                       args.model_name, force=args.force, response_timeout=args.response_timeout,
-                      trust_checkpoint=args.trust_checkpoint)
+                      trust_checkpoint=args.trust_checkpoint, precision=args.precision)
     except (BuildError, FileExistsError) as error:
         print(f"build_mar.py: error: {error}", file=sys.stderr)
         return 2

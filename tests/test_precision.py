@@ -1,0 +1,161 @@
+"""The ``precision`` setting: validation, a bf16 forward end to end, exact batching within bf16, fp32 untouched."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from img2pose_handler import Img2PoseHandler
+from img2pose_serve import archive_layout
+from img2pose_serve.facedicts import to_face_dicts
+from img2pose_serve.handler_config import HandlerConfig, HandlerConfigError
+from img2pose_serve.image_decoding import decode_tensor
+from img2pose_tools.build_mar import BuildError, main, staged_archive
+from img2pose_tools.synthetic_images import photo_like_jpeg as _jpeg
+from img2pose_tools.synthetic_images import photo_like_tensors as synthetic_images
+from tests.fake_context import make_context, set_requests
+
+
+def _assert_identical(first: dict, second: dict) -> None:
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+@pytest.fixture(scope="module")
+def bf16_model(demo_model_dir):
+    model, _ = archive_layout.load_detector(demo_model_dir)
+    model.set_images_per_pass(1)
+    model.set_precision("bf16")
+    return model
+
+
+# --- the setting ---------------------------------------------------------------------------------
+
+def test_precision_defaults_to_exact_fp32_and_accepts_bf16():
+    assert HandlerConfig().precision == "fp32"
+    assert HandlerConfig.from_mapping({"precision": "bf16"}).precision == "bf16"
+
+
+@pytest.mark.parametrize("value", ["fp16", "BF16", "bfloat16", ""])
+def test_unknown_precisions_are_refused_by_name(value):
+    with pytest.raises(HandlerConfigError, match=r"precision must be one of \['fp32', 'bf16'\]"):
+        HandlerConfig.from_mapping({"precision": value})
+    with pytest.raises(HandlerConfigError, match="precision must be a string"):
+        HandlerConfig.from_mapping({"precision": 16})
+
+
+def test_the_model_refuses_unknown_precisions(bf16_model):
+    with pytest.raises(ValueError, match="precision"):
+        bf16_model.set_precision("fp16")
+    assert bf16_model.precision == "bf16"
+
+
+def test_build_mar_writes_the_precision_into_the_archive(tmp_path):
+    with pytest.raises(BuildError, match="precision"):
+        with staged_archive(None, precision="fp16", quiet=True):
+            pass
+    with pytest.raises(SystemExit):
+        main(["--precision", "fp16", "--export-path", str(tmp_path)])
+    assert not (tmp_path / "img2pose.mar").exists()
+    with staged_archive(None, precision="bf16", quiet=True) as staged:
+        handler_section = yaml.safe_load(staged.config_file.read_text())["handler"]
+        info = json.loads((staged.extra / archive_layout.INFO_FILE).read_text())
+    assert handler_section["precision"] == "bf16" and info["precision"] == "bf16" == staged.info.precision
+    assert HandlerConfig.from_mapping(handler_section).precision == "bf16"
+
+
+# --- bf16 forwards -------------------------------------------------------------------------------
+
+def test_bf16_runs_the_heavy_layers_in_bf16_and_ranks_and_decodes_in_fp32(bf16_model):
+    dtypes = {}
+    watched = {
+        "backbone conv": bf16_model.backbone.body.conv1,
+        "rpn conv": bf16_model.rpn.head.conv,
+        "anchors": bf16_model.rpn.anchor_generator,
+        "rpn objectness": bf16_model.rpn.head.cls_logits,
+        "rpn deltas": bf16_model.rpn.head.bbox_pred,
+        "roi pooling": bf16_model.roi_heads.box_roi_pool,
+        "box mlp": bf16_model.roi_heads.box_head,
+        "pose predictor": bf16_model.roi_heads.box_predictor,
+        "class predictor": bf16_model.roi_heads.class_predictor,
+    }
+
+    def recorder(name):
+        def record(module, inputs, output) -> None:
+            dtypes.setdefault(name, output[0].dtype if isinstance(output, list) else output.dtype)
+        return record
+
+    hooks = [module.register_forward_hook(recorder(name)) for name, module in watched.items()]
+    try:
+        result = bf16_model.detect(synthetic_images(1, 320, 240))[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert dtypes == {"backbone conv": torch.bfloat16, "rpn conv": torch.bfloat16, "anchors": torch.float32,
+                      "rpn objectness": torch.float32,
+                      "rpn deltas": torch.float32, "roi pooling": torch.float32, "box mlp": torch.bfloat16,
+                      "pose predictor": torch.float32, "class predictor": torch.float32}
+    assert {key: value.dtype for key, value in result.items()} == {
+        "boxes": torch.float32, "labels": torch.int64, "scores": torch.float32, "dofs": torch.float32,
+        "keypoints": torch.float64}
+    assert len(result["scores"]) > 0
+
+
+def test_bf16_batched_equals_bf16_alone_in_one_pass(bf16_model):
+    """The handler's CPU default is one image per pass; this checks the kernels with all images in one pass."""
+    images = synthetic_images(2, 320, 240)
+    alone = [bf16_model.detect([image])[0] for image in images]
+    bf16_model.set_images_per_pass(None)
+    try:
+        together = bf16_model.detect(images)
+    finally:
+        bf16_model.set_images_per_pass(1)
+    for single, batched in zip(alone, together, strict=True):
+        _assert_identical(single, batched)
+    assert all(len(result["scores"]) for result in alone), "no detections: the comparison would be vacuous"
+
+
+def test_fp32_after_bf16_is_bit_identical_to_a_model_never_switched(demo_detector, bf16_model):
+    image = synthetic_images(1, 320, 240)
+    fresh = demo_detector.detect(image)[0]
+    bf16_result = bf16_model.detect(image)[0]
+    bf16_model.set_precision("fp32")
+    try:
+        switched_back = bf16_model.detect(image)[0]
+    finally:
+        bf16_model.set_precision("bf16")
+    _assert_identical(fresh, switched_back)
+    assert not torch.equal(fresh["scores"], bf16_result["scores"]), "bf16 gave fp32's bits: it did not run"
+
+
+# --- the handler in bf16 -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bf16_handler(demo_model_dir):
+    context = make_context(demo_model_dir, {"precision": "bf16", "max_images_per_forward": 8})
+    handler = Img2PoseHandler()
+    handler.initialize(context)
+    return handler, context
+
+
+def test_bf16_handler_answers_each_request_what_it_gets_alone(bf16_handler, bf16_model):
+    handler, context = bf16_handler
+    assert handler.model.precision == "bf16"
+    bodies = [_jpeg(320, 240, 0), _jpeg(200, 300, 1), _jpeg(320, 240, 2)]  # two share a canvas
+    set_requests(context, [{}] * len(bodies))
+    responses = [json.loads(r) for r in handler.handle([{"body": bytearray(b)} for b in bodies], context)]
+
+    assert handler.model is not bf16_model
+    for body, faces in zip(bodies, responses, strict=True):
+        prediction = bf16_model.detect([decode_tensor(body, 10**8)])[0]
+        assert faces == to_face_dicts(prediction, 0.5, -1)
+    assert sum(map(len, responses)) > 0, "no faces: the comparison would be vacuous"
+    face = next(face for faces in responses for face in faces)
+    assert isinstance(face["confidence"], float)
+    assert len(face["box"]) == 4 and all(isinstance(v, float) for v in face["box"])
+    assert len(face["pose"]) == 6 and all(isinstance(v, float) for v in face["pose"])
+    assert all(len(p) == 2 and all(isinstance(v, float) for v in p) for p in face["keypoints"].values())
