@@ -178,7 +178,7 @@ def test_the_container_serves_without_a_token_and_the_prestop_hook_drains_in_fli
     ping = requests.get(container.url(port, liveness["path"]), timeout=10)
     assert ping.status_code == 200 and ping.json()["status"] == "Healthy"
     assert "ts_inference_requests_total" in requests.get(container.url(8082, "/metrics"), timeout=10).text
-    assert f"({TORCH_THREADS} torch threads" in (container.home / "logs" / "model_log.log").read_text()
+    assert f", {TORCH_THREADS} torch threads" in (container.home / "logs" / "model_log.log").read_text()
     assert not (container.home / "key_file.json").exists()  # token authorization is off
 
     # preStop with requests in flight: every one is answered before TorchServe stops. (--settle waits
