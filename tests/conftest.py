@@ -36,7 +36,10 @@ import torch
 from img2pose_serve import reference_data
 from img2pose_tools.torchserve_launcher import REPO, ServerSettings, start_torchserve, stop_torchserve
 
-pytest_plugins = ["tests.backfill_support"]  # the photo library the backfill tests share
+pytest_plugins = [
+    "tests.backfill_support",  # the photo library the backfill tests share
+    "tests.golden_set",  # our detections of the golden images, shared by test_golden and test_handler
+]
 
 SHARED = REPO.parent / "shared" / "img2pose"
 MAKE_CKPT = SHARED / "golden" / "make_ckpt.py"

@@ -14,6 +14,12 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
+
+from img2pose_serve.detector import build_detector
+from img2pose_serve.facedicts import to_face_dicts
+from img2pose_serve.image_decoding import decode_tensor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,3 +127,52 @@ def compare_faces(ours: list[dict], theirs: list[dict], threshold: float) -> lis
     problems += [f"extra face: {ours[i]['box']} score {ours[i]['confidence']}"
                  for i in extra if abs(ours[i]["confidence"] - threshold) > CONFIDENCE_TOL]
     return problems
+
+
+TORCH_THREADS = 2  # the thread count the reference outputs were made with
+
+
+class Detections:
+    """Our FaceDicts, one forward per image and pose-statistics setting, kept for the session (test_golden
+    compares them with the reference; test_handler compares the handler's answers with them, exactly)."""
+
+    def __init__(self, request: pytest.FixtureRequest):
+        self._request = request
+        self._detectors: dict[tuple[str, str], object] = {}
+        self._faces: dict[tuple[str, str, str], list[dict]] = {}
+
+    def identity_stats(self, golden: GoldenSet, name: str) -> list[dict]:
+        """Threshold 0, identity pose statistics (the reference's bare-checkpoint path)."""
+        return self._get(golden, "identity", name)
+
+    def alt_stats(self, golden: GoldenSet, name: str) -> list[dict]:
+        """Threshold 0.5, the set's ``alt_pose_stats`` statistics."""
+        return self._get(golden, "alt", name)
+
+    def _get(self, golden: GoldenSet, stats: str, name: str) -> list[dict]:
+        key = (golden.name, stats, name)
+        if key not in self._faces:
+            threshold = 0.0 if stats == "identity" else DEFAULT_THRESHOLD
+            self._faces[key] = _detect(self._detector(golden, stats), golden, name, threshold)
+        return self._faces[key]
+
+    def _detector(self, golden: GoldenSet, stats: str):
+        key = (golden.name, stats)
+        if key not in self._detectors:
+            checkpoint = self._request.getfixturevalue(golden.checkpoint_fixture)
+            pose_stats = golden.alt_pose_stats() if stats == "alt" else ()
+            self._detectors[key] = build_detector(checkpoint, *pose_stats)
+        return self._detectors[key]
+
+
+def _detect(detector, golden: GoldenSet, name: str, threshold: float) -> list[dict]:
+    prediction = detector.detect([decode_tensor(golden.image_path(name).read_bytes(), 10**9)])[0]
+    return to_face_dicts(prediction, threshold, -1)
+
+
+@pytest.fixture(scope="session")
+def detections(request):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TORCH_THREADS)
+    yield Detections(request)
+    torch.set_num_threads(threads)
