@@ -47,23 +47,14 @@ PRIMARY_MODEL = DEMO_MODEL = "img2pose"
 TRUSTED_MODEL = "img2pose_trusted"
 
 
-# Test files that share the session's golden detections (tests/golden_set.py) run on one worker.
-GOLDEN_DETECTION_FILES = {"test_golden.py", "test_handler.py"}
-
-
 def pytest_collection_modifyitems(items) -> None:
-    """Groups for pytest-xdist's ``--dist loadgroup`` (scripts/run_tests.sh runs two workers): every test
-    that uses the session TorchServe on one worker, so one server serves them all; every other file
-    whole on one worker, so its module fixtures are set up once. Much of the suite waits (Java,
-    imports, subprocesses, a server computing) rather than computes, so the two workers overlap."""
+    """Under pytest-xdist (``-n 2 --dist loadgroup``, as scripts/run_tests.sh runs the suite), every test
+    that uses the session TorchServe goes to one worker, so one server serves them all, while the other
+    worker runs the in-process tests: much of the suite waits (Java, imports, subprocesses) rather than
+    computes, and the two halves overlap."""
     for item in items:
         if "torchserve_server" in getattr(item, "fixturenames", ()):
-            group = "session-torchserve"
-        elif item.path.name in GOLDEN_DETECTION_FILES:
-            group = "golden-detections"
-        else:
-            group = item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
+            item.add_marker(pytest.mark.xdist_group("session-torchserve"))
 
 
 @pytest.fixture(scope="session")
