@@ -47,16 +47,6 @@ PRIMARY_MODEL = DEMO_MODEL = "img2pose"
 TRUSTED_MODEL = "img2pose_trusted"
 
 
-def pytest_collection_modifyitems(items) -> None:
-    """Under pytest-xdist (``-n 2 --dist loadgroup``, as scripts/run_tests.sh runs the suite), every test
-    that uses the session TorchServe goes to one worker, so one server serves them all, while the other
-    worker runs the in-process tests: much of the suite waits (Java, imports, subprocesses) rather than
-    computes, and the two halves overlap."""
-    for item in items:
-        if "torchserve_server" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("session-torchserve"))
-
-
 @pytest.fixture(scope="session")
 def golden_checkpoint(tmp_path_factory) -> Path:
     """../shared/img2pose/golden/make_ckpt.py's checkpoint, seed 0, official key layout."""
