@@ -23,6 +23,7 @@ override it:
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,9 @@ import pytest
 import torch
 
 from img2pose_serve import reference_data
+from img2pose_serve.handler_config import TORCH_THREADS_ENV
 from img2pose_tools.torchserve_launcher import REPO, ServerSettings, start_torchserve, stop_torchserve
+from tests.golden_set import TORCH_THREADS
 
 pytest_plugins = [
     "tests.backfill_support",  # the photo library the backfill tests share
@@ -145,8 +148,18 @@ def torchserve_server(tmp_path_factory, served_archives, server_settings):
     stores = {archive.parent for archive in served_archives.values()}
     if len(stores) != 1:
         raise ValueError(f"served_archives must share one model store, got {sorted(map(str, stores))}")
-    server = start_torchserve(tmp_path_factory.mktemp("torchserve"), stores.pop(), served_archives,
-                              primary=PRIMARY_MODEL, settings=server_settings)
+    # The worker computes with the thread count of the in-process detections its answers are compared
+    # with exactly (the low bits of a float sum depend on how it is split between threads).
+    saved = os.environ.get(TORCH_THREADS_ENV)
+    os.environ[TORCH_THREADS_ENV] = str(TORCH_THREADS)
+    try:
+        server = start_torchserve(tmp_path_factory.mktemp("torchserve"), stores.pop(), served_archives,
+                                  primary=PRIMARY_MODEL, settings=server_settings)
+    finally:
+        if saved is None:
+            del os.environ[TORCH_THREADS_ENV]
+        else:
+            os.environ[TORCH_THREADS_ENV] = saved
     try:
         yield server
     finally:

@@ -150,6 +150,21 @@ def wait_until_ready(container: Container) -> None:
         time.sleep(1)
 
 
+def wait_until_a_worker_runs(container: Container, timeout: float = 120) -> None:
+    """Until the model has a worker process (loading or ready), as the management API lists it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            described = requests.get(container.url(8081, f"/models/{PRIMARY_MODEL}"), timeout=5).json()
+            if any(worker.get("pid") for version in described for worker in version.get("workers", [])):
+                return
+        except (requests.RequestException, ValueError):
+            pass
+        assert container.process.poll() is None, f"the container exited:\n{container.log()}"
+        assert time.monotonic() < deadline, f"no model worker after {timeout} s:\n{container.log()}"
+        time.sleep(0.5)
+
+
 def predict(container: Container, body: bytes) -> requests.Response:
     return requests.post(container.url(8080, f"/predictions/{PRIMARY_MODEL}"), data=body, timeout=300,
                          headers={"Content-Type": "application/octet-stream"})
@@ -185,7 +200,7 @@ def test_the_container_serves_without_a_token_and_the_prestop_hook_drains_in_fli
     # for the Service's endpoints to drop the pod; there are none here.)
     pre_stop = spec["lifecycle"]["preStop"]["exec"]["command"]
     pre_stop = [*pre_stop[:pre_stop.index("--settle") + 1], "0", *pre_stop[pre_stop.index("--settle") + 2:]]
-    bodies = [image_bytes(seed) for seed in range(3)]
+    bodies = [image_bytes(seed) for seed in range(2)]
     with ThreadPoolExecutor(len(bodies)) as pool:
         in_flight = [pool.submit(predict, container, body) for body in bodies]
         time.sleep(0.5)
@@ -200,7 +215,7 @@ def test_the_container_serves_without_a_token_and_the_prestop_hook_drains_in_fli
 
 def test_sigterm_stops_every_process_of_the_container(start_container):
     container = start_container()
-    wait_until_ready(container)  # the frontend and a model worker run: the processes SIGTERM must stop
+    wait_until_a_worker_runs(container)  # the launcher, Java and a model worker: what SIGTERM must stop
     if container.tini:
         container.process.send_signal(signal.SIGTERM)  # what the kubelet sends to PID 1
     else:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from img2pose_serve.passes import pass_slices
-from img2pose_tools.synthetic_images import photo_like_tensors
+from img2pose_serve.facedicts import to_face_dicts
+from img2pose_serve.image_decoding import decode_tensor
+from tests.golden_set import COMMITTED
 
 
 @pytest.mark.parametrize("batch, per_pass, expected", [
@@ -21,21 +22,18 @@ def test_pass_slices(batch, per_pass, expected):
     assert pass_slices(batch, per_pass) == expected
 
 
-def test_one_pass_for_the_whole_batch_gives_identical_detections(demo_detector):
+def test_one_pass_for_the_whole_batch_gives_identical_detections(demo_detector, detections):
     """Passes of one image (the CPU default) are what every other batched test runs; here the other
-    end: the whole batch in one pass, as on CUDA."""
-    images = photo_like_tensors(2, 320, 240)
-    alone = [demo_detector.detect([image])[0] for image in images]
+    end: the whole batch in one pass, as on CUDA, against each image alone (the golden detections)."""
+    names = ["01_rgb_640x480.jpg", "04_gray_320x240.png"]  # one padded canvas
     demo_detector.set_images_per_pass(None)
     try:
-        batched = demo_detector.detect(images)
+        batched = demo_detector.detect([decode_tensor(COMMITTED.image_path(n).read_bytes(), 10**8) for n in names])
     finally:
         demo_detector.set_images_per_pass(1)
-    for single, together in zip(alone, batched, strict=True):
-        assert single.keys() == together.keys()
-        for key in single:
-            assert torch.equal(single[key], together[key]), key
-    assert any(len(result["scores"]) for result in alone), "no detections: the comparison would be vacuous"
+    for name, prediction in zip(names, batched, strict=True):
+        alone = detections.identity_stats(COMMITTED, name)
+        assert alone and to_face_dicts(prediction, 0.0, -1) == alone, name
 
 
 def test_images_per_pass_must_be_positive(demo_detector):
