@@ -37,7 +37,6 @@ import torch
 from img2pose_serve import reference_data
 from img2pose_serve.handler_config import TORCH_THREADS_ENV
 from img2pose_tools.torchserve_launcher import REPO, ServerSettings, start_torchserve, stop_torchserve
-from tests.golden_set import TORCH_THREADS
 
 pytest_plugins = [
     "tests.backfill_support",  # the photo library the backfill tests share
@@ -150,6 +149,8 @@ def torchserve_server(tmp_path_factory, served_archives, server_settings):
         raise ValueError(f"served_archives must share one model store, got {sorted(map(str, stores))}")
     # The worker computes with the thread count of the in-process detections its answers are compared
     # with exactly (the low bits of a float sum depend on how it is split between threads).
+    from tests.golden_set import TORCH_THREADS  # a plugin module: imported once pytest registered it
+
     saved = os.environ.get(TORCH_THREADS_ENV)
     os.environ[TORCH_THREADS_ENV] = str(TORCH_THREADS)
     try:
