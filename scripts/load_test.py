@@ -42,6 +42,7 @@ from img2pose_client.key_file import read_keys
 from img2pose_tools import request_driver
 from img2pose_tools.bad_inputs import CASES, BadCase
 from img2pose_tools.synthetic_images import photo_like_jpeg
+from img2pose_tools.worker_memory import rss_bytes
 
 
 def check_loopback(url: str) -> str:
@@ -93,14 +94,7 @@ class Worker:
     def rss(self, pid: int | None = None) -> tuple[int | None, int | None]:
         """(pid, RSS in bytes) or Nones when unknown or not on this machine."""
         pid = pid or self.pid()
-        if pid is None:
-            return None, None
-        try:
-            import psutil
-
-            return pid, psutil.Process(pid).memory_info().rss
-        except Exception:  # noqa: BLE001 - psutil missing, other machine, no permission
-            return pid, None
+        return (None, None) if pid is None else (pid, rss_bytes(pid))
 
 
 class RssSampler(threading.Thread):

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from img2pose_serve.archive_layout import sha256_of
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "tests" / "golden"
 DEMO_SEED = 0
@@ -168,10 +170,6 @@ def golden_image_paths(images_dir: Path) -> list[Path]:
 
 # --- reference outputs --------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def state_dict_sha256(checkpoint: Path) -> str:
     """sha256 over every key and tensor's bytes, in order (the file's own hash changes per save)."""
     import torch
@@ -268,7 +266,7 @@ def reference_outputs(checkout: Path, commit: str, images: list[Path], checkpoin
             "pillow": _version("pillow"),
             "image_seed": IMAGE_SEED,
         },
-        "images": {p.name: {**size_and_mode(p), "sha256": _sha256(p)} for p in images},
+        "images": {p.name: {**size_and_mode(p), "sha256": sha256_of(p)} for p in images},
         "sequential": sequential,
         "sequential_threshold0": sequential_threshold0,
         "alt_pose_stats": {

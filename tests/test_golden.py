@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-import torch
 
 from tests.golden_set import COMMITTED, DEFAULT_THRESHOLD, SHARED, compare_faces
 
@@ -41,12 +40,11 @@ def test_golden_set_is_present_and_unchanged(golden):
 
 
 def test_committed_set_was_made_for_the_demo_checkpoint(demo_checkpoint_file):
-    digest = hashlib.sha256()
-    for key, tensor in torch.load(demo_checkpoint_file, map_location="cpu", weights_only=True)["fpn_model"].items():
-        digest.update(key.encode())
-        digest.update(tensor.numpy().tobytes())
+    from scripts.make_golden import state_dict_sha256
+
     recorded = COMMITTED.reference["recipe"]["checkpoint"]["state_dict_sha256"]
-    assert digest.hexdigest() == recorded, "the demo weights changed: regenerate tests/golden (see its README)"
+    assert state_dict_sha256(demo_checkpoint_file) == recorded, \
+        "the demo weights changed: regenerate tests/golden (see its README)"
 
 
 @pytest.mark.parametrize(("golden", "name"), IMAGES)
