@@ -12,6 +12,7 @@ import secrets
 import shutil
 import threading
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -258,9 +259,19 @@ def short_key_server(tmp_path_factory, served_archives):
             pytest.skip(f"{tool} is not on PATH: TorchServe cannot run here")
     archive = served_archives[DEMO_MODEL]
     # start_torchserve's wait_ready outlives several management keys while the model loads
-    server = start_torchserve(tmp_path_factory.mktemp("short_keys"), archive.parent, {DEMO_MODEL: archive},
-                              primary=DEMO_MODEL,
-                              settings=ServerSettings(properties={"token_expiration_min": str(KEY_LIFETIME_S / 60)}))
+    settings = ServerSettings(startup_timeout_s=120, properties={"token_expiration_min": str(KEY_LIFETIME_S / 60)})
+    for attempt in (1, 2):
+        try:
+            server = start_torchserve(tmp_path_factory.mktemp("short_keys"), archive.parent, {DEMO_MODEL: archive},
+                                      primary=DEMO_MODEL, settings=settings)
+            break
+        except RuntimeError as error:
+            # Seen once in about six runs here: a TorchServe 0.12 started with 3-second keys rejected,
+            # from its first second on, the management and API keys it had just written to
+            # key_file.json, so it never became ready. A fresh start is what is under test next.
+            if attempt == 2:
+                raise
+            warnings.warn(f"the short-key TorchServe did not get ready; starting it once more: {str(error)[:300]}")
     try:
         yield server
     finally:
