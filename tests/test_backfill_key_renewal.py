@@ -239,7 +239,7 @@ def test_wait_ready_renews_an_expired_management_key(stand_in_factory):
 
 # --- against a TorchServe whose keys last 6 s ----------------------------------------------------
 
-KEY_LIFETIME_S = 3  # token_expiration_min=0.05, which TorchServe reads as a Double
+KEY_LIFETIME_S = 6  # token_expiration_min=0.1, which TorchServe reads as a Double
 
 
 def fresh_keys(server) -> dict[str, str]:
