@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
 
 from .passes import pass_slices
 from .pose import PoseDecoder
 from .precision import run_fp32
+from .roi_pooling import ThreadedMultiScaleRoIAlign
 
 FACE = 1
 DOF_SIZE = 6
