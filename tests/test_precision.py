@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
 import yaml
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from img2pose_handler import Img2PoseHandler
 from img2pose_serve import archive_layout
 from img2pose_serve.facedicts import to_face_dicts
+from img2pose_serve.model import BF16_STAGES
 from img2pose_serve.handler_config import HandlerConfig, HandlerConfigError
+from img2pose_serve.precision import fold_frozen_batch_norms
 from img2pose_serve.image_decoding import decode_tensor
 from img2pose_tools.build_mar import BuildError, main, staged_archive
 from img2pose_tools.synthetic_images import photo_like_jpeg as _jpeg
@@ -130,6 +134,33 @@ def test_fp32_after_bf16_is_bit_identical_to_a_model_never_switched(demo_detecto
         bf16_model.set_precision("bf16")
     _assert_identical(fresh, switched_back)
     assert not torch.equal(fresh["scores"], bf16_result["scores"]), "bf16 gave fp32's bits: it did not run"
+
+
+def test_folding_the_frozen_batch_norms_keeps_the_backbone_function(demo_detector):
+    body = demo_detector.backbone.body
+    folded = copy.deepcopy(body)
+    fold_frozen_batch_norms(folded)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, FrozenBatchNorm2d) for m in body.modules()) == 20  # the original is untouched
+    image = synthetic_images(1, 160, 128)[0][None]
+    with torch.inference_mode():
+        expected, got = body(image), folded(image)
+    for level in expected:
+        assert torch.allclose(got[level], expected[level], rtol=1e-4, atol=1e-5 * expected[level].abs().max()), level
+
+
+def test_bf16_stages_hold_bf16_weights_once_and_fp32_gets_its_originals_back(demo_detector):
+    model = copy.deepcopy(demo_detector)
+    originals = {name: model.get_submodule(name) for name in BF16_STAGES}
+    model.set_precision("bf16")
+    for name in BF16_STAGES:
+        stage = model.get_submodule(name)
+        assert stage is not originals[name]
+        assert {p.dtype for p in stage.parameters()} == {torch.bfloat16}, name
+    assert isinstance(model.backbone.body.bn1, torch.nn.Identity)
+    model.set_precision("fp32")
+    assert all(model.get_submodule(name) is stage for name, stage in originals.items())
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
 # --- the handler in bf16 -------------------------------------------------------------------------

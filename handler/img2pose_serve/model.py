@@ -13,7 +13,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from .passes import cat_feature_maps, pass_slices
 from .pose import PoseDecoder
-from .precision import check_precision, forward_autocast
+from .precision import bf16_stage, check_precision, forward_autocast
 from .roi_heads import DoFRoIHeads
 from .rpn import LogitRankedRPN, SingleConvRPNHead, img2pose_anchor_generator
 
@@ -23,6 +23,8 @@ SIZE_DIVISIBLE = 32
 IMAGE_MEAN = [0.485, 0.456, 0.406]
 IMAGE_STD = [0.229, 0.224, 0.225]
 NUM_CLASSES = 2  # background, face
+# The stages that hold almost all of the arithmetic; in bf16 they are replaced by bf16 copies.
+BF16_STAGES = ("backbone.body", "backbone.fpn", "rpn.head.conv", "roi_heads.box_head", "roi_heads.class_head")
 
 
 class FasterDoFRCNN(GeneralizedRCNN):
@@ -58,6 +60,7 @@ class FasterDoFRCNN(GeneralizedRCNN):
                                                 size_divisible=SIZE_DIVISIBLE)
         super().__init__(backbone, rpn, roi_heads, transform)
         self.precision = "fp32"  # see set_precision
+        self._fp32_stages: dict[str, nn.Module] = {}  # while in bf16: the originals of BF16_STAGES
 
     def set_images_per_pass(self, images_per_pass: int | None) -> None:
         """Run backbone, RPN head and RoI heads in passes of this many images (None: all at once).
@@ -70,13 +73,23 @@ class FasterDoFRCNN(GeneralizedRCNN):
             stage.images_per_pass = images_per_pass
 
     def set_precision(self, precision: str) -> None:
-        """``fp32`` (exact, the default) or ``bf16`` (see ``precision``); in bf16 the convolutional
-        stages also hold their weights and activations channels_last, which bf16 kernels run faster."""
-        self.precision = check_precision(precision)
-        memory_format = torch.channels_last if precision == "bf16" else torch.contiguous_format
-        for stage in (self.backbone, self.rpn.head):
-            stage.to(memory_format=memory_format)
-        self.backbone.memory_format = memory_format
+        """``fp32`` (exact, the default) or ``bf16`` (see ``precision``).
+
+        bf16 swaps ``BF16_STAGES`` for bf16 copies made from the current weights and device (call it
+        after loading and ``.to(device)``); fp32 puts the untouched originals back.
+        """
+        check_precision(precision)
+        if precision == self.precision:
+            return
+        if precision == "bf16":
+            self._fp32_stages = {name: self.get_submodule(name) for name in BF16_STAGES}
+            replacements = {name: bf16_stage(stage) for name, stage in self._fp32_stages.items()}
+        else:
+            replacements = self._fp32_stages
+        for name, stage in replacements.items():
+            self.set_submodule(name, stage)
+        self.backbone.memory_format = torch.channels_last if precision == "bf16" else torch.contiguous_format
+        self.precision = precision
 
     @torch.inference_mode()
     def detect(self, images: list[Tensor], consume_inputs: bool = False) -> list[dict[str, Tensor]]:

@@ -49,8 +49,8 @@ class ClassPredictor(nn.Module):
         return self.cls_score(x.flatten(start_dim=1))
 
 
-def roi_pooler() -> MultiScaleRoIAlign:
-    return MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+def roi_pooler() -> ThreadedMultiScaleRoIAlign:
+    return ThreadedMultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
 
 
 class DoFRoIHeads(RoIHeads):
@@ -106,9 +106,11 @@ class DoFRoIHeads(RoIHeads):
 
     def _detect(self, features, proposals, image_shapes) -> list[dict[str, Tensor]]:
         # RoI align and the predictors run in float32 whatever the precision; only the two-layer
-        # MLPs (box_head, class_head) follow the forward's autocast.
-        pooled = self.box_roi_pool(OrderedDict((level, f.float()) for level, f in features.items()),
-                                   proposals, image_shapes)
+        # MLPs (box_head, class_head) follow the forward's autocast. The kernel wants contiguous
+        # float32 maps: convert bf16 channels_last ones once here, not once per RoI chunk.
+        features = OrderedDict((level, f.to(torch.float32, memory_format=torch.contiguous_format))
+                               for level, f in features.items())
+        pooled = self.box_roi_pool(features, proposals, image_shapes)
         dof_regression = run_fp32(self.box_predictor, self.box_head(pooled))
         class_logits = run_fp32(self.class_predictor, self.class_head(pooled))
         per_image = zip(
