@@ -42,6 +42,7 @@ from img2pose_client.key_file import read_keys
 from img2pose_tools import request_driver
 from img2pose_tools.bad_inputs import CASES, BadCase
 from img2pose_tools.synthetic_images import photo_like_jpeg
+from img2pose_tools.wait_ready import describe_model, worker_pid
 from img2pose_tools.worker_memory import rss_bytes
 
 
@@ -84,11 +85,8 @@ class Worker:
         if not self.key:
             return None
         try:
-            answer = requests.get(f"{self.url}/models/{self.model}", timeout=10,
-                                  headers={"Authorization": f"Bearer {self.key}"})
-            answer.raise_for_status()
-            return answer.json()[0]["workers"][0]["pid"]
-        except (requests.RequestException, ValueError, KeyError, IndexError, TypeError):
+            return worker_pid(describe_model(self.url, self.model, self.key, timeout=10))
+        except (requests.RequestException, ValueError):
             return None
 
     def rss(self, pid: int | None = None) -> tuple[int | None, int | None]:

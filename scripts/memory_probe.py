@@ -25,6 +25,7 @@ import requests
 
 from img2pose_client.key_file import read_keys
 from img2pose_tools.synthetic_images import compressible_png, photo_like_jpeg
+from img2pose_tools.wait_ready import describe_model, worker_pid
 from img2pose_tools.worker_memory import PeakRss
 
 RAW = {"Content-Type": "application/octet-stream"}
@@ -52,11 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     endpoint = f"{args.url}/predictions/{args.model}"
     auth = {"Authorization": f"Bearer {keys['inference']}"}
 
-    def worker_pid() -> int:
-        answer = requests.get(f"{args.management_url}/models/{args.model}", timeout=30,
-                              headers={"Authorization": f"Bearer {keys['management']}"})
-        answer.raise_for_status()
-        return answer.json()[0]["workers"][0]["pid"]
+    def current_worker_pid() -> int | None:
+        return worker_pid(describe_model(args.management_url, args.model, keys["management"]))
 
     ordinary = [photo_like_jpeg(640, 480, seed) for seed in range(args.ordinary if args.scenario == "huge" else 0)]
     alone = [requests.post(endpoint, data=body, headers={**auth, **RAW}, timeout=600).json() for body in ordinary]
@@ -74,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             return kind, requests.post(endpoint, json=payload, headers=auth, timeout=3600)
         return kind, requests.post(endpoint, data=ordinary[payload], headers={**auth, **RAW}, timeout=3600)
 
-    pid = worker_pid()
+    pid = current_worker_pid()
     with PeakRss(pid) as memory, ThreadPoolExecutor(len(jobs)) as pool:
         answers = list(pool.map(send, jobs))
-    restarted = worker_pid() != pid
+    restarted = current_worker_pid() != pid
     ordinary_answers = [response.json() for kind, response in answers if kind == "ordinary"]
     report = {
         "scenario": args.scenario, "images_per_request": args.images, "size": [width, height],

@@ -20,6 +20,7 @@ from img2pose_serve.handler_config import HandlerConfig
 from img2pose_serve.request_parsing import DetectionParams
 from img2pose_tools.bad_inputs import CASES, BadCase
 from img2pose_tools.synthetic_images import photo_like_pil
+from img2pose_tools.wait_ready import worker_pid
 
 GOOD_COUNT = 4  # interleaved good requests (plus one sent alone first: 5 forwards in all)
 CONFIG = HandlerConfig()  # the served archives' settings
@@ -67,7 +68,8 @@ def test_corpus_in_mixed_batches(torchserve_server):
     server = torchserve_server
     good = _good_image()
     headers = {"Content-Type": "application/octet-stream"}
-    pid_before = server.describe()[0]["workers"][0]["pid"]
+    pid_before = worker_pid(server.describe())
+    assert isinstance(pid_before, int)
 
     alone = server.predict(good, headers=headers)
     assert alone.status_code == 200, alone.text
@@ -114,5 +116,5 @@ def test_corpus_in_mixed_batches(torchserve_server):
     assert not failures, "\n".join(failures)
     assert sum(1 for (kind, _), _r in answers if kind == "good") == GOOD_COUNT
 
-    pid_after = server.describe()[0]["workers"][0]["pid"]
+    pid_after = worker_pid(server.describe())
     assert pid_after == pid_before, "the worker was restarted"

@@ -6,14 +6,21 @@ import json
 
 import pytest
 
+from img2pose_tools.wait_ready import worker_pid
 from scripts import load_test
 
-pytestmark = pytest.mark.server
+
+def test_worker_pid_is_the_first_workers_pid_of_a_description():
+    assert worker_pid([{"workers": [{"pid": 7, "status": "READY"}, {"pid": 8, "status": "READY"}]}]) == 7
+    assert worker_pid({"workers": [{"pid": 3}]}) == 3
+    assert worker_pid([{"workers": []}]) is None
 
 
+@pytest.mark.server
 def test_short_mixed_run_answers_everything_as_expected(torchserve_server, tmp_path):
     out = tmp_path / "report.json"
-    pid_before = torchserve_server.describe()[0]["workers"][0]["pid"]
+    pid_before = worker_pid(torchserve_server.describe())
+    assert isinstance(pid_before, int)
     exit_code = load_test.main([
         "--url", torchserve_server.inference_url, "--management-url", torchserve_server.management_url,
         "--key-file", str(torchserve_server.workdir / "key_file.json"), "--model", torchserve_server.model_name,

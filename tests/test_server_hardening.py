@@ -10,6 +10,7 @@ import pytest
 
 from img2pose_serve.handler_config import HandlerConfig
 from img2pose_tools.synthetic_images import compressible_png, photo_like_jpeg
+from img2pose_tools.wait_ready import worker_pid
 from img2pose_tools.worker_memory import PeakRss
 from tests.conftest import PRIMARY_MODEL, TRUSTED_MODEL
 
@@ -20,7 +21,9 @@ RAW = {"Content-Type": "application/octet-stream"}
 
 
 def _worker_pid(server, model: str = PRIMARY_MODEL) -> int:
-    return server.describe(model)[0]["workers"][0]["pid"]
+    pid = worker_pid(server.describe(model))
+    assert isinstance(pid, int), "no worker"
+    return pid
 
 
 

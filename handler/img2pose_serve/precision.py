@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import AbstractContextManager
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
@@ -68,7 +69,7 @@ def fold_frozen_batch_norms(module: nn.Module) -> None:
         fold_frozen_batch_norms(child)
     names = [name for name, _ in module.named_children()]
     if isinstance(module, nn.Sequential):
-        pairs = list(zip(names, names[1:]))
+        pairs = list(pairwise(names))
     else:
         pairs = [(name, "bn" + name[len("conv"):]) for name in names if name.startswith("conv")]
     for conv_name, norm_name in pairs:

@@ -36,6 +36,21 @@ def ready_workers(description) -> list[dict]:
     return [w for v in versions if isinstance(v, dict) for w in v.get("workers", []) if w.get("status") == "READY"]
 
 
+def worker_pid(description) -> int | None:
+    """The process id of the model's first worker in a ``GET /models/<name>`` answer (None: no worker)."""
+    versions = description if isinstance(description, list) else [description]
+    workers = [w for v in versions if isinstance(v, dict) for w in v.get("workers", [])]
+    return workers[0].get("pid") if workers else None
+
+
+def describe_model(management: str, model: str, key: str | None, timeout: float = 30.0) -> list[dict]:
+    """``GET <management>/models/<model>`` with the management ``key``: the model's versions and workers."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    answer = requests.get(f"{management.rstrip('/')}/models/{model}", headers=headers, timeout=timeout)
+    answer.raise_for_status()
+    return answer.json()
+
+
 def wait_ready(
     model: str,
     timeout: float = 300.0,
