@@ -30,9 +30,13 @@ class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
             return super().forward(x, boxes, image_shapes)
         # Each image's boxes are cut into `chunks` consecutive runs; chunk k pools run k of every image.
         runs = [b.tensor_split(chunks) for b in boxes]
-        pooled = list(self._threads(chunks).map(
-            lambda k: super(ThreadedMultiScaleRoIAlign, self).forward(x, [r[k] for r in runs], image_shapes),
-            range(chunks)))
+        inference = torch.is_inference_mode_enabled()  # thread-local: carried over to the pool by hand
+
+        def pool_chunk(k: int) -> Tensor:
+            with torch.inference_mode(inference):
+                return super(ThreadedMultiScaleRoIAlign, self).forward(x, [r[k] for r in runs], image_shapes)
+
+        pooled = list(self._threads(chunks).map(pool_chunk, range(chunks)))
         per_chunk = [p.split([len(r[k]) for r in runs]) for k, p in enumerate(pooled)]
         return torch.cat([per_chunk[k][i] for i in range(len(boxes)) for k in range(chunks)])
 
@@ -44,5 +48,7 @@ class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
 
     def _threads(self, count: int) -> ThreadPoolExecutor:
         if self._pool_size < count:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
             self._pool, self._pool_size = ThreadPoolExecutor(count, thread_name_prefix="roi-align"), count
         return self._pool
