@@ -59,7 +59,7 @@ class Img2PoseHandler(BaseHandler):
             raise
         images_per_pass = self.config.resolved_images_per_pass(self.device.type)
         self.model.set_images_per_pass(images_per_pass)
-        self.model.set_precision(self.config.precision)
+        self.model.set_precision(self.config.precision, reversible=False)
         self.defaults = DetectionParams(self.config.score_threshold, self.config.max_faces)
         self.decode_pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="img2pose-decode")
         self.initialized = True

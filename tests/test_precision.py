@@ -176,6 +176,8 @@ def bf16_handler(demo_model_dir):
 def test_bf16_handler_answers_each_request_what_it_gets_alone(bf16_handler, bf16_model):
     handler, context = bf16_handler
     assert handler.model.precision == "bf16"
+    with pytest.raises(RuntimeError, match="reversible=False"):  # the worker keeps no fp32 copies
+        handler.model.set_precision("fp32")
     bodies = [_jpeg(320, 240, 0), _jpeg(320, 240, 2)]  # one padded canvas: they share a forward
     set_requests(context, [{}] * len(bodies))
     responses = [json.loads(r) for r in handler.handle([{"body": bytearray(b)} for b in bodies], context)]

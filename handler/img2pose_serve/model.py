@@ -72,20 +72,25 @@ class FasterDoFRCNN(GeneralizedRCNN):
         for stage in (self.backbone, self.rpn.head, self.roi_heads):
             stage.images_per_pass = images_per_pass
 
-    def set_precision(self, precision: str) -> None:
+    def set_precision(self, precision: str, reversible: bool = True) -> None:
         """``fp32`` (exact, the default) or ``bf16`` (see ``precision``).
 
         bf16 swaps ``BF16_STAGES`` for bf16 copies made from the current weights and device (call it
-        after loading and ``.to(device)``); fp32 puts the untouched originals back.
+        after loading and ``.to(device)``); fp32 puts the untouched originals back. With
+        ``reversible=False`` the originals are not kept (about 100 MB less memory; a serving worker
+        never switches back), and switching back raises.
         """
         check_precision(precision)
         if precision == self.precision:
             return
         if precision == "bf16":
-            self._fp32_stages = {name: self.get_submodule(name) for name in BF16_STAGES}
-            replacements = {name: bf16_stage(stage) for name, stage in self._fp32_stages.items()}
-        else:
+            originals = {name: self.get_submodule(name) for name in BF16_STAGES}
+            replacements = {name: bf16_stage(stage) for name, stage in originals.items()}
+            self._fp32_stages = originals if reversible else {}
+        elif self._fp32_stages:
             replacements = self._fp32_stages
+        else:
+            raise RuntimeError("this model was switched to bf16 with reversible=False: build it again for fp32")
         for name, stage in replacements.items():
             self.set_submodule(name, stage)
         self.backbone.memory_format = torch.channels_last if precision == "bf16" else torch.contiguous_format
