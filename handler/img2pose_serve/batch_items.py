@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import RequestError
-from .handler_config import HandlerConfig
 import torch
 
+from .errors import RequestError
+from .handler_config import HandlerConfig
 from .image_decoding import decode_tensor, image_size
 from .request_parsing import DetectionParams, ParsedRequest, parse_request
 

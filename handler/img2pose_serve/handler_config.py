@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from .precision import PRECISIONS
+from .precision import check_precision
 
 # Fills torch_threads when the archive leaves it at 0; Kubernetes sets it to the pod's CPU limit.
 TORCH_THREADS_ENV = "IMG2POSE_TORCH_THREADS"
@@ -70,8 +70,10 @@ class HandlerConfig:
                      "max_images_per_request", "decode_threads"):
             if getattr(config, name) < 1:
                 raise HandlerConfigError(f"handler setting {name} must be >= 1, got {getattr(config, name)}")
-        if config.precision not in PRECISIONS:
-            raise HandlerConfigError(f"handler setting precision must be one of {list(PRECISIONS)}, got {config.precision!r}")
+        try:
+            check_precision(config.precision)
+        except ValueError as error:
+            raise HandlerConfigError(f"handler setting {error}") from None
         for name in ("torch_threads", "images_per_pass"):
             if getattr(config, name) < 0:
                 raise HandlerConfigError(f"handler setting {name} must be >= 0 (0 = automatic), got {getattr(config, name)}")

@@ -111,6 +111,9 @@ class DoFRoIHeads(RoIHeads):
         features = OrderedDict((level, f.to(torch.float32, memory_format=torch.contiguous_format))
                                for level, f in features.items())
         pooled = self.box_roi_pool(features, proposals, image_shapes)
+        # Both MLPs take the same input: cast it to their weights' dtype once (a no-op in fp32), not
+        # once per MLP as autocast would.
+        pooled = pooled.to(self.box_head.fc6.weight.dtype)
         dof_regression = run_fp32(self.box_predictor, self.box_head(pooled))
         class_logits = run_fp32(self.class_predictor, self.class_head(pooled))
         per_image = zip(

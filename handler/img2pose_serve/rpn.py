@@ -60,8 +60,9 @@ class SingleConvRPNHead(RPNHead):
     def _head(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         logits, deltas = [], []
         for feature in x:
-            shared = F.relu(self.conv(feature))
-            # The proposals are ranked and decoded from these two: float32 in every precision.
+            # The proposals are ranked and decoded from these two convs: float32 in every precision
+            # (one cast of their shared input, a no-op in fp32).
+            shared = F.relu(self.conv(feature)).float()
             logits.append(run_fp32(self.cls_logits, shared))
             deltas.append(run_fp32(self.bbox_pred, shared))
         return logits, deltas
