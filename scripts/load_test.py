@@ -150,7 +150,14 @@ def run(args) -> dict:
     worker = Worker(management, args.model, management_key)
     pid_before, rss_before = worker.rss()
     progress = tqdm(total=args.requests, unit="req", disable=args.quiet)
-    sampler = RssSampler(worker, pid_before, lambda: progress.n, args.rss_every)
+    answered_so_far = 0  # counted here: a disabled (--quiet) tqdm never advances its own count
+
+    def on_result(_: Outcome) -> None:
+        nonlocal answered_so_far
+        answered_so_far += 1
+        progress.update(1)
+
+    sampler = RssSampler(worker, pid_before, lambda: answered_so_far, args.rss_every)
 
     endpoint = f"{url}/predictions/{args.model}"
     auth = {"Authorization": f"Bearer {inference_key}"}
@@ -181,7 +188,7 @@ def run(args) -> dict:
     if pid_before is not None:
         sampler.start()
     outcomes, _ = request_driver.drive(send, len(plan), args.concurrency, args.max_seconds,
-                                       on_result=lambda _: progress.update(1))
+                                       on_result=on_result)
     progress.close()
     if sampler.is_alive():
         sampler.stop()

@@ -251,7 +251,7 @@ def reference_outputs(checkout: Path, commit: str, images: list[Path], checkpoin
             "call": f"Img2Pose(model_path=CHECKPOINT, device='cpu', score_threshold={DEFAULT_THRESHOLD})"
                     ".detect_faces(image_path, score_threshold=T), one image per call",
             "checkpoint": {
-                "generator": f"img2pose_serve.demo_checkpoint.write_demo_checkpoint(path, seed={DEMO_SEED})",
+                "generator": f"img2pose_tools.demo_checkpoint.write_demo_checkpoint(path, seed={DEMO_SEED})",
                 "demo_seed": DEMO_SEED,
                 "state_dict_sha256": state_dict_sha256(checkpoint),
             },
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference is None:
         parser.error("--reference is required (or --images-only)")
 
-    from img2pose_serve.demo_checkpoint import write_demo_checkpoint
+    from img2pose_tools.demo_checkpoint import write_demo_checkpoint
 
     commit = _reference_commit(args.reference, args.reference_commit)
     with tempfile.TemporaryDirectory() as tmp:

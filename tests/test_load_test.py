@@ -35,7 +35,11 @@ def test_short_mixed_run_answers_everything_as_expected(torchserve_server, tmp_p
     assert report["good_sent"] >= 1 and report["by_status"].get("200") == report["good_sent"]
     assert report["worker"]["pid_before"] == report["worker"]["pid_after"] == pid_before
     assert report["worker"]["rss_after_mb"] > 0
-    assert report["worker"]["rss_over_time"]["samples"], "the worker's RSS was never sampled"
+    samples = report["worker"]["rss_over_time"]["samples"]
+    assert samples, "the worker's RSS was never sampled"
+    answered_when_sampled = [answered for _, answered, _ in samples]
+    assert answered_when_sampled == sorted(answered_when_sampled) and answered_when_sampled[-1] <= 40
+    assert answered_when_sampled[-1] > 0, "the samples never saw an answer (--quiet must not hide the count)"
 
 
 def test_refuses_non_loopback_urls():
