@@ -58,6 +58,7 @@ from img2pose_client.key_file import read_keys
 from img2pose_tools import request_driver
 from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import ServerSettings, start_torchserve, stop_torchserve
+from img2pose_tools.wait_ready import describe_model
 
 SAME_SIZE = (640, 480)
 MIXED_SIZES = [(640, 480), (480, 640), (800, 600), (320, 240), (1024, 768), (640, 360)]
@@ -317,10 +318,7 @@ def warm_up(target: Target, bodies: list[bytes]) -> None:
 def sweep_running(args, sets: dict[str, list[bytes]], bar: tqdm) -> list[Cell]:
     keys = {} if args.token else read_keys(Path(args.key_file))
     token, management_key = args.token or keys["inference"], keys.get("management")
-    described = requests.get(f"{args.management_url}/models/{args.model}", timeout=30,
-                             headers={"Authorization": f"Bearer {management_key}"} if management_key else {})
-    described.raise_for_status()
-    model = described.json()[0]
+    model = describe_model(args.management_url, args.model, management_key)[0]
     target = Target(f"{args.url.rstrip('/')}/predictions/{args.model}", token,
                     ForwardBatchMeter(args.metrics_url, args.model))
     return sweep_clients(args, sets, target, model["batchSize"], model["maxBatchDelay"], len(model["workers"]), bar)

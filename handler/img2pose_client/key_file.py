@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -14,6 +15,14 @@ def read_keys(key_file: str | Path = DEFAULT_KEY_FILE) -> dict[str, str]:
     """{"management": key, "inference": key, "API": key}: whichever of them the file holds."""
     data = json.loads(Path(key_file).read_text())
     return {name: entry["key"] for name, entry in data.items() if isinstance(entry, dict) and "key" in entry}
+
+
+def response_json(response: requests.Response) -> Any:
+    """The response's JSON body, or None when it has none (what ``is_key_rejection`` takes)."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
 
 
 def is_key_rejection(status: int, body: object) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 import requests
 
 from .inference_key import InferenceKey, KeyRecoveryFailed
-from .key_file import is_key_rejection
+from .key_file import is_key_rejection, response_json
 
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
 TRANSPORT_ERROR = "connection"  # the status recorded when no HTTP answer came back
@@ -95,7 +95,7 @@ class PredictClient:
                 if last_try:
                     return Outcome(error=f"{type(error).__name__}: {error}"[:500], status=TRANSPORT_ERROR)
             else:
-                body = _json_body(response)
+                body = response_json(response)
                 if is_key_rejection(response.status_code, body):
                     self._recover_key(response, key, key_recoveries)
                     key_recoveries += 1
@@ -114,13 +114,6 @@ class PredictClient:
             self.key.recover(rejected)
         except KeyRecoveryFailed as error:
             raise FatalServerError(f"{rejection}; {error}") from error
-
-
-def _json_body(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 def _outcome(response: requests.Response, body: Any) -> Outcome:

@@ -28,17 +28,17 @@ import time
 
 import requests
 
+from img2pose_tools.wait_ready import DEFAULT_MANAGEMENT, describe_model
+
 DEFAULT_INFERENCE = "http://127.0.0.1:8080"
-DEFAULT_MANAGEMENT = "http://127.0.0.1:8081"
 BARRIER_BODY = b"{}"  # valid JSON without an image: the handler answers 400 without a forward
 
 
 def queued_requests(management: str, model: str) -> int | None:
     """Requests waiting in the model's queue (not counting the batch being computed), or None."""
     try:
-        answer = requests.get(f"{management.rstrip('/')}/models/{model}", timeout=5)
-        answer.raise_for_status()
-        return sum(v.get("jobQueueStatus", {}).get("pendingRequests", 0) for v in answer.json())
+        return sum(v.get("jobQueueStatus", {}).get("pendingRequests", 0)
+                   for v in describe_model(management, model, None, timeout=5))
     except (requests.RequestException, ValueError, AttributeError, TypeError):
         return None
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import requests
 
 from img2pose_client.key_file import read_keys
-from img2pose_tools.wait_ready import NotReady, ready_workers, wait_ready
+from img2pose_tools.wait_ready import NotReady, describe_model, ready_workers, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]  # an editable install's checkout
 BASE_CONFIG = REPO / "config" / "config.properties"
@@ -148,9 +148,7 @@ class TorchServeServer:
         return requests.request(method, f"{self.management_url}{path}", headers=headers, **kwargs)
 
     def describe(self, model: str | None = None) -> list[dict]:
-        answer = self.manage("GET", f"/models/{model or self.model_name}")
-        answer.raise_for_status()
-        return answer.json()
+        return describe_model(self.management_url, model or self.model_name, self.management_key)
 
     def metrics(self) -> str:
         """The Prometheus text of GET /metrics."""

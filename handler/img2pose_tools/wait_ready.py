@@ -21,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-from img2pose_client.key_file import DEFAULT_KEY_FILE, is_key_rejection, read_keys, renew_key
+from img2pose_client.key_file import DEFAULT_KEY_FILE, is_key_rejection, read_keys, renew_key, response_json
 
 DEFAULT_MANAGEMENT = "http://127.0.0.1:8081"
 
@@ -95,20 +95,13 @@ def wait_ready(
                     last = f"model registered, workers {states or 'none yet'}"
                 else:
                     last = f"HTTP {answer.status_code} from {url}: {answer.text.strip()[:200]}"
-                    if key is None and key_file is not None and is_key_rejection(answer.status_code, _json(answer)):
+                    if key is None and key_file is not None and is_key_rejection(answer.status_code, response_json(answer)):
                         last += _renew_management_key(management, key_file)
             except requests.RequestException as error:
                 last = f"{type(error).__name__} connecting to {url}"
         if time.monotonic() >= deadline:
             raise NotReady(f"model {model!r} had no READY worker after {timeout:g} s; last seen: {last}")
         time.sleep(interval)
-
-
-def _json(answer: requests.Response):
-    try:
-        return answer.json()
-    except ValueError:
-        return None
 
 
 def _renew_management_key(management: str, key_file: str | Path) -> str:
