@@ -34,13 +34,14 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.transform import Rotation
 from torchvision.ops import box_iou
 
+from img2pose_client.inputs import is_image_name
+from img2pose_serve.checkpoint import read_checkpoint
 from img2pose_serve.detector import build_detector
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.image_decoding import decode_image, image_to_tensor
 from img2pose_tools.build_mar import BuildError, resolve_pose_stats
 from img2pose_tools.demo_checkpoint import build_demo_state_dict
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 MIN_IOU = 0.5
 
 
@@ -115,7 +116,7 @@ def image_files(inputs: list[Path]) -> list[Path]:
     files = []
     for path in inputs:
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            files += sorted(p for p in path.iterdir() if is_image_name(p.name) and p.is_file())
         elif path.is_file():
             files.append(path)
         else:
@@ -179,14 +180,14 @@ def load_models(args) -> dict:
         mean, stddev, source = resolve_pose_stats(args.checkpoint, args.pose_mean, args.pose_stddev)
     except BuildError as error:
         raise SystemExit(f"compare_precision.py: {error}") from error
-    checkpoint = build_demo_state_dict() if args.demo else args.checkpoint
+    state = build_demo_state_dict() if args.demo else read_checkpoint(args.checkpoint)  # read once for both
     models = {}
     for precision in ("fp32", "bf16"):
-        model = build_detector(checkpoint, pose_mean=mean, pose_stddev=stddev)
+        model = build_detector(state, pose_mean=mean, pose_stddev=stddev)
         model.set_images_per_pass(1)  # the handler's CPU setting
         model.set_precision(precision)
         models[precision] = model
-    print(f"weights: {'DEMO (generated, not the official model; detections meaningless)' if args.demo else checkpoint}"
+    print(f"weights: {'DEMO (generated, not the official model; detections meaningless)' if args.demo else args.checkpoint}"
           f"; pose stats: {source}; torch threads: {torch.get_num_threads()}", flush=True)
     return models
 
@@ -209,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
 
     files = image_files(args.images)
     models = load_models(args)
-    models["fp32"].detect([image_to_tensor(decode_image(files[0].read_bytes(), 10**9))])  # warm-up
-    models["bf16"].detect([image_to_tensor(decode_image(files[0].read_bytes(), 10**9))])
+    warm_up = image_to_tensor(decode_image(files[0].read_bytes(), 10**9))
+    for model in models.values():
+        model.detect([warm_up])
     print(HEADER, flush=True)
     per_image, overall = compare(models, files, args.score_threshold, args.repeats)
     print(row(overall))
