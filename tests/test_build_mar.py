@@ -140,14 +140,13 @@ def test_demo_archive_contents(demo_archive):
     assert config["responseTimeout"] == 1200  # see build_mar's docstring: config.properties cannot set it
 
 
-def test_demo_archive_weights_are_the_demo_state_dict(demo_archive, tmp_path):
+def test_demo_archive_weights_are_the_demo_state_dict(demo_archive, demo_state, tmp_path):
     with zipfile.ZipFile(demo_archive) as archive:
         archive.extractall(tmp_path)
     info = archive_layout.ArchiveInfo.read(tmp_path)
     weights = archive_layout.read_weights(tmp_path, info.weights_sha256)
-    demo = build_demo_state_dict(0)
-    assert set(demo) <= set(weights)
-    assert all(torch.equal(weights[k], demo[k]) for k in demo)
+    assert set(demo_state) <= set(weights)
+    assert all(torch.equal(weights[k], demo_state[k]) for k in demo_state)
 
 
 def test_checkpoint_with_npy_stats(demo_checkpoint_file, tmp_path):
@@ -264,7 +263,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_its_code_never_runs(cod
     assert not (tmp_path / "img2pose.mar").exists()
 
 
-def test_trusted_checkpoint_ships_its_tensors_only(served_archives, code_running_checkpoint, tmp_path):
+def test_trusted_checkpoint_ships_its_tensors_only(served_archives, code_running_checkpoint, demo_state, tmp_path):
     from tests.conftest import TRUSTED_MODEL
 
     checkpoint, marker = code_running_checkpoint
@@ -275,8 +274,7 @@ def test_trusted_checkpoint_ships_its_tensors_only(served_archives, code_running
     assert info.source_checkpoint_sha256 == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     model, _ = archive_layout.load_detector(tmp_path)  # what a worker does at start
     assert not marker.exists()
-    demo = build_demo_state_dict(0)
-    assert all(torch.equal(model.state_dict()[k], demo[k]) for k in demo)
+    assert all(torch.equal(model.state_dict()[k], demo_state[k]) for k in demo_state)
 
 
 def test_tampered_weights_are_refused_at_load(demo_archive, tmp_path):

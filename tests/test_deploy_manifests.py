@@ -19,7 +19,6 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip ins
 KUBERNETES_VERSION = "1.33"
 KSERVE_CRD = REPO.parent / "shared" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
 OVERLAY_NAMES = ["cpu", "gpu"]
-POD_LABELS = {"app.kubernetes.io/name": "img2pose", "app.kubernetes.io/component": "inference"}
 
 
 def cluster_port(key: str) -> int:

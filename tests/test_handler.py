@@ -29,7 +29,6 @@ GOLDEN_NAMES = {"rgb_640x480.jpg": "01_rgb_640x480.jpg", "gray_320x240.png": "04
                 "palette_100x100.png": "06_palette_100x100.png", "rgb_333x517.png": "08_rgb_333x517.png"}
 IMAGES = {name: COMMITTED.image_path(golden).read_bytes() for name, golden in GOLDEN_NAMES.items()}
 IMAGES["rgb_638x479.jpg"] = _encode(photo_like_pil(638, 479, 5), "JPEG")
-NAMES = list(IMAGES)
 
 
 def _b64(name: str) -> str:
