@@ -9,23 +9,25 @@ install) hides any file the wheel lacks. So here:
   data, config/'s config.properties and metrics.yaml byte for byte as ``img2pose_tools/config/``, and
   nothing of tests/ or scripts/;
 * it is installed in a new venv; from an empty directory, in an environment without PYTHONPATH, every
-  console script answers ``--help``, ``img2pose-build-mar`` builds the demo archive and one from
-  ``--checkpoint``, and the launcher (``img2pose_tools.torchserve_launcher``, with the packaged
-  config.properties) serves the demo archive: its answer equals the in-process detections exactly.
+  console script answers ``--help``, ``img2pose-write-config`` writes config/'s files,
+  ``img2pose-build-mar`` builds the demo archive and one from ``--checkpoint``, and the launcher
+  (``img2pose_tools.torchserve_launcher``, with the packaged config.properties) serves the demo
+  archive: its answer equals the in-process detections exactly.
 
-The venv's dependencies. Installing them (torch alone is a ~5.5 GB CUDA build) takes minutes even from a
-local cache (measured by hand, fresh venv + ``pip install .``: see the commit adding this file), too much
-for every run of the suite on 2 cores. So the venv is created WITHOUT system site-packages and gets one
-``.pth`` file naming the site-packages directories of the interpreter running the tests: the
-dependencies are importable from there, after the venv's own site-packages. Unlike
+The venv's dependencies. Installing them (torch alone is a ~5.5 GB CUDA build) takes minutes even from
+local disk (measured by hand on the 2-core machine, busy: ``python -m venv`` 14 s, then ``pip install .``
+from a clean clone 285 s), too much for every run of the suite. So the venv is created WITHOUT system
+site-packages and gets one ``.pth`` file naming the site-packages directories of the interpreter running
+the tests: the dependencies are importable from there, after the venv's own site-packages. Unlike
 ``--system-site-packages`` this also works when the tests themselves run in a venv (whose packages
 ``--system-site-packages`` would not see), and, as directories named in a .pth are not scanned for .pth
 files, an editable install of this project there (scripts/run_tests.sh makes one: a .pth or an import
-hook pointing into some checkout) stays inert. Our package comes only from the wheel, installed into
-the venv with ``--no-deps``. A non-editable copy of the project in the test interpreter's
-site-packages would still sit behind the venv's on sys.path; the venv's interpreter therefore asserts
-that every one of our modules, the distribution's metadata and the config files resolve inside the
-venv, and the file-list check rules out a module the wheel lacks being found elsewhere.
+hook pointing into some checkout) stays inert. Our package comes only from the wheel, which the venv's
+interpreter installs into the venv (with the pip among those dependencies) with ``--no-deps``. A
+non-editable copy of the project in the test interpreter's site-packages would still sit behind the
+venv's on sys.path; the venv's interpreter therefore asserts that every one of our modules, the
+distribution's metadata and the config files resolve inside the venv, and the file-list check rules out
+a module the wheel lacks being found elsewhere.
 
 TorchServe itself (a dependency) runs from the test interpreter's ``torchserve`` on PATH; the worker
 runs the code packed into the archive, which is checked to be byte for byte the checkout's.
@@ -33,7 +35,6 @@ runs the code packed into the archive, which is checked to be byte for byte the 
 
 from __future__ import annotations
 
-import base64
 import configparser
 import json
 import os
@@ -84,7 +85,7 @@ report_file.write_text(json.dumps(report))
 
 def _run(command: list, **kwargs) -> subprocess.CompletedProcess:
     """Run ``command``; on failure the assertion shows its output."""
-    done = subprocess.run([str(word) for word in command], capture_output=True, text=True, **kwargs)
+    done = subprocess.run([str(word) for word in command], check=False, capture_output=True, text=True, **kwargs)
     assert done.returncode == 0, f"{command} exited {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done
 
@@ -193,12 +194,25 @@ def test_every_console_script_answers_help_from_the_venv(venv, wheel, empty_dir)
     assert [name for name, text in answers.items() if not text.startswith("usage:")] == []
 
 
+def test_write_config_gives_a_user_without_a_checkout_the_repositorys_config(venv, tmp_path):
+    script = venv.root / "bin" / "img2pose-write-config"
+    _run([script], cwd=tmp_path, env=venv.env)
+    assert [name for name in CONFIG_FILES
+            if (tmp_path / "config" / name).read_bytes() != (REPO / "config" / name).read_bytes()] == []
+    (tmp_path / "config" / "metrics.yaml").write_text("edited by the operator")
+    again = subprocess.run([script], check=False, cwd=tmp_path, env=venv.env, capture_output=True, text=True)
+    assert again.returncode == 1 and "--force" in again.stderr
+    assert (tmp_path / "config" / "metrics.yaml").read_text() == "edited by the operator"
+    _run([script, "--force", tmp_path], cwd=venv.root, env=venv.env)
+    assert (tmp_path / "config" / "metrics.yaml").read_bytes() == (REPO / "config" / "metrics.yaml").read_bytes()
+
+
 @pytest.fixture(scope="module")
 def built_store(venv, empty_dir, demo_checkpoint_file) -> Path:
     """img2pose-build-mar run from the empty directory: the demo archive, and one from --checkpoint."""
     _run([venv.root / "bin" / "img2pose-build-mar"], cwd=empty_dir, env=venv.env)
-    _run([venv.root / "bin" / "img2pose-build-mar", "--checkpoint", demo_checkpoint_file, "--model-name", "from_checkpoint"],
-         cwd=empty_dir, env=venv.env)
+    _run([venv.root / "bin" / "img2pose-build-mar", "--checkpoint", demo_checkpoint_file,
+          "--model-name", "from_checkpoint"], cwd=empty_dir, env=venv.env)
     return empty_dir / "model_store"
 
 
@@ -216,7 +230,8 @@ def test_the_installed_builder_packs_the_checkouts_code(built_store, checkout_fi
                 or name.startswith(f"handler/{archive_layout.PACKAGE_DIR}/")}
     assert sorted(packed) == sorted(checkout)
     assert [name for name in packed if packed[name] != checkout[name]] == []
-    demo, from_checkpoint = _archive_info(built_store / "img2pose.mar"), _archive_info(built_store / "from_checkpoint.mar")
+    demo = _archive_info(built_store / "img2pose.mar")
+    from_checkpoint = _archive_info(built_store / "from_checkpoint.mar")
     assert demo["demo"] and not from_checkpoint["demo"]
     assert from_checkpoint["weights_sha256"] == demo["weights_sha256"]  # the demo checkpoint holds the demo weights
     assert from_checkpoint["pose_stats_source"].startswith("published")  # img2pose_serve/data's statistics

@@ -42,6 +42,7 @@ def write_config_files(directory: str | Path = ".", force: bool = False) -> list
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
+        prog="img2pose-write-config",
         description="Write img2pose-serve's TorchServe configuration (config/config.properties and "
                     "config/metrics.yaml) into DIRECTORY, to start TorchServe from there.")
     parser.add_argument("directory", nargs="?", default=".", help="where config/ is written (default: .)")
