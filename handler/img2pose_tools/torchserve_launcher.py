@@ -1,7 +1,8 @@
 """Starting and stopping a private TorchServe (the tests' session server, the benchmark's servers).
 
-The server's configuration is derived from a base ``config.properties`` (default: the repository's
-``config/config.properties``, what operators run): every setting and limit is kept, and only what
+The server's configuration is derived from a base ``config.properties`` (default: the one operators
+run, ``config/config.properties``: the checkout's, or the installed package's copy of it, see
+``img2pose_tools.serve_config``): every setting and limit is kept, and only what
 must differ for a private server is replaced (listeners on free loopback ports, the model store,
 the models= block naming the given archives, system metrics off). ``ServerSettings`` can override
 the per-model batching settings (by default they are the base file's) and add or replace any
@@ -34,10 +35,13 @@ from pathlib import Path
 import requests
 
 from img2pose_client.key_file import read_keys
+from img2pose_tools.serve_config import CONFIG_DIR
 from img2pose_tools.wait_ready import NotReady, describe_model, ready_workers, wait_ready
 
-REPO = Path(__file__).resolve().parents[2]  # an editable install's checkout
-BASE_CONFIG = REPO / "config" / "config.properties"
+# The checkout this module runs from (the tests' and scripts' repository). Meaningless in an installed
+# wheel, where nothing here uses it.
+REPO = Path(__file__).resolve().parents[2]
+BASE_CONFIG = CONFIG_DIR / "config.properties"
 MODEL_VERSION = "1.0"  # img2pose_tools.build_mar's archive version
 # Replaced for a private server; everything else in the base file is kept as it is.
 REPLACED_KEYS = ("inference_address", "management_address", "metrics_address", "grpc_inference_port",
@@ -108,6 +112,7 @@ def write_config(path: Path, *, ports: tuple[int, int, int], model_store: Path, 
         "grpc_management_port": str(free_port()),
         "model_store": str(model_store),
         "models": json.dumps(models),
+        # Relative to the directory holding config/, in the checkout and in the package alike.
         "metrics_config": str((base_config.parent.parent / base["metrics_config"]).resolve()),
         # The frontend otherwise starts a Python process every minute to sample system metrics:
         # CPU taken from the model on a small machine, and noise in the benchmark's figures.

@@ -1,0 +1,257 @@
+"""The project as a user installs it: the wheel, in a new virtual environment, run from an empty directory.
+
+``pip install .``, ``pip install git+URL`` and deploy/Dockerfile all install the wheel, which holds only
+what pyproject.toml tells setuptools to put in it; a checkout (``PYTHONPATH=handler``, an editable
+install) hides any file the wheel lacks. So here:
+
+* the wheel is built (``pip wheel --no-deps``) from a copy of the files a clean clone has, and its file
+  list is checked: exactly every module under handler/ (the handler module included) and the package
+  data, config/'s config.properties and metrics.yaml byte for byte as ``img2pose_tools/config/``, and
+  nothing of tests/ or scripts/;
+* it is installed in a new venv; from an empty directory, in an environment without PYTHONPATH, every
+  console script answers ``--help``, ``img2pose-write-config`` writes config/'s files,
+  ``img2pose-build-mar`` builds the demo archive and one from ``--checkpoint``, and the launcher
+  (``img2pose_tools.torchserve_launcher``, with the packaged config.properties) serves the demo
+  archive: its answer equals the in-process detections exactly.
+
+The venv's dependencies. Installing them (torch alone is a ~5.5 GB CUDA build) takes minutes even from
+local disk (measured by hand on the 2-core machine, busy: ``python -m venv`` 14 s, then ``pip install .``
+from a clean clone 285 s), too much for every run of the suite. So the venv is created WITHOUT system
+site-packages and gets one ``.pth`` file naming the site-packages directories of the interpreter running
+the tests: the dependencies are importable from there, after the venv's own site-packages. Unlike
+``--system-site-packages`` this also works when the tests themselves run in a venv (whose packages
+``--system-site-packages`` would not see), and, as directories named in a .pth are not scanned for .pth
+files, an editable install of this project there (scripts/run_tests.sh makes one: a .pth or an import
+hook pointing into some checkout) stays inert. Our package comes only from the wheel, which the venv's
+interpreter installs into the venv (with the pip among those dependencies) with ``--no-deps``. A
+non-editable copy of the project in the test interpreter's site-packages would still sit behind the
+venv's on sys.path; the venv's interpreter therefore asserts that every one of our modules, the
+distribution's metadata and the config files resolve inside the venv, and the file-list check rules out
+a module the wheel lacks being found elsewhere.
+
+TorchServe itself (a dependency) runs from the test interpreter's ``torchserve`` on PATH; the worker
+runs the code packed into the archive, which is checked to be byte for byte the checkout's.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from img2pose_serve import archive_layout
+from img2pose_serve.handler_config import TORCH_THREADS_ENV
+from img2pose_tools.torchserve_launcher import REPO
+from tests.golden_set import COMMITTED, TORCH_THREADS
+
+pytestmark = pytest.mark.server
+
+OUR_MODULES = ("img2pose_serve", "img2pose_client", "img2pose_tools", "img2pose_handler")
+CONFIG_FILES = ("config.properties", "metrics.yaml")
+IMAGE = "02_rgba_480x640.png"  # also served alone in test_server
+
+# Runs in the venv, from the empty directory: where our code resolves, then the launcher's server.
+DRIVER = """
+import base64, importlib.metadata, importlib.util, json, sys
+from pathlib import Path
+from img2pose_tools import torchserve_launcher as launcher
+
+store, image, report_file = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+report = {"modules": {name: importlib.util.find_spec(name).origin for name in sys.argv[4:]},
+          "distribution": str(importlib.metadata.distribution("img2pose-serve").locate_file("")),
+          "base_config": str(launcher.BASE_CONFIG)}
+server = launcher.start_torchserve(Path("torchserve").resolve(), store, {"img2pose": store / "img2pose.mar"},
+                                   primary="img2pose")
+try:
+    report["metrics_config"] = launcher.read_properties(server.config_path)["metrics_config"]
+    answer = server.predict(None, json={"image": base64.b64encode(image.read_bytes()).decode(),
+                                        "score_threshold": 0.0})
+    report["status"], report["answer"] = answer.status_code, answer.text
+finally:
+    launcher.stop_torchserve(server)
+report_file.write_text(json.dumps(report))
+"""
+
+
+def _run(command: list, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``command``; on failure the assertion shows its output."""
+    done = subprocess.run([str(word) for word in command], check=False, capture_output=True, text=True, **kwargs)
+    assert done.returncode == 0, f"{command} exited {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done
+
+
+def _checkout_files() -> list[str]:
+    """What a clean clone holds: tracked files, plus untracked ones git does not ignore (work in progress)."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip(f"{REPO} is not a git checkout: which files a clone has is unknown")
+    listing = _run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO).stdout
+    return [name for name in listing.split("\0") if name and (REPO / name).is_file()]
+
+
+@pytest.fixture(scope="module")
+def checkout_files() -> list[str]:
+    return _checkout_files()
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory, checkout_files) -> Path:
+    """The wheel ``pip install .`` would install, built from a copy (the build writes build/ and egg-info)."""
+    work = tmp_path_factory.mktemp("wheel")
+    source = work / "source"
+    for name in checkout_files:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, source / name)
+    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
+          "--no-build-isolation", "--wheel-dir", work / "dist", source])
+    [built] = (work / "dist").glob("img2pose_serve-*.whl")
+    return built
+
+
+def _entry_points(wheel_file: Path) -> dict[str, str]:
+    with zipfile.ZipFile(wheel_file) as archive:
+        [name] = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
+        parser = configparser.ConfigParser()
+        parser.read_string(archive.read(name).decode())
+    return dict(parser["console_scripts"])
+
+
+def test_the_wheel_holds_the_handler_packages_and_config_and_nothing_else(wheel, checkout_files):
+    with zipfile.ZipFile(wheel) as archive:
+        contents = {name: archive.read(name) for name in archive.namelist() if ".dist-info/" not in name}
+    assert not [name for name in contents if name.startswith(("tests/", "scripts/", "handler/", "config/"))]
+    expected = {name.removeprefix("handler/"): (REPO / name).read_bytes() for name in checkout_files
+                if name.startswith("handler/") and (name.endswith(".py") or "/data/" in name)}
+    expected.update({f"img2pose_tools/config/{name}": (REPO / "config" / name).read_bytes() for name in CONFIG_FILES})
+    assert archive_layout.HANDLER_FILE in expected and "img2pose_serve/data/pose_stats_approx.json" in expected
+    assert {"missing": sorted(set(expected) - set(contents)), "unexpected": sorted(set(contents) - set(expected))} \
+        == {"missing": [], "unexpected": []}
+    assert [name for name in expected if contents[name] != expected[name]] == []
+
+
+def test_the_wheel_declares_the_console_scripts(wheel):
+    scripts = _entry_points(wheel)
+    assert {"img2pose-build-mar", "img2pose-wait-ready", "img2pose-drain", "img2pose-write-config",
+            "backfill", "visualize"} <= set(scripts)
+
+
+@dataclass(frozen=True)
+class Venv:
+    root: Path
+    site_packages: Path
+    env: dict  # no PYTHONPATH; the venv's bin/ first on PATH
+
+    @property
+    def python(self) -> Path:
+        return self.root / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory, wheel) -> Venv:
+    root = tmp_path_factory.mktemp("venv") / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", root])
+    site_packages = Path(_run([root / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"])
+                         .stdout.strip())
+    # The test interpreter's packages as plain directories (see the module docstring), after the venv's own.
+    dependencies = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
+    (site_packages / "_test_dependencies.pth").write_text("".join(f"{d}\n" for d in dependencies))
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PYTHONSAFEPATH")}
+    # bin/ of the test interpreter after the venv's: the torchserve launcher script (a dependency's).
+    env["PATH"] = os.pathsep.join([str(root / "bin"), str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONNOUSERSITE"] = "1"
+    env[TORCH_THREADS_ENV] = str(TORCH_THREADS)  # as in-process (tests/conftest.py's torchserve_server)
+    _run([root / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-index",
+          "--no-deps", "--force-reinstall", wheel], env=env)
+    return Venv(root, site_packages, env)
+
+
+@pytest.fixture(scope="module")
+def empty_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("user")
+
+
+def test_every_console_script_answers_help_from_the_venv(venv, wheel, empty_dir):
+    scripts = _entry_points(wheel)
+    for name in scripts:
+        first_line = (venv.root / "bin" / name).read_text().splitlines()[0]
+        assert first_line == f"#!{venv.python}", (name, first_line)
+
+    def help_text(name):
+        return _run([venv.root / "bin" / name, "--help"], cwd=empty_dir, env=venv.env).stdout
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        answers = dict(zip(scripts, pool.map(help_text, scripts)))
+    assert [name for name, text in answers.items() if not text.startswith("usage:")] == []
+
+
+def test_write_config_gives_a_user_without_a_checkout_the_repositorys_config(venv, tmp_path):
+    script = venv.root / "bin" / "img2pose-write-config"
+    _run([script], cwd=tmp_path, env=venv.env)
+    assert [name for name in CONFIG_FILES
+            if (tmp_path / "config" / name).read_bytes() != (REPO / "config" / name).read_bytes()] == []
+    (tmp_path / "config" / "metrics.yaml").write_text("edited by the operator")
+    again = subprocess.run([script], check=False, cwd=tmp_path, env=venv.env, capture_output=True, text=True)
+    assert again.returncode == 1 and "--force" in again.stderr
+    assert (tmp_path / "config" / "metrics.yaml").read_text() == "edited by the operator"
+    _run([script, "--force", tmp_path], cwd=venv.root, env=venv.env)
+    assert (tmp_path / "config" / "metrics.yaml").read_bytes() == (REPO / "config" / "metrics.yaml").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def built_store(venv, empty_dir, demo_checkpoint_file) -> Path:
+    """img2pose-build-mar run from the empty directory: the demo archive, and one from --checkpoint."""
+    _run([venv.root / "bin" / "img2pose-build-mar"], cwd=empty_dir, env=venv.env)
+    _run([venv.root / "bin" / "img2pose-build-mar", "--checkpoint", demo_checkpoint_file,
+          "--model-name", "from_checkpoint"], cwd=empty_dir, env=venv.env)
+    return empty_dir / "model_store"
+
+
+def _archive_info(mar: Path) -> dict:
+    with zipfile.ZipFile(mar) as archive:
+        return json.loads(archive.read(archive_layout.INFO_FILE))
+
+
+def test_the_installed_builder_packs_the_checkouts_code(built_store, checkout_files):
+    with zipfile.ZipFile(built_store / "img2pose.mar") as archive:
+        packed = {name: archive.read(name) for name in archive.namelist()
+                  if name == archive_layout.HANDLER_FILE or name.startswith(f"{archive_layout.PACKAGE_DIR}/")}
+    checkout = {name.removeprefix("handler/"): (REPO / name).read_bytes() for name in checkout_files
+                if name == f"handler/{archive_layout.HANDLER_FILE}"
+                or name.startswith(f"handler/{archive_layout.PACKAGE_DIR}/")}
+    assert sorted(packed) == sorted(checkout)
+    assert [name for name in packed if packed[name] != checkout[name]] == []
+    demo = _archive_info(built_store / "img2pose.mar")
+    from_checkpoint = _archive_info(built_store / "from_checkpoint.mar")
+    assert demo["demo"] and not from_checkpoint["demo"]
+    assert from_checkpoint["weights_sha256"] == demo["weights_sha256"]  # the demo checkpoint holds the demo weights
+    assert from_checkpoint["pose_stats_source"].startswith("published")  # img2pose_serve/data's statistics
+
+
+def test_the_installed_launcher_serves_the_built_archive(venv, built_store, empty_dir, tmp_path, detections):
+    for tool in ("java", "torchserve"):
+        if shutil.which(tool, path=venv.env["PATH"]) is None:
+            pytest.skip(f"{tool} is not on PATH: TorchServe cannot run here")
+    driver, report_file = tmp_path / "driver.py", tmp_path / "report.json"
+    driver.write_text(DRIVER)
+    _run([venv.python, driver, built_store, COMMITTED.image_path(IMAGE), report_file, *OUR_MODULES],
+         cwd=empty_dir, env=venv.env, timeout=900)
+    report = json.loads(report_file.read_text())
+
+    site_packages = venv.site_packages.resolve()
+    assert [name for name, origin in report["modules"].items()
+            if site_packages not in Path(origin).resolve().parents] == [], report["modules"]
+    assert Path(report["distribution"]).resolve() == site_packages
+    assert Path(report["base_config"]).resolve() == site_packages / "img2pose_tools" / "config" / "config.properties"
+    assert Path(report["metrics_config"]).resolve() == site_packages / "img2pose_tools" / "config" / "metrics.yaml"
+    assert report["status"] == 200, report["answer"]
+    assert json.loads(report["answer"]) == detections.identity_stats(COMMITTED, IMAGE)
