@@ -75,7 +75,8 @@ class Img2PoseHandler(BaseHandler):
         if self.archive_info.demo:
             logger.warning(DEMO_NOTICE)
         fell_back = self.precision["effective"] == "fp32" != self.precision["requested"]
-        (logger.warning if fell_back else logger.info)("img2pose precision %s: %s", self.precision["effective"], self.precision["reason"])
+        (logger.warning if fell_back else logger.info)("img2pose precision %s: %s", self.precision["effective"],
+                                                       self.precision["reason"])
 
     def _resolve_precision(self) -> dict:
         """What runs for the ``precision`` setting on this device (also GET /models/<name>?customized=true)."""

@@ -262,7 +262,7 @@ def test_a_bf16_worker_without_native_bf16_runs_fp32_exactly(demo_model_dir, dem
     with caplog.at_level(logging.INFO):
         handler, context = _start_worker(demo_model_dir, {"precision": "bf16"}, AVX2_ONLY, monkeypatch)
     assert handler.model.precision == "fp32"
-    assert any(r.levelno == logging.WARNING and "precision fp32: bf16 requested, but the CPU has no bf16 "
+    assert any(r.levelno == logging.WARNING and "precision fp32: bf16 requested; the CPU has no bf16 "
                "instructions (avx512_bf16=no, amx_bf16=no): running fp32 instead" in r.getMessage()
                for r in caplog.records)
     described = _describe(handler, context)

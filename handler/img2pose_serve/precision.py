@@ -122,7 +122,7 @@ def resolve_precision(requested: str, capabilities: Bf16Capabilities) -> tuple[s
         raise Bf16Unavailable(f"precision bf16-required, but {why}. Schedule this model on a CPU with "
                               f"avx512_bf16 or amx_bf16 (see docs/precision.md), or set precision: bf16 "
                               f"(falls back to fp32) or fp32.")
-    return "fp32", f"bf16 requested, but {why}: running fp32 instead (emulated bf16 is about 5x slower)"
+    return "fp32", f"bf16 requested; {why}: running fp32 instead (emulated bf16 is about 5x slower)"
 
 
 def device_capabilities(device: torch.device) -> Bf16Capabilities:
