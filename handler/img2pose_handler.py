@@ -29,12 +29,13 @@ from img2pose_serve.batching import plan_forwards
 from img2pose_serve.errors import RequestError, internal_error
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.handler_config import HandlerConfig
-from img2pose_serve.precision import native_bf16
+from img2pose_serve.precision import Bf16Unavailable, device_capabilities, resolve_precision
 from img2pose_serve.request_parsing import DetectionParams
 
 logger = logging.getLogger(__name__)
 
 DEMO_HEADER = "X-Img2Pose-Demo"
+PRECISION_HEADER = "X-Img2Pose-Precision"  # the precision the worker runs (the setting may ask for bf16)
 DEMO_NOTICE = (
     "DEMO ARCHIVE: this model was built from a generated demo checkpoint, not the official img2pose "
     "weights. Its detections are MEANINGLESS. Build a real archive with "
@@ -42,6 +43,8 @@ DEMO_NOTICE = (
     "--pose-stddev WIDER_train_pose_stddev_v1.npy`."
 )
 JSON = "application/json"
+# One forward's time, by the precision it ran in: a bf16 archive that fell back to fp32 shows in the first.
+FORWARD_METRIC = {"fp32": "Img2PoseForwardMs", "bf16": "Img2PoseForwardBf16Ms"}
 Prediction = dict | Exception
 
 
@@ -52,6 +55,7 @@ class Img2PoseHandler(BaseHandler):
         self.device = self._select_device(properties.get("gpu_id"))
         if self.config.torch_threads > 0:
             torch.set_num_threads(self.config.torch_threads)
+        self.precision = self._resolve_precision()  # before loading: a refusal costs no model load
         try:
             self.model, self.archive_info = archive_layout.load_detector(Path(properties["model_dir"]), self.device)
         except archive_layout.ArchiveIntegrityError as error:
@@ -59,20 +63,36 @@ class Img2PoseHandler(BaseHandler):
             raise
         images_per_pass = self.config.resolved_images_per_pass(self.device.type)
         self.model.set_images_per_pass(images_per_pass)
-        self.model.set_precision(self.config.precision, reversible=False)
+        self.model.set_precision(self.precision["effective"], reversible=False)
         self.defaults = DetectionParams(self.config.score_threshold, self.config.max_faces)
         self.decode_pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="img2pose-decode")
         self.initialized = True
 
         logger.info("img2pose loaded on %s (precision %s, %d torch threads, %s images per pass); weights sha256 %s "
-                    "(pose stats: %s); %s", self.device, self.config.precision, torch.get_num_threads(),
+                    "(pose stats: %s); %s", self.device, self.precision["effective"], torch.get_num_threads(),
                     images_per_pass or "all", self.archive_info.weights_sha256, self.archive_info.pose_stats_source,
                     self.config)
         if self.archive_info.demo:
             logger.warning(DEMO_NOTICE)
-        if self.config.precision == "bf16" and not native_bf16(self.device):
-            logger.warning("precision bf16 on %s, which has no bf16 arithmetic in hardware: it is emulated "
-                           "and likely slower than fp32", self.device)
+        fell_back = self.precision["effective"] == "fp32" != self.precision["requested"]
+        (logger.warning if fell_back else logger.info)("img2pose precision %s: %s", self.precision["effective"],
+                                                       self.precision["reason"])
+
+    def _resolve_precision(self) -> dict:
+        """What runs for the ``precision`` setting on this device (also GET /models/<name>?customized=true)."""
+        capabilities = device_capabilities(self.device)
+        try:
+            effective, reason = resolve_precision(self.config.precision, capabilities)
+        except Bf16Unavailable as error:
+            logger.critical("img2pose refuses to start: %s (checked: %s)", error, capabilities.as_dict())
+            raise
+        return {"requested": self.config.precision, "effective": effective, "reason": reason,
+                "capabilities": capabilities.as_dict()}
+
+    def describe_handle(self) -> str:
+        """The ``customizedMetadata`` of ``GET /models/<name>?customized=true``."""
+        return json.dumps({"precision": self.precision, "device": str(self.device),
+                           "weights_sha256": self.archive_info.weights_sha256, "demo": self.archive_info.demo})
 
     @staticmethod
     def _select_device(gpu_id) -> torch.device:
@@ -82,6 +102,8 @@ class Img2PoseHandler(BaseHandler):
 
     def handle(self, data, context):
         self.context = context
+        if self._is_describe():
+            return [self.describe_handle()]
         started = time.perf_counter()
         requests = self.preprocess(data)
         images = batch_images(requests)
@@ -159,7 +181,7 @@ class Img2PoseHandler(BaseHandler):
             logger.warning("forward of %d images failed (%s); retrying in halves", len(group), error)
             half = len(group) // 2
             return {**self._forward(group[:half], images, requests), **self._forward(group[half:], images, requests)}
-        self._record_time("Img2PoseForwardMs", started)
+        self._record_time(FORWARD_METRIC[self.precision["effective"]], started)
         self._record("Img2PoseForwardBatchSize", len(tensors), "count")
         return dict(zip(tensors, predictions))
 
@@ -177,6 +199,7 @@ class Img2PoseHandler(BaseHandler):
 
     def _respond(self, index: int, request: RequestState, predictions: list[Prediction | None]) -> str:
         self.context.set_response_content_type(index, JSON)
+        self.context.set_response_header(index, PRECISION_HEADER, self.precision["effective"])
         if self.archive_info.demo:
             self.context.set_response_header(index, DEMO_HEADER, "true; detections are meaningless (demo weights)")
         failure = next((p for p in predictions if isinstance(p, Exception)), None)

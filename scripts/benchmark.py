@@ -29,6 +29,10 @@ size and at batch 1 (median over rounds). Cells whose concurrency can fill their
 ``--precisions fp32 bf16`` (with --archive) adds precision as one more axis of the grid: a copy of
 the archive with that ``precision`` in its model-config.yaml is served for each, side by side and
 visited in the same interleaved rounds, so their images/s compare under the same machine state.
+A bf16 archive runs bf16 only where the CPU has it natively (else fp32): each cell records what its
+server's worker runs (``runs``, from ``GET /models/<name>?customized=true``), the in-process timing
+resolves the precision the same way, and the report records the CPU's model name and bf16-relevant
+flags (avx2, avx512f, avx512_bf16, amx_bf16) and ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY.
 
 Outputs in --out: results.csv, results.json (cells, compute bound, machine facts) and
 throughput.png (images/s and p95 latency vs batch size, one line per delay, per image set).
@@ -84,6 +88,7 @@ class Cell:
     workers: int
     concurrency: int
     precision: str = "fp32"  # the archive's handler setting (see archive_with_precision)
+    runs: str | None = None  # the precision its worker runs (bf16 falls back to fp32 where not native)
     requests: int = 0
     ok: int = 0
     errors: int = 0
@@ -182,8 +187,29 @@ def load_archive_model(archive: Path, scratch: Path):
     model_config = yaml.safe_load((scratch / archive_layout.MODEL_CONFIG_FILE).read_text()) or {}
     config = HandlerConfig.from_mapping(model_config.get("handler"))
     model.set_images_per_pass(config.resolved_images_per_pass("cpu"))
-    model.set_precision(config.precision)
+    model.set_precision(resolved_precision(config.precision))
     return model
+
+
+def resolved_precision(requested: str) -> str:
+    """What a worker on this machine (and environment) runs for the ``precision`` setting ``requested``."""
+    import torch
+
+    from img2pose_serve.precision import device_capabilities, resolve_precision
+
+    return resolve_precision(requested, device_capabilities(torch.device("cpu")))[0]
+
+
+def served_precision(management: str, model: str, key: str | None) -> str | None:
+    """The precision the model's worker runs, as its handler describes it (None: not said)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    answer = requests.get(f"{management.rstrip('/')}/models/{model}", params={"customized": "true"},
+                          headers=headers, timeout=60)
+    answer.raise_for_status()
+    metadata = answer.json()[0].get("customizedMetadata")
+    if isinstance(metadata, str):
+        metadata = json.loads(metadata)
+    return ((metadata or {}).get("precision") or {}).get("effective")
 
 
 def archive_with_precision(archive: Path, precision: str, directory: Path) -> Path:
@@ -287,6 +313,10 @@ def sweep_archive(args, sets: dict[str, list[bytes]], bar: tqdm, in_process: dic
             for target in targets:
                 warm_up(target, sets[args.image_sets[0]])
             cells = {n: new_cells(args, settings, precision) for n, (precision, settings) in enumerate(grid)}
+            for n, server in enumerate(servers):
+                runs = served_precision(server.management_url, args.model, server.management_key)
+                for cell in cells[n]:
+                    cell.runs = runs
             for round_ in range(args.rounds):
                 for n in [(round_ + k) % len(grid) for k in range(len(grid))]:
                     for cell in cells[n]:
@@ -321,12 +351,17 @@ def sweep_running(args, sets: dict[str, list[bytes]], bar: tqdm) -> list[Cell]:
     model = describe_model(args.management_url, args.model, management_key)[0]
     target = Target(f"{args.url.rstrip('/')}/predictions/{args.model}", token,
                     ForwardBatchMeter(args.metrics_url, args.model))
-    return sweep_clients(args, sets, target, model["batchSize"], model["maxBatchDelay"], len(model["workers"]), bar)
+    runs = served_precision(args.management_url, args.model, management_key)
+    return sweep_clients(args, sets, target, model["batchSize"], model["maxBatchDelay"], len(model["workers"]), bar,
+                         runs)
 
 
-def sweep_clients(args, sets, target: Target, batch_size: int, delay: int, workers: int, bar: tqdm) -> list[Cell]:
+def sweep_clients(args, sets, target: Target, batch_size: int, delay: int, workers: int, bar: tqdm,
+                  runs: str | None) -> list[Cell]:
     warm_up(target, sets[args.image_sets[0]])
     cells = new_cells(args, ServerSettings(batch_size=batch_size, max_batch_delay_ms=delay, workers=workers))
+    for cell in cells:
+        cell.runs = runs
     for round_ in range(args.rounds):
         for cell in cells:
             bar.set_postfix_str(f"round {round_ + 1} {cell.image_set} conc={cell.concurrency}")
@@ -342,10 +377,23 @@ def sweep_clients(args, sets, target: Target, batch_size: int, delay: int, worke
 def machine_facts() -> dict:
     import torch
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    from img2pose_serve.precision import device_capabilities, native_bf16_check
+
+    capabilities = device_capabilities(torch.device("cpu"))
+    return {"cpu": platform.processor() or platform.machine(), "cpu_model": capabilities.cpu_model,
+            "cpu_flags": capabilities.flags, "cores": os.cpu_count(),
+            "isa_env": {name: os.environ.get(name) for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")},
+            "torch_cpu_capability": capabilities.aten_isa, "bf16_native": native_bf16_check(capabilities)[1],
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version()}
+
+
+def machine_line(facts: dict) -> str:
+    """One line for the printed table: the CPU and what decides bf16 on it."""
+    flags = " ".join(f"{name}={'yes' if on else 'no'}" for name, on in facts["cpu_flags"].items())
+    env = " ".join(f"{name}={value}" for name, value in facts["isa_env"].items() if value) or "no ISA limits set"
+    return f"CPU: {facts['cpu_model']}, {facts['cores']} cores; {flags}; {env}; bf16: {facts['bf16_native']}"
 
 
 def write_reports(out: Path, cells: list[Cell], bound: dict, args) -> None:
@@ -407,10 +455,10 @@ def table(cells: list[Cell]) -> str:
     def shown(value) -> str:
         return "-" if value is None else str(value)
 
-    header = "set    prec batch delay workers conc  img/s    p50 s   p95 s   p99 s  fwd-batch ratio vs-b1 errors"
+    header = "set    prec runs batch delay workers conc  img/s    p50 s   p95 s   p99 s  fwd-batch ratio vs-b1 errors"
     rows = [header]
     for c in cells:
-        rows.append(f"{c.image_set:6} {c.precision:4} {c.batch_size:5} {c.max_batch_delay_ms:5} {c.workers:7} {c.concurrency:4} "
+        rows.append(f"{c.image_set:6} {c.precision:4} {shown(c.runs):4} {c.batch_size:5} {c.max_batch_delay_ms:5} {c.workers:7} {c.concurrency:4} "
                     f"{c.images_per_s:6.3f} {c.p50_s or 0:7.2f} {c.p95_s or 0:7.2f} {c.p99_s or 0:7.2f} "
                     f"{shown(c.mean_forward_batch):>9} {shown(c.serving_ratio):>5} {shown(c.vs_in_process_batch1):>5} "
                     f"{c.errors:6}")
@@ -435,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=16, help="requests per cell and round")
     parser.add_argument("--rounds", type=int, default=2, help="times every cell is visited, interleaved")
     parser.add_argument("--cell-seconds", type=float, default=120.0, help="no request starts later in a cell")
-    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "bf16-required"], default=["fp32"],
                         help="serve the archive at each of these precisions side by side (--archive)")
     parser.add_argument("--compute-bound", action="store_true", help="also time the model in-process (--archive)")
     parser.add_argument("--repeats", type=int, default=1, help="in-process timings per round (median)")
@@ -467,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
              for precision, by_set in measured.items()}
     attach_ratios(cells, bound)
     write_reports(args.out, cells, bound, args)
+    print(machine_line(machine_facts()))
     print(table(cells))
     if bound:
         print("in-process images/s:", json.dumps(bound))

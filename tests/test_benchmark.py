@@ -35,6 +35,15 @@ def test_in_process_ratios_only_where_the_batch_can_fill():
     assert [(c.serving_ratio, c.vs_in_process_batch1) for c in cells] == [(0.9, 1.125), (None, None), (0.9, 1.125)]
 
 
+def test_the_machine_line_names_the_cpu_flags_and_isa_limits():
+    facts = {"cpu_model": "AMD EPYC 9654", "cores": 2, "bf16_native": "native bf16 (...)",
+             "cpu_flags": {"avx2": True, "avx512f": True, "avx512_bf16": True, "amx_bf16": False},
+             "isa_env": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": None}}
+    assert benchmark.machine_line(facts) == (
+        "CPU: AMD EPYC 9654, 2 cores; avx2=yes avx512f=yes avx512_bf16=yes amx_bf16=no; ONEDNN_MAX_CPU_ISA=AVX2; "
+        "bf16: native bf16 (...)")
+
+
 def test_archive_copies_differ_only_in_their_precision(tmp_path):
     import zipfile
 
@@ -72,4 +81,7 @@ def test_sweep_against_a_running_server_writes_every_report(torchserve_server, t
     assert float(row["mean_forward_batch"]) >= 1.0  # read from the handler's Prometheus metric
     report = json.loads((tmp_path / "results.json").read_text())
     assert report["cells"][0]["ok"] == 2 and report["machine"]["cores"] >= 1
+    assert row["runs"] == "fp32"  # what the worker said it runs (GET /models/<name>?customized=true)
+    assert set(report["machine"]["cpu_flags"]) == {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+    assert set(report["machine"]["isa_env"]) == {"ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"}
     assert (tmp_path / "throughput.png").stat().st_size > 1000

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 
 import pytest
 import torch
 import yaml
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from img2pose_handler import Img2PoseHandler
+import img2pose_handler
+from img2pose_handler import PRECISION_HEADER, Img2PoseHandler
 from img2pose_serve import archive_layout
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.model import BF16_STAGES
 from img2pose_serve.handler_config import HandlerConfig, HandlerConfigError
-from img2pose_serve.precision import fold_frozen_batch_norms
+from img2pose_serve.precision import (Bf16Capabilities, Bf16Unavailable, device_capabilities,
+                                      fold_frozen_batch_norms, native_bf16_check, resolve_precision)
 from img2pose_serve.image_decoding import decode_tensor
 from img2pose_tools.build_mar import BuildError, main, staged_archive
 from img2pose_tools.synthetic_images import photo_like_jpeg as _jpeg
@@ -42,11 +45,12 @@ def bf16_model(demo_model_dir):
 def test_precision_defaults_to_exact_fp32_and_accepts_bf16():
     assert HandlerConfig().precision == "fp32"
     assert HandlerConfig.from_mapping({"precision": "bf16"}).precision == "bf16"
+    assert HandlerConfig.from_mapping({"precision": "bf16-required"}).precision == "bf16-required"
 
 
-@pytest.mark.parametrize("value", ["fp16", "BF16", "bfloat16", ""])
+@pytest.mark.parametrize("value", ["fp16", "BF16", "bfloat16", "", "bf16_required", "fp32-required"])
 def test_unknown_precisions_are_refused_by_name(value):
-    with pytest.raises(HandlerConfigError, match=r"precision must be one of \['fp32', 'bf16'\]"):
+    with pytest.raises(HandlerConfigError, match=r"precision must be one of \['fp32', 'bf16', 'bf16-required'\]"):
         HandlerConfig.from_mapping({"precision": value})
     with pytest.raises(HandlerConfigError, match="precision must be a string"):
         HandlerConfig.from_mapping({"precision": 16})
@@ -65,11 +69,69 @@ def test_build_mar_writes_the_precision_into_the_archive(tmp_path):
     with pytest.raises(SystemExit):
         main(["--precision", "fp16", "--export-path", str(tmp_path)])
     assert not (tmp_path / "img2pose.mar").exists()
-    with staged_archive(None, precision="bf16", quiet=True) as staged:
-        handler_section = yaml.safe_load(staged.config_file.read_text())["handler"]
-        info = json.loads((staged.extra / archive_layout.INFO_FILE).read_text())
-    assert handler_section["precision"] == "bf16" and info["precision"] == "bf16" == staged.info.precision
-    assert HandlerConfig.from_mapping(handler_section).precision == "bf16"
+    for precision in ("bf16", "bf16-required"):
+        with staged_archive(None, precision=precision, quiet=True) as staged:
+            handler_section = yaml.safe_load(staged.config_file.read_text())["handler"]
+            info = json.loads((staged.extra / archive_layout.INFO_FILE).read_text())
+        assert handler_section["precision"] == precision and info["precision"] == precision == staged.info.precision
+        assert HandlerConfig.from_mapping(handler_section).precision == precision
+
+
+# --- which precision runs: a pure function of the device's capabilities ---------------------------
+
+ZEN4 = Bf16Capabilities("cpu", {"avx2": True, "avx512f": True, "avx512_bf16": True, "amx_bf16": False},
+                        aten_isa="AVX512", cpu_model="AMD EPYC 9654")
+SAPPHIRE_RAPIDS = Bf16Capabilities("cpu", {"avx2": True, "avx512f": True, "avx512_bf16": True, "amx_bf16": True},
+                                   aten_isa="AVX512", cpu_model="Intel Xeon Platinum 8480+")
+AVX2_ONLY = Bf16Capabilities("cpu", {"avx2": True, "avx512f": False, "avx512_bf16": False, "amx_bf16": False},
+                             aten_isa="AVX2", cpu_model="AMD EPYC 7B12")
+SKYLAKE = Bf16Capabilities("cpu", {"avx2": True, "avx512f": True, "avx512_bf16": False, "amx_bf16": False},
+                           aten_isa="AVX512", cpu_model="Intel Xeon Gold 6148")
+ZEN4_LIMITED_TO_AVX2 = Bf16Capabilities("cpu", ZEN4.flags, aten_isa="AVX2", onednn_max_isa="AVX2")
+
+
+@pytest.mark.parametrize("capabilities", [ZEN4, SAPPHIRE_RAPIDS,
+                                          Bf16Capabilities("cpu", ZEN4.flags, "AVX512", "avx512_core_bf16"),
+                                          Bf16Capabilities("cpu", ZEN4.flags, "AVX512", "ALL")])
+def test_bf16_runs_where_it_is_native(capabilities):
+    for requested in ("bf16", "bf16-required"):
+        effective, reason = resolve_precision(requested, capabilities)
+        assert effective == "bf16" and "avx512_bf16=yes" in reason
+
+
+@pytest.mark.parametrize("capabilities", [AVX2_ONLY, SKYLAKE, ZEN4_LIMITED_TO_AVX2,
+                                          Bf16Capabilities("cpu", ZEN4.flags, "AVX512", "AVX512_CORE_VNNI")])
+def test_bf16_falls_back_to_fp32_where_it_is_not_native_and_required_refuses(capabilities):
+    effective, reason = resolve_precision("bf16", capabilities)
+    assert effective == "fp32" and "running fp32 instead" in reason
+    with pytest.raises(Bf16Unavailable, match=r"bf16-required.*avx512_bf16=(yes|no), amx_bf16=no") as refused:
+        resolve_precision("bf16-required", capabilities)
+    assert "amx_bf16" in str(refused.value)
+
+
+def test_fp32_is_fp32_whatever_the_device():
+    for capabilities in (ZEN4, AVX2_ONLY, Bf16Capabilities("cuda", {"bf16": False})):
+        assert resolve_precision("fp32", capabilities) == ("fp32", "fp32 requested")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp16", ZEN4)
+
+
+def test_the_onednn_isa_limit_decides_and_the_reason_names_it():
+    native, why = native_bf16_check(ZEN4_LIMITED_TO_AVX2)
+    assert not native and "ONEDNN_MAX_CPU_ISA=AVX2" in why
+    # ATEN_CPU_CAPABILITY alone limits only torch's elementwise kernels: bf16 stays faster (measured)
+    assert native_bf16_check(Bf16Capabilities("cpu", ZEN4.flags, aten_isa="AVX2"))[0]
+    assert native_bf16_check(Bf16Capabilities("cuda", {"bf16": True}))[0]
+    assert not native_bf16_check(Bf16Capabilities("cuda", {"bf16": False}))[0]
+
+
+def test_device_capabilities_read_the_isa_limit_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    limited = device_capabilities(torch.device("cpu"))
+    assert limited.onednn_max_isa == "AVX2" and not native_bf16_check(limited)[0]
+    assert set(limited.flags) == {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert device_capabilities(torch.device("cpu")).onednn_max_isa is None
 
 
 # --- bf16 forwards -------------------------------------------------------------------------------
@@ -165,12 +227,64 @@ def test_bf16_stages_hold_bf16_weights_once_and_fp32_gets_its_originals_back(dem
 
 # --- the handler in bf16 -------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def bf16_handler(demo_model_dir):
-    context = make_context(demo_model_dir, {"precision": "bf16", "max_images_per_forward": 8})
+def _start_worker(model_dir, settings: dict, capabilities: Bf16Capabilities, monkeypatch):
+    """A handler initialised as a worker on a device with ``capabilities`` (whatever this machine has)."""
+    monkeypatch.setattr(img2pose_handler, "device_capabilities", lambda device: capabilities)
+    context = make_context(model_dir, settings)
     handler = Img2PoseHandler()
     handler.initialize(context)
     return handler, context
+
+
+def _describe(handler, context) -> dict:
+    set_requests(context, [{"describe": "True"}])
+    return json.loads(handler.handle([{"body": bytearray()}], context)[0])
+
+
+@pytest.fixture(scope="module")
+def bf16_handler(demo_model_dir):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return _start_worker(demo_model_dir, {"precision": "bf16", "max_images_per_forward": 8}, ZEN4, monkeypatch)
+
+
+def test_a_bf16_worker_where_bf16_is_native_runs_bf16_and_says_so(bf16_handler, caplog):
+    handler, context = bf16_handler
+    assert handler.model.precision == "bf16"
+    described = _describe(handler, context)
+    assert described["precision"]["requested"] == "bf16" and described["precision"]["effective"] == "bf16"
+    assert described["precision"]["capabilities"]["flags"]["avx512_bf16"] is True
+    set_requests(context, [{}])
+    handler.handle([{"body": bytearray(_jpeg(160, 120, 0))}], context)
+    assert context.get_response_headers(0)[PRECISION_HEADER] == "bf16"
+
+
+def test_a_bf16_worker_without_native_bf16_runs_fp32_exactly(demo_model_dir, demo_detector, monkeypatch, caplog):
+    with caplog.at_level(logging.INFO):
+        handler, context = _start_worker(demo_model_dir, {"precision": "bf16"}, AVX2_ONLY, monkeypatch)
+    assert handler.model.precision == "fp32"
+    assert any(r.levelno == logging.WARNING and "precision fp32: bf16 requested; the CPU has no bf16 "
+               "instructions (avx512_bf16=no, amx_bf16=no): running fp32 instead" in r.getMessage()
+               for r in caplog.records)
+    described = _describe(handler, context)
+    assert described["precision"]["effective"] == "fp32" and described["precision"]["requested"] == "bf16"
+    bodies = [_jpeg(320, 240, 0), _jpeg(320, 240, 2)]
+    set_requests(context, [{}] * len(bodies))
+    responses = [json.loads(r) for r in handler.handle([{"body": bytearray(b)} for b in bodies], context)]
+    for index, (body, faces) in enumerate(zip(bodies, responses, strict=True)):
+        assert context.get_response_headers(index)[PRECISION_HEADER] == "fp32"
+        assert faces == to_face_dicts(demo_detector.detect([decode_tensor(body, 10**8)])[0], 0.5, -1)
+    assert sum(map(len, responses)) > 0, "no faces: the comparison would be vacuous"
+
+
+def test_a_bf16_required_worker_without_native_bf16_refuses_to_start(demo_model_dir, monkeypatch, caplog):
+    loads = []
+    monkeypatch.setattr(archive_layout, "load_detector", lambda *args: loads.append(args))
+    for capabilities, named in ((AVX2_ONLY, "avx512_bf16=no, amx_bf16=no"),
+                                (ZEN4_LIMITED_TO_AVX2, "ONEDNN_MAX_CPU_ISA=AVX2")):
+        with pytest.raises(Bf16Unavailable, match=f"precision bf16-required, but .*{named}"):
+            _start_worker(demo_model_dir, {"precision": "bf16-required"}, capabilities, monkeypatch)
+    assert "img2pose refuses to start" in caplog.text and "amx_bf16" in caplog.text
+    assert loads == [], "it refused after loading the model"
 
 
 def test_bf16_handler_answers_each_request_what_it_gets_alone(bf16_handler, bf16_model):

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from .precision import check_precision
+from .precision import check_precision_setting
 
 # Fills torch_threads when the archive leaves it at 0; Kubernetes sets it to the pod's CPU limit.
 TORCH_THREADS_ENV = "IMG2POSE_TORCH_THREADS"
@@ -35,7 +35,9 @@ class HandlerConfig:
     # 0 = automatic: 1 on CPU, the whole forward at once on CUDA.
     images_per_pass: int = 0
     # "fp32": exact (equal to the reference library); "bf16": the heavy layers in bfloat16, faster
-    # where the hardware has bf16 arithmetic, with slightly different numbers (see precision.py).
+    # where the hardware has bf16 arithmetic, with slightly different numbers (see precision.py);
+    # where it has not, the worker runs fp32 instead. "bf16-required": bf16, or the worker refuses
+    # to start where bf16 is not native.
     precision: str = "fp32"
 
     def resolved_images_per_pass(self, device_type: str) -> int | None:
@@ -71,7 +73,7 @@ class HandlerConfig:
             if getattr(config, name) < 1:
                 raise HandlerConfigError(f"handler setting {name} must be >= 1, got {getattr(config, name)}")
         try:
-            check_precision(config.precision)
+            check_precision_setting(config.precision)
         except ValueError as error:
             raise HandlerConfigError(f"handler setting {error}") from None
         for name in ("torch_threads", "images_per_pass"):

@@ -45,7 +45,7 @@ from img2pose_serve import archive_layout, reference_data
 from img2pose_serve.checkpoint import CheckpointError, read_checkpoint
 from img2pose_serve.detector import build_detector
 from img2pose_serve.handler_config import HandlerConfig
-from img2pose_serve.precision import PRECISIONS
+from img2pose_serve.precision import PRECISION_SETTINGS
 from img2pose_tools.demo_checkpoint import build_demo_state_dict
 
 PACKAGE_DIR = Path(img2pose_serve.__file__).resolve().parent
@@ -224,7 +224,8 @@ def staged_archive(
     """Check the inputs and write the archive's files into a temporary directory (removed afterwards).
 
     ``checkpoint=None`` stages the DEMO archive (generated weights, identity pose statistics).
-    ``precision`` (``fp32`` or ``bf16``) goes into the handler settings and into archive_info.json.
+    ``precision`` (``fp32``, ``bf16`` or ``bf16-required``) goes into the handler settings and into
+    archive_info.json; the worker decides at start what runs (precision.resolve_precision).
     Raises BuildError for unusable inputs.
     """
     mean, stddev, stats_source = resolve_pose_stats(checkpoint, pose_mean, pose_stddev)
@@ -335,9 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--response-timeout", type=int, default=DEFAULT_RESPONSE_TIMEOUT,
                         help="seconds a handler call may take before TorchServe restarts the worker "
                              f"(default {DEFAULT_RESPONSE_TIMEOUT}; config.properties cannot override it)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    parser.add_argument("--precision", choices=PRECISION_SETTINGS, default="fp32",
                         help="fp32 (default): exact; bf16: faster where the hardware has bf16 arithmetic, "
-                             "slightly different numbers (docs/precision.md)")
+                             "slightly different numbers, fp32 where it has not; bf16-required: bf16 or the "
+                             "worker refuses to start (docs/precision.md)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing archive")
     args = parser.parse_args(argv)
     try:
