@@ -29,6 +29,8 @@ from typing import Any
 
 import requests
 
+from img2pose_serve.deadline import DEADLINE_HEADER
+
 from .inference_key import InferenceKey, KeyRecoveryFailed
 from .key_file import is_key_rejection, response_json
 
@@ -139,7 +141,9 @@ class PredictClient:
         while True:
             last_try = attempt == self.retries
             key = self.key.key
-            headers = {**content_headers, **({"Authorization": f"Bearer {key}"} if key else {})}
+            headers = {**content_headers, **({"Authorization": f"Bearer {key}"} if key else {}),
+                       # the server drops the request unrun once this client no longer waits for it
+                       DEADLINE_HEADER: f"{time.time() + self.timeout:.3f}"}
             try:
                 with self._gate.solo() if worker_deaths else self._gate.shared():
                     response = self._session().post(self.endpoint, timeout=(10, self.timeout), headers=headers,
