@@ -8,7 +8,8 @@ The data's path through one call of ``handle`` (one batch TorchServe aggregated)
 2. ``inference``: the good images go through FasterDoFRCNN in forwards planned so that every image
    gets exactly the result it would get alone (see ``img2pose_serve.batching``); each forward's
    images are decoded just before it runs and released right after, so memory follows one forward.
-   A request whose deadline passes while it waits for its forward is dropped then (504).
+   A request whose deadline has passed when its forward is due, or is nearer than the forward would
+   take, is dropped then (504).
 3. ``postprocess``: predictions become FaceDicts per request; failed requests get their own
    status code and a JSON error body, the others answer 200.
 """
@@ -29,7 +30,7 @@ from img2pose_serve import archive_layout
 from img2pose_serve.batch_items import (BatchImage, RequestState, batch_images, decode_batch_image,
                                         expire_late_requests, read_request)
 from img2pose_serve.batching import plan_forwards
-from img2pose_serve.deadline import DEADLINE_HEADER
+from img2pose_serve.deadline import DEADLINE_HEADER, ForwardClock
 from img2pose_serve.errors import RequestError, internal_error
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.handler_config import HandlerConfig
@@ -65,6 +66,7 @@ class Img2PoseHandler(BaseHandler):
         self.model.set_images_per_pass(images_per_pass)
         self.model.set_precision(self.config.precision, reversible=False)
         self.defaults = DetectionParams(self.config.score_threshold, self.config.max_faces)
+        self.forward_clock = ForwardClock()
         self.decode_pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="img2pose-decode")
         self.initialized = True
 
@@ -120,8 +122,10 @@ class Img2PoseHandler(BaseHandler):
         plan = plan_forwards([(image.height, image.width) for image in images],
                              self.config.max_images_per_forward, self.config.max_pixels_per_forward)
         for group in plan:
-            expire_late_requests(requests, {images[i].request for i in group}, time.time())
             live = [i for i in group if requests[images[i].request].error is None]
+            expire_late_requests(requests, {images[i].request for i in live}, time.time(),
+                                 self.forward_clock.expected(len(live)))
+            live = [i for i in live if requests[images[i].request].error is None]
             if live:
                 results.update(self._forward(live, images, requests))
         return [results.get(i) for i in range(len(images))]
@@ -171,6 +175,7 @@ class Img2PoseHandler(BaseHandler):
             logger.warning("forward of %d images failed (%s); retrying in halves", len(group), error)
             half = len(group) // 2
             return {**self._forward(group[:half], images, requests), **self._forward(group[half:], images, requests)}
+        self.forward_clock.record(time.perf_counter() - started, len(tensors))
         self._record_time("Img2PoseForwardMs", started)
         self._record("Img2PoseForwardBatchSize", len(tensors), "count")
         return dict(zip(tensors, predictions))

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from img2pose_handler import DEMO_HEADER, Img2PoseHandler
-from img2pose_serve.deadline import DEADLINE_HEADER
+from img2pose_serve.deadline import DEADLINE_HEADER, ForwardClock
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.image_decoding import decode_tensor
 from img2pose_tools.synthetic_images import photo_like_pil
@@ -190,6 +190,7 @@ def test_requests_past_their_deadline_are_answered_504_without_being_run(handler
         return real_detect(images, consume_inputs=consume_inputs)
 
     monkeypatch.setattr(handler.model, "detect", ten_second_detect)
+    monkeypatch.setattr(handler, "forward_clock", ForwardClock())  # no forward measured yet
     names = ["rgb_640x480.jpg", "rgb_640x480.jpg", "palette_100x100.png", "gray_320x240.png", "palette_100x100.png"]
     rows = [{"body": bytearray(IMAGES[name])} for name in names]
     now = clock[0]
@@ -205,3 +206,16 @@ def test_requests_past_their_deadline_are_answered_504_without_being_run(handler
     assert bodies[2] == {"error": f"the request's deadline ({DEADLINE_HEADER}) passed 5.00 s before its forward: "
                                   "not run", "code": 504}
     assert bodies[4]["code"] == 400 and f"header {DEADLINE_HEADER} must be a Unix time" in bodies[4]["error"]
+
+    # Forwards measured at 5 s per image: one of these two should take 10 s, so a deadline 3 s away is
+    # too near, and one 12 s away is not.
+    measured = ForwardClock()
+    measured.record(10.0, 2)
+    monkeypatch.setattr(handler, "forward_clock", measured)
+    now = clock[0]
+    bodies, statuses, _ = _handle(handler, context, rows[:2], [{DEADLINE_HEADER: str(now + 3)},
+                                                              {DEADLINE_HEADER: str(now + 12)}])
+    assert [status for status, _ in statuses] == [504, 200] and len(forwards) == 2
+    assert bodies[0] == {"error": f"the request's deadline ({DEADLINE_HEADER}) was 3.00 s away at its forward, less "
+                                  "than its forward takes here (~10.00 s): not run", "code": 504}
+    assert bodies[1] == _filtered(alone["rgb_640x480.jpg"])

@@ -64,13 +64,14 @@ def read_request(row: Mapping[str, Any], content_type: str | None, defaults: Det
     return request
 
 
-def expire_late_requests(requests: list[RequestState], indices: set[int], now: float) -> None:
-    """Fail those of ``requests[indices]`` whose deadline passed before ``now`` (their forward's start)."""
+def expire_late_requests(requests: list[RequestState], indices: set[int], now: float, needed: float = 0.0) -> None:
+    """Fail those of ``requests[indices]`` whose deadline has passed at ``now`` (their forward's start)
+    or is less than ``needed`` seconds (the forward's expected time) away."""
     for index in indices:
         request = requests[index]
         if request.error is None:
             try:
-                check_deadline(request.deadline, "its forward", now)
+                check_deadline(request.deadline, "its forward", now, needed)
             except RequestError as error:
                 request.error = error
 

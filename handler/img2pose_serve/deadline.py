@@ -4,14 +4,19 @@ A client says it with ``X-Img2Pose-Deadline: <Unix time in seconds>`` (e.g. ``17
 backfill sends now + its own timeout). TorchServe gives the handler no arrival time, so a relative
 timeout could not be honoured: the deadline is absolute, and client and server clocks must agree
 (NTP) to well within the timeout. A request whose deadline has passed when the handler reaches it
-(parsing, or the start of its forward) is answered 504 at once instead of being decoded and run:
-under overload the worker spends no time on answers nobody waits for.
+(parsing, or the start of its forward) is answered 504 at once instead of being decoded and run;
+so is one whose deadline is nearer than its forward would take (``ForwardClock``: the recent
+forwards' time per image). Under overload the worker then spends no time on answers nobody waits
+for: without the second rule, a queue longer than the clients' patience would have the worker run
+each request just before its deadline and finish it just after.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
+from collections import deque
 
 from .errors import RequestError
 
@@ -34,11 +39,28 @@ def parse_deadline(value: str | bytes | None) -> float | None:
     return deadline
 
 
-def check_deadline(deadline: float | None, stage: str, now: float | None = None) -> None:
-    """RequestError 504 when ``deadline`` has passed (``stage``: where the handler was)."""
+def check_deadline(deadline: float | None, stage: str, now: float | None = None, needed: float = 0.0) -> None:
+    """RequestError 504 when ``deadline`` has passed at ``stage``, or is less than ``needed`` seconds away."""
     if deadline is None:
         return
-    late = (time.time() if now is None else now) - deadline
-    if late >= 0:
-        raise RequestError(DEADLINE_PASSED, f"the request's deadline ({DEADLINE_HEADER}) passed {late:.2f} s "
+    left = deadline - (time.time() if now is None else now)
+    if left <= 0:
+        raise RequestError(DEADLINE_PASSED, f"the request's deadline ({DEADLINE_HEADER}) passed {-left:.2f} s "
                                             f"before {stage}: not run")
+    if left < needed:
+        raise RequestError(DEADLINE_PASSED, f"the request's deadline ({DEADLINE_HEADER}) was {left:.2f} s away at "
+                                            f"{stage}, less than its forward takes here (~{needed:.2f} s): not run")
+
+
+class ForwardClock:
+    """How long a forward takes here: the median time per image of the last ``window`` forwards."""
+
+    def __init__(self, window: int = 16) -> None:
+        self._per_image: deque[float] = deque(maxlen=window)
+
+    def record(self, seconds: float, images: int) -> None:
+        self._per_image.append(seconds / images)
+
+    def expected(self, images: int) -> float:
+        """Seconds a forward of ``images`` images should take (0 before any was measured)."""
+        return statistics.median(self._per_image) * images if self._per_image else 0.0
