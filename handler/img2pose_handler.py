@@ -3,10 +3,13 @@
 The data's path through one call of ``handle`` (one batch TorchServe aggregated):
 
 1. ``preprocess``: each request is parsed and its images' sizes read from their headers; a bad
-   request is marked with its error and takes no further part. Images stay compressed.
+   request, or one past its deadline, is marked with its error and takes no further part. Images
+   stay compressed.
 2. ``inference``: the good images go through FasterDoFRCNN in forwards planned so that every image
    gets exactly the result it would get alone (see ``img2pose_serve.batching``); each forward's
    images are decoded just before it runs and released right after, so memory follows one forward.
+   A request whose deadline has passed when its forward is due, or is nearer than the forward would
+   take, is dropped then (504).
 3. ``postprocess``: predictions become FaceDicts per request; failed requests get their own
    status code and a JSON error body, the others answer 200.
 """
@@ -24,8 +27,10 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from img2pose_serve import archive_layout
-from img2pose_serve.batch_items import BatchImage, RequestState, batch_images, decode_batch_image, read_request
+from img2pose_serve.batch_items import (BatchImage, RequestState, batch_images, decode_batch_image,
+                                        expire_late_requests, read_request)
 from img2pose_serve.batching import plan_forwards
+from img2pose_serve.deadline import DEADLINE_HEADER, ForwardClock
 from img2pose_serve.errors import RequestError, internal_error
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.handler_config import HandlerConfig
@@ -65,6 +70,7 @@ class Img2PoseHandler(BaseHandler):
         self.model.set_images_per_pass(images_per_pass)
         self.model.set_precision(self.precision["effective"], reversible=False)
         self.defaults = DetectionParams(self.config.score_threshold, self.config.max_faces)
+        self.forward_clock = ForwardClock()
         self.decode_pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="img2pose-decode")
         self.initialized = True
 
@@ -116,11 +122,18 @@ class Img2PoseHandler(BaseHandler):
 
     def preprocess(self, data: list[dict]) -> list[RequestState]:
         started = time.perf_counter()
-        requests = [read_request(row, self.context.get_request_header(index, "Content-Type"), self.defaults,
-                                 self.config)
+        header = self._request_header
+        requests = [read_request(row, header(index, "Content-Type"), self.defaults, self.config,
+                                 header(index, DEADLINE_HEADER))
                     for index, row in enumerate(data)]
         self._record_time("Img2PoseParseMs", started)
         return requests
+
+    def _request_header(self, index: int, name: str) -> str | None:
+        """A request header by case-insensitive name (a proxy that speaks HTTP/2 lowercases them)."""
+        headers = self.context.get_all_request_header(index) or {}
+        wanted = name.lower()
+        return next((value for key, value in headers.items() if key.lower() == wanted), None)
 
     # 2. inference -------------------------------------------------------------------------------
 
@@ -132,6 +145,9 @@ class Img2PoseHandler(BaseHandler):
                              self.config.max_images_per_forward, self.config.max_pixels_per_forward)
         for group in plan:
             live = [i for i in group if requests[images[i].request].error is None]
+            expire_late_requests(requests, {images[i].request for i in live}, time.time(),
+                                 self.forward_clock.expected(len(live)))
+            live = [i for i in live if requests[images[i].request].error is None]
             if live:
                 results.update(self._forward(live, images, requests))
         return [results.get(i) for i in range(len(images))]
@@ -181,6 +197,7 @@ class Img2PoseHandler(BaseHandler):
             logger.warning("forward of %d images failed (%s); retrying in halves", len(group), error)
             half = len(group) // 2
             return {**self._forward(group[:half], images, requests), **self._forward(group[half:], images, requests)}
+        self.forward_clock.record(time.perf_counter() - started, len(tensors))
         self._record_time(FORWARD_METRIC[self.precision["effective"]], started)
         self._record("Img2PoseForwardBatchSize", len(tensors), "count")
         return dict(zip(tensors, predictions))

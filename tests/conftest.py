@@ -13,7 +13,8 @@ override it:
 * ``served_archives``: {model name: .mar}, built once per session: ``img2pose`` (the demo archive,
   exactly what README's serve command builds) and ``img2pose_trusted`` (the code-running checkpoint,
   built with ``trust_checkpoint``; its marker is removed after the build, so a worker that unpickled
-  the file again would re-create it).
+  the file again would re-create it), and ``img2pose_poison`` (the demo weights behind
+  tests/poison_handler.py, for the worker-death tests).
 * ``server_settings``: overrides of config/config.properties' batch size, batch delay and workers
   (img2pose_tools.torchserve_launcher.ServerSettings; by default none: the server runs with what
   operators run).
@@ -47,6 +48,7 @@ SHARED = REPO.parent / "shared" / "img2pose"
 MAKE_CKPT = SHARED / "golden" / "make_ckpt.py"
 PRIMARY_MODEL = DEMO_MODEL = "img2pose"
 TRUSTED_MODEL = "img2pose_trusted"
+POISON_MODEL = "img2pose_poison"  # the demo model, except that a marked image kills its worker
 
 
 @pytest.fixture(scope="session")
@@ -108,6 +110,8 @@ def served_archives(tmp_path_factory, code_running_checkpoint, identity_pose_sta
         PRIMARY_MODEL: build_archive(None, export_path=store, model_name=PRIMARY_MODEL, quiet=True),
         TRUSTED_MODEL: build_archive(checkpoint, *identity_pose_stats, export_path=store, model_name=TRUSTED_MODEL,
                                      trust_checkpoint=True, quiet=True),
+        POISON_MODEL: build_archive(None, export_path=store, model_name=POISON_MODEL, quiet=True,
+                                    handler=Path(__file__).with_name("poison_handler.py")),
     }
     assert marker.exists(), "the trusted build should have unpickled the checkpoint (and run its code)"
     marker.unlink()

@@ -6,11 +6,13 @@ import base64
 import io
 import json
 import logging
+import time
 
 import pytest
 from PIL import Image
 
 from img2pose_handler import DEMO_HEADER, Img2PoseHandler
+from img2pose_serve.deadline import DEADLINE_HEADER, ForwardClock
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.image_decoding import decode_tensor
 from img2pose_tools.synthetic_images import photo_like_pil
@@ -173,3 +175,47 @@ def test_a_forward_is_bounded_by_pixels(demo_model_dir, alone, monkeypatch):
     bodies, _, _ = _handle(handler, context, rows, [{}, {}])
     assert sizes == [1, 1]  # same canvas, but two would exceed the pixel budget
     assert bodies == [_filtered(alone["rgb_640x480.jpg"]), _filtered(alone["rgb_638x479.jpg"])]
+
+
+def test_requests_past_their_deadline_are_answered_504_without_being_run(handler_and_context, alone, monkeypatch):
+    handler, context = handler_and_context
+    clock = [1_800_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    real_detect = handler.model.detect
+    forwards = []
+
+    def ten_second_detect(images, consume_inputs=False):
+        forwards.append([tuple(image.shape[-2:]) for image in images])
+        clock[0] += 10
+        return real_detect(images, consume_inputs=consume_inputs)
+
+    monkeypatch.setattr(handler.model, "detect", ten_second_detect)
+    monkeypatch.setattr(handler, "forward_clock", ForwardClock())  # no forward measured yet
+    names = ["rgb_640x480.jpg", "rgb_640x480.jpg", "palette_100x100.png", "gray_320x240.png", "palette_100x100.png"]
+    rows = [{"body": bytearray(IMAGES[name])} for name in names]
+    now = clock[0]
+    headers = [{}, {DEADLINE_HEADER: str(now - 1)}, {DEADLINE_HEADER.lower(): str(now + 5)},
+               {DEADLINE_HEADER: str(now + 100)}, {DEADLINE_HEADER: "soon"}]
+    bodies, statuses, _ = _handle(handler, context, rows, headers)
+    # One forward, for the two requests still waited for; the 100x100 one's deadline passed meanwhile.
+    assert forwards == [[(480, 640), (240, 320)]]
+    assert [status for status, _ in statuses] == [200, 504, 504, 200, 400]
+    assert bodies[0] == _filtered(alone["rgb_640x480.jpg"]) and bodies[3] == _filtered(alone["gray_320x240.png"])
+    assert bodies[1] == {"error": f"the request's deadline ({DEADLINE_HEADER}) passed 1.00 s before it was parsed: "
+                                  "not run", "code": 504}
+    assert bodies[2] == {"error": f"the request's deadline ({DEADLINE_HEADER}) passed 5.00 s before its forward: "
+                                  "not run", "code": 504}
+    assert bodies[4]["code"] == 400 and f"header {DEADLINE_HEADER} must be a Unix time" in bodies[4]["error"]
+
+    # Forwards measured at 5 s per image: one of these two should take 10 s, so a deadline 3 s away is
+    # too near, and one 12 s away is not.
+    measured = ForwardClock()
+    measured.record(10.0, 2)
+    monkeypatch.setattr(handler, "forward_clock", measured)
+    now = clock[0]
+    bodies, statuses, _ = _handle(handler, context, rows[:2], [{DEADLINE_HEADER: str(now + 3)},
+                                                              {DEADLINE_HEADER: str(now + 12)}])
+    assert [status for status, _ in statuses] == [504, 200] and len(forwards) == 2
+    assert bodies[0] == {"error": f"the request's deadline ({DEADLINE_HEADER}) was 3.00 s away at its forward, less "
+                                  "than its forward takes here (~10.00 s): not run", "code": 504}
+    assert bodies[1] == _filtered(alone["rgb_640x480.jpg"])

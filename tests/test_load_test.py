@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
+import numpy as np
 import pytest
 
 from img2pose_tools.wait_ready import worker_pid
 from scripts import load_test
+from tests.stand_in_http import JsonHandler, serving
 
 
 def test_worker_pid_is_the_first_workers_pid_of_a_description():
@@ -37,7 +40,8 @@ def test_short_mixed_run_answers_everything_as_expected(torchserve_server, tmp_p
     assert report["worker"]["rss_after_mb"] > 0
     samples = report["worker"]["rss_over_time"]["samples"]
     assert samples, "the worker's RSS was never sampled"
-    answered_when_sampled = [answered for _, answered, _ in samples]
+    answered_when_sampled = [answered for _, answered, _, _ in samples]
+    assert all(fds > 0 for _, _, _, fds in samples), "the worker's open file descriptors were not sampled"
     assert answered_when_sampled == sorted(answered_when_sampled) and answered_when_sampled[-1] <= 40
     assert answered_when_sampled[-1] > 0, "the samples never saw an answer (--quiet must not hide the count)"
 
@@ -46,3 +50,29 @@ def test_refuses_non_loopback_urls():
     with pytest.raises(SystemExit, match="only 127.0.0.0/8 or localhost"):
         load_test.check_loopback("http://10.0.0.5:8080")
     assert load_test.check_loopback("http://localhost:8080/") == "http://localhost:8080"
+
+
+class _Recorder(JsonHandler):
+    arrivals: list[tuple[float, int]] = []  # (monotonic time, body length)
+
+    def do_POST(self):
+        _Recorder.arrivals.append((time.monotonic(), len(self.body())))
+        self.answer(200, [])
+
+
+def test_rate_paces_the_requests_and_mixed_sizes_rotates_the_images(tmp_path):
+    _Recorder.arrivals = []
+    out = tmp_path / "report.json"
+    with serving(_Recorder) as url:
+        exit_code = load_test.main(["--url", url, "--token", "t", "--requests", "10", "--concurrency", "4",
+                                    "--rate", "20", "--mixed-sizes", "--quiet", "--json-out", str(out)])
+    report = json.loads(out.read_text())
+    assert exit_code == 0 and report["sent"] == report["answered"] == 10
+    times = [t for t, _ in _Recorder.arrivals]
+    assert times[-1] - times[0] >= 9 / 20 - 0.01, "10 requests at 20/s span at least 0.45 s"
+    assert len({size for _, size in _Recorder.arrivals}) == len(load_test.MIXED_SIZES)
+
+
+def test_growth_per_thousand_answers_is_the_fitted_slope():
+    assert load_test.per_thousand(np.array([0.0, 500, 1000, 2000]), [100, 105, 110, 120]) == pytest.approx(10.0)
+    assert load_test.per_thousand(np.array([3.0, 4, 5]), [1, 2, 3]) is None  # too few answers to tell

@@ -4,10 +4,12 @@ worker, errors that leak nothing, and the gRPC inference API."""
 from __future__ import annotations
 
 import base64
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from img2pose_serve.deadline import DEADLINE_HEADER
 from img2pose_serve.handler_config import HandlerConfig
 from img2pose_tools.synthetic_images import compressible_png, photo_like_jpeg
 from img2pose_tools.wait_ready import worker_pid
@@ -87,3 +89,21 @@ def test_grpc_inference_equals_rest_and_carries_errors_in_the_body(torchserve_se
     assert answers[0] == ordinary_alone[0]
     assert answers[2] == ordinary_alone[1]
     assert answers[1]["code"] == 400 and "could not be decoded as an image" in answers[1]["error"]
+
+
+def test_a_request_past_its_deadline_is_answered_504_without_a_forward(torchserve_server):
+    # A body that is no image: had the handler parsed it, the answer would be 400.
+    answer = torchserve_server.predict(b"not an image", headers={
+        "Content-Type": "application/octet-stream", DEADLINE_HEADER.lower(): f"{time.time() - 2:.3f}"})
+    assert answer.status_code == 504, answer.text
+    assert answer.json()["code"] == 504 and "before it was parsed: not run" in answer.json()["error"]
+
+
+def test_a_nameless_multipart_part_is_answered_by_the_frontend_before_the_handler(torchserve_server):
+    """TorchServe's Java frontend fails on a form-data part without a name (documented in
+    docs/errors-and-limits.md); the handler never sees the request."""
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data\r\nContent-Type: image/jpeg\r\n\r\n".encode()
+            + b"\xff\xd8 anything" + f"\r\n--{boundary}--\r\n".encode())
+    answer = torchserve_server.predict(body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert answer.status_code == 500 and "NullPointerException" in answer.text

@@ -3,7 +3,7 @@
     backfill INPUT... --url http://127.0.0.1:8080 [--model img2pose]
         [--token KEY] [--token-file key_file.json] [--management-url http://127.0.0.1:8081]
         --output results.jsonl [--concurrency 16] [--score-threshold X] [--max-faces N]
-        [--retry-errors] [--retries 5] [--timeout 300] [--shard I/N]
+        [--retry-errors] [--retries 5] [--worker-death-retries 2] [--timeout 300] [--shard I/N]
 
 INPUT: image files, directories (recursive) or lists of paths (``*.txt``, ``*.lst`` or ``@FILE``);
 see img2pose_client.inputs. ``--shard I/N`` keeps only the inputs whose path hashes to shard I:
@@ -15,6 +15,10 @@ N runs with the same INPUTs (and the library at the same absolute path), each wi
 When the server rejects the key (it expires), the key file is read again and, with
 --management-url, the key renewed with the file's API key; the rejected requests are sent again
 (see img2pose_client.inference_key). A fixed --token alone is never replaced.
+
+When a TorchServe worker dies (OOM killer, node trouble, responseTimeout), the requests of its
+batch are sent again, each alone, so that an image that kills the worker every time ends as one
+error line and its neighbours are answered (see img2pose_client.predict_client).
 
 Exit status: 0 every image sent in this run succeeded; 1 some were recorded as errors; 2 usage
 error, or the run was aborted: the server rejected the key and no working one could be had, or
@@ -55,10 +59,12 @@ class Tally:
     errors: Counter = field(default_factory=Counter)  # str(status) -> count
     demo: bool = False
     transport_errors_in_a_row: int = 0
+    worker_deaths: int = 0  # requests sent again because the worker died under them
 
     def add(self, outcome: Outcome) -> None:
         self.processed += 1
         self.demo |= outcome.demo
+        self.worker_deaths += outcome.worker_deaths
         if outcome.faces is not None:
             self.faces += len(outcome.faces)
         else:
@@ -89,7 +95,8 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
     """Backfill ``args.inputs`` into ``args.output``; returns the summary (see ``summary_text``)."""
     key = InferenceKey(args.token, args.key_file, args.management_url)
     client = PredictClient(args.url, args.model, key, timeout=args.timeout, retries=args.retries,
-                           backoff=args.backoff, options=args.options)
+                           backoff=args.backoff, options=args.options,
+                           worker_death_retries=args.worker_death_retries)
     tally = Tally()
     aborted = None
     started = time.monotonic()
@@ -156,6 +163,7 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         "wall_s": round(wall, 2),
         "images_per_s": round(tally.processed / wall, 3) if wall > 0 else None,
         "demo_weights": tally.demo,
+        "worker_death_retries": tally.worker_deaths,
         "key_rereads": key.rereads,
         "key_renewals": key.renewals,
         "aborted": aborted,
@@ -172,6 +180,9 @@ def summary_text(summary: dict[str, Any]) -> str:
           if summary["shard"] else []),
         f"{summary['wall_s']} s, {summary['images_per_s']} images/s",
     ]
+    if summary["worker_death_retries"]:
+        lines.append(f"worker deaths: {summary['worker_death_retries']} requests sent again, alone, after the "
+                     "server's worker died under them")
     if summary["key_rereads"] or summary["key_renewals"]:
         lines.append(f"inference key: {summary['key_renewals']} renewed, {summary['key_rereads']} picked up "
                      "from the key file (the server rejected the one in use)")
@@ -207,6 +218,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retry-errors", action="store_true",
                         help="send again the paths whose last line in --output is an error")
     parser.add_argument("--retries", type=int, default=5, help="retries of 429/502/503/504/no answer (default 5)")
+    parser.add_argument("--worker-death-retries", type=int, default=2,
+                        help="times an image is sent again, alone, after TorchServe answered 'Worker died.' "
+                             "(default 2); then it is recorded as an error: it likely kills the worker")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for an answer (default 300)")
     parser.add_argument("--backoff", type=float, default=1.0,
                         help="first retry delay in seconds, doubled per retry, jittered (default 1)")
@@ -219,8 +233,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.shard = Shard.parse(args.shard) if args.shard is not None else None
     except ValueError as error:
         parser.error(str(error))
-    if args.concurrency < 1 or args.retries < 0 or args.timeout <= 0 or args.backoff < 0:
-        parser.error("need --concurrency >= 1, --retries >= 0, --timeout > 0, --backoff >= 0")
+    if (args.concurrency < 1 or args.retries < 0 or args.worker_death_retries < 0 or args.timeout <= 0
+            or args.backoff < 0):
+        parser.error("need --concurrency >= 1, --retries >= 0, --worker-death-retries >= 0, --timeout > 0, "
+                     "--backoff >= 0")
     if not args.url.startswith(("http://", "https://")):
         parser.error(f"--url must be an http:// or https:// URL, got {args.url!r}")
     if args.management_url is not None and not args.management_url.startswith(("http://", "https://")):

@@ -6,6 +6,14 @@ InvalidKeyException, 401, 403) is retried with the key ``InferenceKey.recover`` 
 MAX_KEY_RECOVERIES times per request. Never retried: any other answer; a 4xx will not change. An
 unknown model, or a key that cannot be recovered, raises ``FatalServerError``: every other request
 would get it too. A rejected request is never returned as an Outcome.
+
+A worker that dies (killed by the OOM killer or a node problem, or by TorchServe after the
+archive's responseTimeout) fails every request of its batch with TorchServe's ``Worker died.``
+(507 after SIGKILL, 500 otherwise). That answer says nothing about the image, unless the image
+is what kills the worker: so the request is sent again *alone*, while this client holds back
+its other requests (``SoloGate``), at most ``worker_death_retries`` times. An innocent neighbour
+of a poison image then succeeds on its solo try, and an image that kills the worker even alone
+ends as one error with that status instead of killing it forever.
 """
 
 from __future__ import annotations
@@ -14,15 +22,20 @@ import base64
 import random
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 
+from img2pose_serve.deadline import DEADLINE_HEADER
+
 from .inference_key import InferenceKey, KeyRecoveryFailed
 from .key_file import is_key_rejection, response_json
 
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
+WORKER_DIED = "Worker died."  # TorchServe's message (status 500, or 507 when the worker was SIGKILLed)
 TRANSPORT_ERROR = "connection"  # the status recorded when no HTTP answer came back
 DEMO_HEADER = "X-Img2Pose-Demo"
 # A request rejected again with the key it was just given: another client renewed in between, or
@@ -40,6 +53,44 @@ class Outcome:
     error: str | None = None
     status: int | str | None = None  # HTTP status, TRANSPORT_ERROR, or "local" (file unreadable)
     demo: bool = False  # the server marked the answer as coming from demo weights
+    worker_deaths: int = 0  # answers "Worker died." that this image was sent again after
+
+
+class SoloGate:
+    """Requests pass side by side (``shared``) until one must run alone (``solo``): it waits for
+    those in flight to finish, and new shared ones wait until it is done (solo ones go first)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._shared = 0
+        self._solo_waiting = 0
+        self._solo_running = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._solo_running and not self._solo_waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._shared -= 1
+                self._changed.notify_all()
+
+    @contextmanager
+    def solo(self) -> Iterator[None]:
+        with self._changed:
+            self._solo_waiting += 1
+            self._changed.wait_for(lambda: not self._solo_running and not self._shared)
+            self._solo_waiting -= 1
+            self._solo_running = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._solo_running = False
+                self._changed.notify_all()
 
 
 @dataclass
@@ -52,6 +103,8 @@ class PredictClient:
     backoff: float = 1.0  # first retry delay in seconds; doubled per attempt, at most backoff_cap
     backoff_cap: float = 60.0
     options: dict[str, Any] = field(default_factory=dict)  # score_threshold / max_faces
+    worker_death_retries: int = 2  # solo tries of an image whose request met a worker's death
+    _gate: SoloGate = field(default_factory=SoloGate, repr=False)
     _local: threading.local = field(default_factory=threading.local, repr=False)
     _sessions: list[requests.Session] = field(default_factory=list, repr=False)
 
@@ -84,26 +137,38 @@ class PredictClient:
     def predict(self, image: bytes) -> Outcome:
         kwargs = self._request_kwargs(image)
         content_headers = kwargs.pop("headers", {})
-        attempt = key_recoveries = 0
+        attempt = key_recoveries = worker_deaths = 0
         while True:
             last_try = attempt == self.retries
             key = self.key.key
-            headers = {**content_headers, **({"Authorization": f"Bearer {key}"} if key else {})}
+            headers = {**content_headers, **({"Authorization": f"Bearer {key}"} if key else {}),
+                       # the server drops the request unrun once this client no longer waits for it
+                       DEADLINE_HEADER: f"{time.time() + self.timeout:.3f}"}
             try:
-                response = self._session().post(self.endpoint, timeout=(10, self.timeout), headers=headers, **kwargs)
+                with self._gate.solo() if worker_deaths else self._gate.shared():
+                    response = self._session().post(self.endpoint, timeout=(10, self.timeout), headers=headers,
+                                                    **kwargs)
             except requests.RequestException as error:  # connection refused/reset, timeout
                 if last_try:
-                    return Outcome(error=f"{type(error).__name__}: {error}"[:500], status=TRANSPORT_ERROR)
+                    return Outcome(error=f"{type(error).__name__}: {error}"[:500], status=TRANSPORT_ERROR,
+                                   worker_deaths=worker_deaths)
             else:
                 body = response_json(response)
                 if is_key_rejection(response.status_code, body):
                     self._recover_key(response, key, key_recoveries)
                     key_recoveries += 1
                     continue  # at once: the new key works now, and costs no retry
+                if is_worker_death(response.status_code, body) and worker_deaths < self.worker_death_retries:
+                    worker_deaths += 1
+                    self._back_off(worker_deaths - 1)  # its own budget: the worker restarts meanwhile
+                    continue
                 if response.status_code not in RETRIED_STATUSES or last_try:
-                    return _outcome(response, body)
-            time.sleep(random.uniform(0, min(self.backoff_cap, self.backoff * 2**attempt)))
+                    return _outcome(response, body, worker_deaths)
+            self._back_off(attempt)
             attempt += 1
+
+    def _back_off(self, attempt: int) -> None:
+        time.sleep(random.uniform(0, min(self.backoff_cap, self.backoff * 2**attempt)))
 
     def _recover_key(self, response: requests.Response, rejected: str | None, recoveries: int) -> None:
         rejection = f"the server rejects the token (HTTP {response.status_code}: {_short(response)})"
@@ -116,14 +181,23 @@ class PredictClient:
             raise FatalServerError(f"{rejection}; {error}") from error
 
 
-def _outcome(response: requests.Response, body: Any) -> Outcome:
+def is_worker_death(status: int, body: Any) -> bool:
+    """TorchServe's answer to the requests of a batch whose worker died (the handler's own errors
+    carry ``{"error", "code"}``, never this message)."""
+    return status in (500, 507) and isinstance(body, dict) and body.get("message") == WORKER_DIED
+
+
+def _outcome(response: requests.Response, body: Any, worker_deaths: int) -> Outcome:
     demo = DEMO_HEADER in response.headers
     if response.status_code == 200 and isinstance(body, list):
-        return Outcome(faces=body, status=200, demo=demo)
+        return Outcome(faces=body, status=200, demo=demo, worker_deaths=worker_deaths)
     _raise_if_unknown_model(response, body)
     message = (body.get("error") or body.get("message")) if isinstance(body, dict) else None
+    if is_worker_death(response.status_code, body):
+        message = (f"{message} (the worker died all {worker_deaths + 1} times this image was sent, "
+                   f"the last {worker_deaths} with no other request of this client in flight)")
     return Outcome(error=str(message or response.text.strip() or response.reason)[:500],
-                   status=response.status_code, demo=demo)
+                   status=response.status_code, demo=demo, worker_deaths=worker_deaths)
 
 
 def _raise_if_unknown_model(response: requests.Response, body: Any) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .deadline import check_deadline, parse_deadline
 from .errors import RequestError
 from .handler_config import HandlerConfig
 from .image_decoding import decode_tensor, image_size
@@ -24,6 +25,7 @@ class RequestState:
     parsed: ParsedRequest | None = None
     error: RequestError | None = None
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) per image, from headers
+    deadline: float | None = None  # Unix time after which its client no longer waits (see deadline.py)
 
 
 @dataclass(frozen=True)
@@ -38,17 +40,20 @@ class BatchImage:
 
 
 def read_request(row: Mapping[str, Any], content_type: str | None, defaults: DetectionParams,
-                 config: HandlerConfig) -> RequestState:
-    """Parse one request and read its images' sizes from their headers; a bad one carries its error.
+                 config: HandlerConfig, deadline_header: str | None = None) -> RequestState:
+    """Parse one request and read its images' sizes from their headers; a bad one carries its error
+    (a request past its deadline is not even parsed).
 
     No pixel is decoded here: the images stay compressed until their forward, so a batch costs
     memory for one forward at a time, not for every image it carries.
     """
     try:
+        deadline = parse_deadline(deadline_header)
+        check_deadline(deadline, "it was parsed")
         parsed = parse_request(row, defaults, content_type, max_images_per_request=config.max_images_per_request)
     except RequestError as error:
         return RequestState(error=error)
-    request = RequestState(parsed=parsed)
+    request = RequestState(parsed=parsed, deadline=deadline)
     for n, data in enumerate(parsed.images):
         try:
             width, height = image_size(data, config.max_image_pixels)
@@ -57,6 +62,18 @@ def read_request(row: Mapping[str, Any], content_type: str | None, defaults: Det
             return request
         request.sizes.append((height, width))
     return request
+
+
+def expire_late_requests(requests: list[RequestState], indices: set[int], now: float, needed: float = 0.0) -> None:
+    """Fail those of ``requests[indices]`` whose deadline has passed at ``now`` (their forward's start)
+    or is less than ``needed`` seconds (the forward's expected time) away."""
+    for index in indices:
+        request = requests[index]
+        if request.error is None:
+            try:
+                check_deadline(request.deadline, "its forward", now, needed)
+            except RequestError as error:
+                request.error = error
 
 
 def batch_images(requests: list[RequestState]) -> list[BatchImage]:

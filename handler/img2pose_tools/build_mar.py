@@ -285,9 +285,13 @@ def build_archive(
     model_name: str = DEFAULT_MODEL_NAME,
     force: bool = True,
     quiet: bool = False,
+    handler: str | Path = HANDLER_PATH,
     **staging,
 ) -> Path:
     """Write ``<export_path>/<model_name>.mar`` and return its path (``staging``: see ``staged_archive``).
+
+    ``handler``: the handler module; another one must subclass ``img2pose_handler.Img2PoseHandler``
+    (its only class), which the worker imports from the installed package.
 
     Raises BuildError for unusable inputs, FileExistsError when the archive exists and not ``force``.
     """
@@ -303,7 +307,7 @@ def build_archive(
             archiver_tmp,
             model_name=model_name,
             version=ARCHIVE_VERSION,
-            handler=str(HANDLER_PATH),
+            handler=str(handler),
             serialized_file=str(staged.weights),
             extra_files=str(staged.extra),
             config_file=str(staged.config_file),

@@ -1,4 +1,5 @@
-"""A TorchServe worker's memory, read from outside: its resident set now and at its peak."""
+"""A TorchServe worker's memory, read from outside: its resident set now and at its peak (and its
+open file descriptors, the other resource a long run can leak)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,16 @@ def rss_bytes(pid: int) -> int | None:
 
         return psutil.Process(pid).memory_info().rss
     except Exception:  # noqa: BLE001 - psutil missing, process gone, other machine, no permission
+        return None
+
+
+def open_fds(pid: int) -> int | None:
+    """How many file descriptors ``pid`` has open (None when it is gone or not readable)."""
+    try:
+        import psutil
+
+        return psutil.Process(pid).num_fds()
+    except Exception:  # noqa: BLE001 - as rss_bytes
         return None
 
 
