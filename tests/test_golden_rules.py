@@ -182,3 +182,20 @@ def test_a_face_at_the_cutoff_may_be_missing():
     assert compare_faces([f for f in theirs if f is not tail], theirs, 0.0, size) != [], \
         "a tail face without a near-equal-score neighbour on the other side is lost"
 
+
+def test_exact_parity_check_reports_one_ulp():
+    """make_golden --check-exact: bit for bit, so one float32 ulp or one lost face is a difference."""
+    import numpy as np
+
+    from scripts.make_golden import exact_differences
+
+    reference = COMMITTED.reference
+    ours = copy.deepcopy({key: reference[key] for key in ("sequential", "sequential_threshold0", "alt_pose_stats")})
+    assert exact_differences(reference, ours) == []
+    pose = ours["sequential"][IMAGE][FACE]["pose"]
+    pose[3] = float(np.nextafter(np.float32(pose[3]), np.float32(0)))
+    del ours["sequential_threshold0"][IMAGE][-1]
+    problems = exact_differences(reference, ours)
+    assert len(problems) == 2
+    assert problems[0].startswith(f"sequential {IMAGE}: 1 of 37 faces differ, first #{FACE}")
+    assert problems[1] == f"sequential_threshold0 {IMAGE}: 444 faces, the reference 445"
