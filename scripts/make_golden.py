@@ -10,6 +10,12 @@ reference library's ``Img2Pose`` on CPU with 2 torch threads, for the project's 
 ``tests/golden/README.md`` gives the recipe and what each key of the JSON means.
 
 ``--images-only`` rewrites the generated images and stops (no reference checkout needed).
+
+``--check-exact`` writes nothing: it runs the reference library and this project's model on this
+machine, on the committed images with the same calls, and says whether every output is bit for bit
+the same (exit 1 and the differences if not). Bit-for-bit parity holds on one machine only: fp32
+kernels of another instruction set (AVX2 vs AVX-512) change the last bits, which is why
+tests/test_golden.py compares the committed outputs within tolerances.
 """
 
 from __future__ import annotations
@@ -257,6 +263,7 @@ def reference_outputs(checkout: Path, commit: str, images: list[Path], checkpoin
             },
             "torch_num_threads": TORCH_THREADS,
             "device": "cpu",
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "python": platform.python_version(),
             "platform": platform.platform(),
             "torch": torch.__version__,
@@ -280,6 +287,55 @@ def reference_outputs(checkout: Path, commit: str, images: list[Path], checkpoin
             "sequential": alt_sequential,
         },
     }
+
+
+def our_outputs(images: list[Path], checkpoint: Path) -> dict:
+    """This project's FaceDicts for ``images``, keyed as ``reference_outputs`` keys them."""
+    import torch
+
+    from img2pose_serve.detector import build_detector
+    from img2pose_serve.facedicts import to_face_dicts
+    from img2pose_serve.image_decoding import decode_tensor
+    from img2pose_serve.reference_data import published_pose_stats
+
+    torch.set_num_threads(TORCH_THREADS)
+
+    def run(detector, threshold: float) -> dict[str, list]:
+        return {p.name: to_face_dicts(detector.detect([decode_tensor(p.read_bytes(), 10**9)])[0], threshold, -1)
+                for p in images}
+
+    identity = run(build_detector(checkpoint), 0.0)
+    alt = run(build_detector(checkpoint, *published_pose_stats()), DEFAULT_THRESHOLD)
+    return {
+        "sequential": {name: [f for f in faces if f["confidence"] >= DEFAULT_THRESHOLD] for name, faces in identity.items()},
+        "sequential_threshold0": identity,
+        "alt_pose_stats": {"sequential": alt},
+    }
+
+
+def exact_differences(reference: dict, ours: dict) -> list[str]:
+    """Where ``ours`` is not bit for bit ``reference`` (both uncompacted): box, confidence and pose
+    as float32, keypoints as float64, face by face in order."""
+    def face_values(face: dict) -> tuple:
+        return (np.float32(face["box"]).tobytes(), np.float32(face["confidence"]).tobytes(),
+                np.float32(face["pose"]).tobytes(),
+                {name: np.float64(point).tobytes() for name, point in face["keypoints"].items()})
+
+    problems = []
+    for key, theirs_by_image, ours_by_image in (
+            ("sequential", reference["sequential"], ours["sequential"]),
+            ("sequential_threshold0", reference["sequential_threshold0"], ours["sequential_threshold0"]),
+            ("alt_pose_stats", reference["alt_pose_stats"]["sequential"], ours["alt_pose_stats"]["sequential"])):
+        for name, theirs in theirs_by_image.items():
+            mine = ours_by_image.get(name, [])
+            if len(mine) != len(theirs):
+                problems.append(f"{key} {name}: {len(mine)} faces, the reference {len(theirs)}")
+                continue
+            differing = [k for k, (a, b) in enumerate(zip(mine, theirs)) if face_values(a) != face_values(b)]
+            if differing:
+                problems.append(f"{key} {name}: {len(differing)} of {len(theirs)} faces differ, first #{differing[0]}: "
+                                f"{mine[differing[0]]} vs {theirs[differing[0]]}")
+    return problems
 
 
 def _compact_face(face: dict) -> dict:
@@ -329,10 +385,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-commit", help="its commit, when the checkout has no .git (git archive)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="golden directory (default tests/golden)")
     parser.add_argument("--images-only", action="store_true", help="rewrite the generated images only")
+    parser.add_argument("--check-exact", action="store_true",
+                        help="write nothing: compare this project's outputs with the reference's on this machine, bit for bit")
     args = parser.parse_args(argv)
 
     images_dir = args.out / "images"
-    write_generated_images(images_dir)
+    if args.check_exact and args.images_only:
+        parser.error("--check-exact writes nothing: drop --images-only")
+    if not args.check_exact:
+        write_generated_images(images_dir)
     if args.images_only:
         return 0
     if args.reference is None:
@@ -340,10 +401,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from img2pose_tools.demo_checkpoint import write_demo_checkpoint
 
-    commit = _reference_commit(args.reference, args.reference_commit)
+    commit = "unrecorded" if args.check_exact else _reference_commit(args.reference, args.reference_commit)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = write_demo_checkpoint(Path(tmp) / "demo_seed0.pth", seed=DEMO_SEED)
-        document = reference_outputs(args.reference, commit, golden_image_paths(images_dir), checkpoint)
+        images = golden_image_paths(images_dir)
+        document = reference_outputs(args.reference, commit, images, checkpoint)
+        if args.check_exact:
+            problems = exact_differences(document, our_outputs(images, checkpoint))
+            faces = sum(len(f) for f in document["sequential_threshold0"].values())
+            print("\n".join(problems) if problems else
+                  f"bit for bit equal on this machine: {len(images)} images, {faces} faces at threshold 0, "
+                  f"torch CPU capability {document['recipe']['cpu_capability']}")
+            return 1 if problems else 0
     (args.out / "reference_outputs.json").write_text(json.dumps(compact(document), separators=(",", ":")) + "\n")
     print(_summary(document))
     return 0

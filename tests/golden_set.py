@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -16,18 +17,46 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from img2pose_serve.detector import build_detector
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.image_decoding import decode_tensor
+from img2pose_serve.model import resized_shape
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Tolerances between a matched pair of faces (../shared/img2pose/README.md), any x86-64 CPU. The
+# committed outputs were made on one CPU (Zen 4, AVX-512 kernels); fp32 convolutions sum in another
+# order on another instruction set (AVX2), so the numbers agree to their last bits only on the same
+# kind of CPU. Measured under AVX2 kernels (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2) against
+# the committed outputs, 4,686 matched faces: box 4.5e-5 px (the file's decimals, as natively),
+# keypoints 8.9e-3 px, confidence 2.2e-5, rotation 8.9e-5 rad, translation 1.8e-5 of |t| per
+# component (besides the flips below).
 BOX_TOL = 1e-2
 KEYPOINT_TOL = 1e-2
 CONFIDENCE_TOL = 1e-4
 ROTATION_TOL = 1e-3
+# Translation: |a_i - b_i| <= 1e-3 |b_i| + 1e-4 |b| per component. The relative term alone failed a
+# component near zero (t_y -0.00043049 vs -0.00043428 where |t| = 232): a component's rounding error is
+# on the scale of the whole vector (t_x and t_y get t_z-sized terms added), so the absolute term is a
+# fraction of |b|: 5x the 1.8e-5 measured.
 TRANSLATION_REL_TOL = 1e-3
+TRANSLATION_NORM_TOL = 1e-4
+# Flips: two truncations to whole pixels of the resized image turn a last-bit difference into a
+# whole-pixel one, rarely (3 of 4,686 faces under AVX2, at most 1 per image):
+# * the output box's coordinates (int32 truncation): a coordinate differs by one pixel of the resized
+#   image (``quantum`` below, in original pixels); pose and keypoints agree within the tolerances;
+# * the proposal's centre (truncated to an integer in the box camera): t_x and/or t_y differ by
+#   exactly t_z / f (f = resized w + h), measured 1.001 and 0.999 of it; rotation changes within
+#   ROTATION_TOL (3.3e-4 rad measured), keypoints and box move by one resized pixel (0.761 px where the
+#   quantum is 0.75, 0.378 where it is 0.375).
+# A pair explained by a flip is allowed for at most one face in FLIP_EVERY faces of the reference
+# (at least one per image): a systematic change (rounding instead of truncation, an off-by-one
+# centre) flips about half of them and fails.
+FLIP_EVERY = 100
+SCORE_FLOOR = 0.05  # the reference keeps detections scoring > 0.05 (box_score_thresh): threshold 0's cutoff
+NMS_IOU = 0.5  # the reference's box_nms_thresh: one of two boxes overlapping more than this is suppressed
 MATCH_IOU = 0.9
 DEFAULT_THRESHOLD = 0.5
 
@@ -56,6 +85,11 @@ class GoldenSet:
         alt = self.reference["alt_pose_stats"]
         return np.float32(alt["pose_mean"]), np.float32(alt["pose_stddev"])
 
+    def image_size(self, name: str) -> tuple[int, int]:
+        """(width, height) of an image as stored."""
+        with Image.open(self.image_path(name)) as image:
+            return image.size
+
 
 COMMITTED = GoldenSet("committed", REPO / "tests" / "golden", "demo_checkpoint_file")
 SHARED = GoldenSet("shared", REPO.parent / "shared" / "img2pose" / "golden", "golden_checkpoint")
@@ -72,34 +106,84 @@ def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / union, np.all(a == b, axis=-1).astype(float))
 
 
-def face_differences(ours: dict, theirs: dict) -> list[str]:
-    """What exceeds the golden tolerances between two matched FaceDicts (empty: they agree)."""
+@dataclass(frozen=True)
+class Camera:
+    """An original image's size and the resized one the model ran on: what a flip is measured in."""
+
+    width: int
+    height: int
+
+    @cached_property
+    def resized(self) -> tuple[int, int]:
+        return resized_shape(self.height, self.width)
+
+    @property
+    def focal(self) -> int:
+        """f of the resized image's camera (w + h): a proposal-centre flip moves t_x or t_y by t_z / f."""
+        return sum(self.resized)
+
+    @property
+    def quantum(self) -> float:
+        """One pixel of the resized image, in original pixels (the larger of the two axes')."""
+        h, w = self.resized
+        return max(self.width / w, self.height / h)
+
+
+def face_differences(ours: dict, theirs: dict, camera: Camera | None = None,
+                     shift: tuple[int, int] | None = None) -> list[str]:
+    """What exceeds the golden tolerances between two matched FaceDicts (empty: they agree).
+
+    With ``camera`` and ``shift``, what a flip cannot explain: the proposal's centre truncated to the
+    next pixel in x and y by ``shift`` (each -1, 0 or 1; (0, 0): only the output box's truncation).
+    """
+    flip = camera is not None and shift is not None
+    moved = max(abs(shift[0]), abs(shift[1])) if flip else 0
+    box_tol = BOX_TOL + (moved + 1) * camera.quantum if flip else BOX_TOL
+    size = max(theirs["box"][2] - theirs["box"][0], theirs["box"][3] - theirs["box"][1])
+    keypoint_tol = KEYPOINT_TOL + (moved * camera.quantum + ROTATION_TOL * size if moved else 0.0)
+    t_ours, t_theirs = np.asarray(ours["pose"][3:], dtype=np.float64), np.asarray(theirs["pose"][3:], dtype=np.float64)
+    if moved:
+        t_theirs = t_theirs + np.array([shift[0], shift[1], 0.0]) * t_theirs[2] / camera.focal
+
     problems = []
-    if np.max(np.abs(np.subtract(ours["box"], theirs["box"]))) > BOX_TOL:
+    if np.max(np.abs(np.subtract(ours["box"], theirs["box"]))) > box_tol:
         problems.append(f"box {ours['box']} vs {theirs['box']}")
     if abs(ours["confidence"] - theirs["confidence"]) > CONFIDENCE_TOL:
         problems.append(f"confidence {ours['confidence']} vs {theirs['confidence']}")
     if np.max(np.abs(np.subtract(ours["pose"][:3], theirs["pose"][:3]))) > ROTATION_TOL:
         problems.append(f"rotation {ours['pose'][:3]} vs {theirs['pose'][:3]}")
-    t_ours, t_theirs = np.asarray(ours["pose"][3:]), np.asarray(theirs["pose"][3:])
-    if np.max(np.abs(t_ours - t_theirs) / np.maximum(np.abs(t_theirs), 1e-6)) > TRANSLATION_REL_TOL:
+    allowed = TRANSLATION_REL_TOL * np.abs(t_theirs) + TRANSLATION_NORM_TOL * np.linalg.norm(t_theirs)
+    if np.any(np.abs(t_ours - t_theirs) > allowed):
         problems.append(f"translation {t_ours.tolist()} vs {t_theirs.tolist()}")
     if set(ours["keypoints"]) != set(theirs["keypoints"]):
         problems.append(f"keypoint names {sorted(ours['keypoints'])}")
     else:
         worst = max(np.max(np.abs(np.subtract(ours["keypoints"][k], theirs["keypoints"][k]))) for k in theirs["keypoints"])
-        if worst > KEYPOINT_TOL:
+        if worst > keypoint_tol:
             problems.append(f"keypoints differ by {worst:.3g} px")
     return problems
 
 
-def match_faces(ours: list[dict], theirs: list[dict]) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+def flip_shift(ours: dict, theirs: dict, camera: Camera) -> tuple[int, int]:
+    """The proposal-centre shift (x, y, each -1, 0 or 1) nearest to the pair's translation difference."""
+    step = theirs["pose"][5] / camera.focal
+    if step == 0:
+        return (0, 0)
+    return tuple(int(np.clip(np.rint((ours["pose"][k] - theirs["pose"][k]) / step), -1, 1)) for k in (3, 4))
+
+
+def match_faces(ours: list[dict], theirs: list[dict], camera: Camera | None = None
+                ) -> tuple[list[tuple[int, int]], list[int], list[int]]:
     """Pair faces by IoU >= 0.9: each reference face, in order, takes the best-overlapping free one of ours.
 
+    With ``camera``, a reference face left over then takes the free face of ours whose box is nearest
+    within two resized pixels per coordinate (a flip) and whose score agrees within CONFIDENCE_TOL:
+    a one-pixel shift of a box a few pixels wide leaves an IoU below 0.9 (0.88 measured).
     Returns (pairs as (ours index, theirs index), unmatched ours, unmatched theirs).
     """
-    iou = _iou_matrix(np.array([f["box"] for f in ours], dtype=np.float64),
-                      np.array([f["box"] for f in theirs], dtype=np.float64))
+    ours_boxes = np.array([f["box"] for f in ours], dtype=np.float64).reshape(-1, 4)
+    theirs_boxes = np.array([f["box"] for f in theirs], dtype=np.float64).reshape(-1, 4)
+    iou = _iou_matrix(ours_boxes, theirs_boxes)
     free = np.ones(len(ours), dtype=bool)
     pairs, missing = [], []
     for j in range(len(theirs)):
@@ -110,22 +194,78 @@ def match_faces(ours: list[dict], theirs: list[dict]) -> tuple[list[tuple[int, i
             continue
         free[best] = False
         pairs.append((best, j))
+    if camera is not None and len(ours):
+        still_missing = []
+        scores = np.array([f["confidence"] for f in ours])
+        for j in missing:
+            distance = np.max(np.abs(ours_boxes - theirs_boxes[j]), axis=1)
+            near = free & (distance <= BOX_TOL + 2 * camera.quantum) \
+                & (np.abs(scores - theirs[j]["confidence"]) <= CONFIDENCE_TOL)
+            if not near.any():
+                still_missing.append(j)
+                continue
+            best = int(np.argmin(np.where(near, distance, np.inf)))
+            free[best] = False
+            pairs.append((best, j))
+        missing = still_missing
     return pairs, np.flatnonzero(free).tolist(), missing
 
 
-def compare_faces(ours: list[dict], theirs: list[dict], threshold: float) -> list[str]:
+def _nms_ties(ours: list[dict], theirs: list[dict], extra: list[int], missing: list[int]) -> list[tuple[int, int]]:
+    """Unmatched faces, one each side, that NMS may have chosen between: scores within CONFIDENCE_TOL
+    and boxes overlapping by more than NMS_IOU (each would have suppressed the other), from different
+    proposals. A box is the projection of its pose, so two faces with the same pose but other boxes
+    are one detection with a wrong box, not a tie."""
+    ties, taken = [], set()
+    for j in missing:
+        for i in extra:
+            if i in taken or abs(ours[i]["confidence"] - theirs[j]["confidence"]) > CONFIDENCE_TOL:
+                continue
+            if not any(p.startswith(("rotation", "translation")) for p in face_differences(ours[i], theirs[j])):
+                continue
+            if _iou_matrix(np.asarray(ours[i]["box"], dtype=np.float64), np.asarray(theirs[j]["box"], dtype=np.float64))[0, 0] > NMS_IOU:
+                ties.append((i, j))
+                taken.add(i)
+                break
+    return ties
+
+
+def compare_faces(ours: list[dict], theirs: list[dict], threshold: float,
+                  image_size: tuple[int, int] | None = None) -> list[str]:
     """Every disagreement beyond the golden tolerances between our faces and the reference's.
 
-    Faces are matched by IoU >= 0.9 (``match_faces``); a face may be missing on one side only if its
-    score is within 1e-4 of the threshold.
+    Faces are matched by IoU >= 0.9 (``match_faces``). A face may be missing on one side if its score
+    is within CONFIDENCE_TOL of the cutoff (the threshold, or the model's own 0.05 at threshold 0).
+    With ``image_size`` (the original (width, height)), a few pairs may differ by a flip (see
+    FLIP_EVERY), and a face of each side that NMS could have chosen between counts as one flip.
+    Without it every pair must meet the tolerances.
     """
-    pairs, extra, missing = match_faces(ours, theirs)
-    problems = [f"reference face missing: {theirs[j]['box']} score {theirs[j]['confidence']}"
-                for j in missing if abs(theirs[j]["confidence"] - threshold) > CONFIDENCE_TOL]
+    camera = None if image_size is None else Camera(*image_size)
+    pairs, extra, missing = match_faces(ours, theirs, camera)
+    problems, flips = [], []
     for i, j in pairs:
-        problems += face_differences(ours[i], theirs[j])
-    problems += [f"extra face: {ours[i]['box']} score {ours[i]['confidence']}"
-                 for i in extra if abs(ours[i]["confidence"] - threshold) > CONFIDENCE_TOL]
+        differences = face_differences(ours[i], theirs[j])
+        if not differences:
+            continue
+        shift = flip_shift(ours[i], theirs[j], camera) if camera is not None else None
+        if camera is not None and not face_differences(ours[i], theirs[j], camera, shift):
+            flips.append(f"flip {shift}: {ours[i]['box']} vs {theirs[j]['box']} score {theirs[j]['confidence']}")
+        else:
+            problems += differences
+
+    cutoff = max(threshold, SCORE_FLOOR)
+    extra = [i for i in extra if abs(ours[i]["confidence"] - cutoff) > CONFIDENCE_TOL]
+    missing = [j for j in missing if abs(theirs[j]["confidence"] - cutoff) > CONFIDENCE_TOL]
+    for i, j in _nms_ties(ours, theirs, extra, missing):
+        flips.append(f"NMS tie: {ours[i]['box']} vs {theirs[j]['box']} score {theirs[j]['confidence']}")
+        extra.remove(i)
+        missing.remove(j)
+    problems += [f"reference face missing: {theirs[j]['box']} score {theirs[j]['confidence']}" for j in missing]
+    problems += [f"extra face: {ours[i]['box']} score {ours[i]['confidence']}" for i in extra]
+
+    allowed = max(1, math.ceil(len(theirs) / FLIP_EVERY))
+    if len(flips) > allowed:
+        problems.append(f"{len(flips)} faces differ by a flip, at most {allowed} allowed: {flips}")
     return problems
 
 

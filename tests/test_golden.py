@@ -52,20 +52,20 @@ def test_sequential_matches_reference(detections, golden, name):
     ours = [f for f in detections.identity_stats(golden, name) if f["confidence"] >= DEFAULT_THRESHOLD]
     theirs = golden.reference["sequential"][name]
     assert len(theirs) > 0
-    assert compare_faces(ours, theirs, threshold=DEFAULT_THRESHOLD) == []
+    assert compare_faces(ours, theirs, DEFAULT_THRESHOLD, golden.image_size(name)) == []
 
 
 @pytest.mark.parametrize(("golden", "name"), IMAGES)
 def test_threshold_zero_matches_reference(detections, golden, name):
     theirs = golden.reference["sequential_threshold0"][name]
     assert len(theirs) > len(golden.reference["sequential"][name])
-    assert compare_faces(detections.identity_stats(golden, name), theirs, threshold=0.0) == []
+    assert compare_faces(detections.identity_stats(golden, name), theirs, 0.0, golden.image_size(name)) == []
 
 
 @pytest.mark.parametrize(("golden", "name"), ALT_IMAGES)
 def test_other_pose_stats_match_reference(detections, golden, name):
     theirs = golden.reference["alt_pose_stats"]["sequential"][name]
-    assert compare_faces(detections.alt_stats(golden, name), theirs, threshold=DEFAULT_THRESHOLD) == []
+    assert compare_faces(detections.alt_stats(golden, name), theirs, DEFAULT_THRESHOLD, golden.image_size(name)) == []
 
 
 @pytest.mark.parametrize("golden", SETS)

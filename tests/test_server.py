@@ -87,7 +87,7 @@ def test_concurrent_requests_batch_and_equal_sequential_exactly(torchserve_serve
         faces = _ok_json(response)
         assert faces == [f for f in sequential[name] if f["confidence"] >= 0.5], name
         if name in COMMITTED.reference["sequential"]:  # and the reference library's, within tolerance
-            assert compare_faces(faces, COMMITTED.reference["sequential"][name], 0.5) == [], name
+            assert compare_faces(faces, COMMITTED.reference["sequential"][name], 0.5, COMMITTED.image_size(name)) == [], name
 
     after_sum, after_count = _forward_sizes(torchserve_server)
     images, forwards = after_sum - before_sum, after_count - before_count
