@@ -243,7 +243,11 @@ for mount in "${POD_EMPTY_DIRS[@]}"; do  # emptyDir: writable, owned by the pod'
 done
 
 start() {  # NAME: run the image's own ENTRYPOINT + CMD, inference and metrics on free loopback ports
-    podman run -d --name "$1" "${run_options[@]}" -p 127.0.0.1::8080 -p 127.0.0.1::8082 "$IMAGE" >/dev/null
+    # Without systemd podman cannot schedule the HEALTHCHECK (it logs an error and runs the container
+    # anyway): wait_healthy runs it itself, as the engine would.
+    podman run -d --name "$1" "${run_options[@]}" -p 127.0.0.1::8080 -p 127.0.0.1::8082 "$IMAGE" \
+        >/dev/null 2>"$WORK/run.err" || { cat "$WORK/run.err" >&2; fail "podman run $1"; }
+    grep -v 'unable to get systemd connection' "$WORK/run.err" >&2 || true
 }
 
 wait_healthy() {  # NAME: the HEALTHCHECK, run as the engine runs it, until healthy; prints seconds
@@ -281,7 +285,7 @@ podman exec "$name" sh -c 'grep -h "torch threads" /home/model-server/logs/model
 # In-process answers: the same image (its torch, its archive), the worker's thread count.
 images=()
 for image in "${COMPARE_IMAGES[@]}"; do images+=("/golden/$image"); done
-podman run --rm --label "$LABEL=1" --read-only --user "$POD_USER" --cap-drop ALL --network none \
+podman run --rm --label "$LABEL=1" --no-healthcheck --read-only --user "$POD_USER" --cap-drop ALL --network none \
     --tmpfs "/home/model-server/tmp:rw,size=2g,U" --volume "$REPO/$GOLDEN:/golden:ro" \
     --volume "$REPO/scripts/image_check.py:/check/image_check.py:ro" --entrypoint python3 "$IMAGE" \
     /check/image_check.py in-process --archive /home/model-server/model-store/img2pose.mar \

@@ -153,6 +153,8 @@ def drain(args) -> int:
         problems.append("not every in-flight request was answered 200")
     if done_before_return != args.requests:
         problems.append("the hook returned before every in-flight request was answered")
+    if "TorchServe has stopped." not in hook.stdout:  # `torchserve --stop` sent TorchServe its SIGTERM
+        problems.append("the hook's `torchserve --stop` did not say 'TorchServe has stopped.'")
     for problem in problems:
         print(f"FAIL drain: {problem}")
     return 1 if problems else 0
