@@ -12,7 +12,9 @@ the batch being computed and every queued request are lost. So, in order:
    image: 400). It joins the back of the model's queue, and TorchServe hands a worker its next batch
    only after answering the previous one, so (with one worker per pod) its answer means every request
    that arrived before it has been answered;
-3. ``torchserve --stop --foreground``: TorchServe stops (the container's main process then exits).
+3. ``torchserve --stop``: SIGTERM to TorchServe's Java frontend; it stops within seconds, and the
+   container's main process then exits. Not ``--foreground``: that waits for Java, and so outlives
+   the container, whose end kills the hook (exit 137 under podman exec; a failed hook to the kubelet).
 
 ``--timeout`` bounds steps 1 and 2; keep it below the pod's terminationGracePeriodSeconds minus the
 stop. Exit status 0 when drained and stopped, 1 when the barrier timed out or failed (TorchServe is
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 import time
 
 import requests
@@ -94,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("need 0 <= --settle < --timeout")
     drained = drain(args.model, args.inference, args.management, args.settle, args.timeout)
     if not args.no_stop:
-        # SIGTERM to the Java frontend (found through TorchServe's pid file in $TMPDIR) and wait for it.
-        subprocess.run(["torchserve", "--stop", "--foreground"], check=False)
+        # SIGTERM to the Java frontend (found through TorchServe's pid file in $TMPDIR). From a writable
+        # directory: `torchserve --stop` deletes key_file.json in its working directory after the
+        # SIGTERM, and on the pod's read-only root (WORKDIR /home/model-server) that fails with EROFS
+        # even when the file is absent; it then says "TorchServe already stopped".
+        subprocess.run(["torchserve", "--stop"], check=False, cwd=tempfile.gettempdir())
     return 0 if drained else 1
 
 
