@@ -43,8 +43,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import re
 import statistics
 import sys
@@ -60,6 +58,7 @@ from tqdm import tqdm
 
 from img2pose_client.key_file import read_keys
 from img2pose_tools import request_driver
+from img2pose_tools.machine_facts import machine_facts, machine_line
 from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import ServerSettings, start_torchserve, stop_torchserve
 from img2pose_tools.wait_ready import describe_model
@@ -372,28 +371,6 @@ def sweep_clients(args, sets, target: Target, batch_size: int, delay: int, worke
 
 
 # --- reports ---------------------------------------------------------------------------------------
-
-
-def machine_facts() -> dict:
-    import torch
-
-    from img2pose_serve.precision import device_capabilities, native_bf16_check
-
-    capabilities = device_capabilities(torch.device("cpu"))
-    return {"cpu": platform.processor() or platform.machine(), "cpu_model": capabilities.cpu_model,
-            "cpu_flags": capabilities.flags, "cores": os.cpu_count(),
-            "isa_env": {name: os.environ.get(name) for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")},
-            "torch_cpu_capability": capabilities.aten_isa, "bf16_native": native_bf16_check(capabilities)[1],
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version()}
-
-
-def machine_line(facts: dict) -> str:
-    """One line for the printed table: the CPU and what decides bf16 on it."""
-    flags = " ".join(f"{name}={'yes' if on else 'no'}" for name, on in facts["cpu_flags"].items())
-    env = " ".join(f"{name}={value}" for name, value in facts["isa_env"].items() if value) or "no ISA limits set"
-    return f"CPU: {facts['cpu_model']}, {facts['cores']} cores; {flags}; {env}; bf16: {facts['bf16_native']}"
 
 
 def write_reports(out: Path, cells: list[Cell], bound: dict, args) -> None:

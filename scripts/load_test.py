@@ -50,6 +50,7 @@ from tqdm import tqdm
 from img2pose_client.key_file import read_keys
 from img2pose_tools import request_driver
 from img2pose_tools.bad_inputs import CASES, BadCase
+from img2pose_tools.machine_facts import machine_facts, machine_line
 from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.wait_ready import describe_model, worker_pid
 from img2pose_tools.worker_memory import open_fds, rss_bytes
@@ -238,6 +239,7 @@ def run(args) -> dict:
     bad = [o.seconds for o in answered if o.kind != "good"]
     wrong = [o for o in answered if o.status != o.expected]
     return {
+        "machine": machine_facts(),
         "url": endpoint,
         "planned": args.requests,
         "sent": len(outcomes),
@@ -266,6 +268,7 @@ def run(args) -> dict:
 
 def summary(report: dict) -> str:
     lines = [
+        machine_line(report["machine"]),
         f"{report['url']}: {report['sent']} sent ({report['good_sent']} good, {report['bad_sent']} bad) of "
         f"{report['planned']} planned in {report['elapsed_s']} s"
         + (" (stopped by --max-seconds)" if report["stopped_by_time"] else ""),

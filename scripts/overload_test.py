@@ -40,6 +40,7 @@ import requests
 
 from img2pose_serve.deadline import DEADLINE_HEADER
 from img2pose_tools import request_driver
+from img2pose_tools.machine_facts import machine_facts, machine_line
 from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import ServerSettings, TorchServeServer, start_torchserve, stop_torchserve
 
@@ -183,10 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     image = photo_like_jpeg(640, 480, seed=0)
     with tempfile.TemporaryDirectory(prefix="img2pose-overload-") as scratch:
         reports = [measure(args.archive.resolve(), b, args, image, Path(scratch)) for b in args.batch_sizes]
+    machine = machine_facts()
+    print(machine_line(machine))
     print(summary(reports, args))
     if args.json_out:
-        args.json_out.write_text(json.dumps({"settings": vars(args) | {"archive": str(args.archive),
-                                                                        "json_out": str(args.json_out)},
+        args.json_out.write_text(json.dumps({"machine": machine,
+                                             "settings": vars(args) | {"archive": str(args.archive),
+                                                                       "json_out": str(args.json_out)},
                                              "reports": reports}, indent=2) + "\n")
     return 0
 
