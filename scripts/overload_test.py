@@ -2,14 +2,14 @@
 """Overload: does the server spend itself on answers nobody waits for?
 
     python scripts/overload_test.py --archive model_store/img2pose.mar [--batch-sizes 1 8] \\
-        [--overload 3] [--seconds 60] [--client-timeout 8] [--job-queue-size N] [--no-deadline] \\
+        [--burst 16] [--overload 3] [--seconds 60] [--client-timeout 8] [--job-queue-size N] [--no-deadline] \\
         [--json-out report.json]
 
 For each batch size, a private TorchServe (loopback, the tests' launcher, config/config.properties
 with that batchSize and, if given, that job_queue_size) serves the archive, and:
 
 1. capacity: images/s of a closed loop keeping 2 x batchSize one-image requests in flight;
-2. burst: 2 x batchSize requests sent at once, no timeout: latency p50/p95 (what batching costs
+2. burst: ``--burst`` requests sent at once, no timeout: latency p50/p95 (what batching costs
    each caller when nothing else differs);
 3. overload: open-loop arrivals at ``--overload`` x capacity for ``--seconds``, each client waiting
    ``--client-timeout`` seconds and saying so in ``X-Img2Pose-Deadline`` (``--no-deadline``: not
@@ -133,7 +133,7 @@ def measure(archive: Path, batch_size: int, args, image: bytes, scratch: Path) -
     try:
         images_per_s = capacity(server, image, batch_size)
         report = {"batch_size": batch_size, "capacity_images_per_s": round(images_per_s, 3),
-                  "forward_s": round(1 / images_per_s, 3), "burst": burst(server, image, 2 * batch_size)}
+                  "forward_s": round(1 / images_per_s, 3), "burst": burst(server, image, args.burst)}
         rate = args.overload * images_per_s
         answers = overload(server, image, rate, args.seconds, args.client_timeout, not args.no_deadline)
         report["overload"] = {"offered_per_s": round(rate, 3),
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--archive", type=Path, default=Path("model_store/img2pose.mar"))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--burst", type=int, default=16, help="requests of the burst sent at once")
     parser.add_argument("--overload", type=float, default=3.0, help="offered load / capacity")
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the overload lasts")
     parser.add_argument("--client-timeout", type=float, default=8.0, help="seconds each client waits")
@@ -179,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.archive.is_file():
         parser.error(f"no archive at {args.archive} (build one with scripts/build_mar.py)")
-    if args.overload <= 0 or not 0 < args.seconds <= 600 or args.client_timeout <= 0:
-        parser.error("need --overload > 0, 0 < --seconds <= 600, --client-timeout > 0")
+    if args.overload <= 0 or not 0 < args.seconds <= 600 or args.client_timeout <= 0 or not 1 <= args.burst <= 64:
+        parser.error("need --overload > 0, 0 < --seconds <= 600, --client-timeout > 0, 1 <= --burst <= 64")
     image = photo_like_jpeg(640, 480, seed=0)
     with tempfile.TemporaryDirectory(prefix="img2pose-overload-") as scratch:
         reports = [measure(args.archive.resolve(), b, args, image, Path(scratch)) for b in args.batch_sizes]
