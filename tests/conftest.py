@@ -16,8 +16,8 @@ override it:
   the file again would re-create it), and ``img2pose_poison`` (the demo weights behind
   tests/poison_handler.py, for the worker-death tests).
 * ``server_settings``: overrides of config/config.properties' batch size, batch delay and workers
-  (img2pose_tools.torchserve_launcher.ServerSettings; by default none: the server runs with what
-  operators run).
+  (img2pose_tools.torchserve_launcher.ServerSettings): batchSize 8 (SESSION_BATCH_SIZE), so that
+  requests are aggregated into batches; everything else is what operators run.
 * ``torchserve_server``: the running server (img2pose_tools.torchserve_launcher.TorchServeServer);
   skipped when java or torchserve is not on PATH.
 """
@@ -137,9 +137,14 @@ def demo_detector(demo_model_dir):
     return model
 
 
+# config/config.properties serves batchSize 1 (best for online callers on CPU); the session server
+# aggregates batches of 8, as GPU deployments do, so that the tests exercise exact batching.
+SESSION_BATCH_SIZE = 8
+
+
 @pytest.fixture(scope="session")
 def server_settings() -> ServerSettings:
-    return ServerSettings()
+    return ServerSettings(batch_size=SESSION_BATCH_SIZE)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """The cluster TorchServe config agrees with the local one, except where it must not; the GPU
-overlay's copy differs from it only in batch settings."""
+overlay's copy differs from it only in batch settings and the queue sized for its throughput."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ INTENDED_DIFFERENCES = {
     "metrics_config": "absolute path inside the image (or the ConfigMap mount)",
 }
 GPU_BATCH_KEYS = {"batchSize", "maxBatchDelay"}
+GPU_THROUGHPUT_KEYS = {"job_queue_size"}  # images/s x accepted queue wait: a GPU serves more images/s
 
 
 def test_the_cluster_config_differs_from_the_local_one_only_in_the_named_keys():
@@ -47,9 +48,11 @@ def test_the_local_config_keeps_its_secure_defaults():
     assert "disable_token_authorization" not in local
 
 
-def test_the_gpu_config_differs_from_the_cluster_config_only_in_batch_settings():
+def test_the_gpu_config_differs_from_the_cluster_config_only_in_batch_settings_and_queue():
     cluster, gpu = read_properties(CLUSTER_CONFIG), read_properties(GPU_CONFIG)
-    assert {k: v for k, v in cluster.items() if k != "models"} == {k: v for k, v in gpu.items() if k != "models"}
+    kept = {"models", *GPU_THROUGHPUT_KEYS}
+    assert {k: v for k, v in cluster.items() if k not in kept} == {k: v for k, v in gpu.items() if k not in kept}
+    assert int(gpu["job_queue_size"]) > int(cluster["job_queue_size"])
     cluster_model = models_block(cluster)["img2pose"]["1.0"]
     gpu_model = models_block(gpu)["img2pose"]["1.0"]
     differing = {key for key in cluster_model.keys() | gpu_model.keys() if cluster_model.get(key) != gpu_model.get(key)}

@@ -12,7 +12,7 @@ from PIL import Image
 
 from img2pose_tools.torchserve_launcher import BASE_CONFIG, model_settings, read_properties
 from scripts.benchmark import ForwardBatchMeter
-from tests.conftest import DEMO_MODEL, TRUSTED_MODEL
+from tests.conftest import DEMO_MODEL, SESSION_BATCH_SIZE, TRUSTED_MODEL
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.image_decoding import decode_tensor
 from tests.golden_set import COMMITTED, compare_faces
@@ -142,11 +142,12 @@ def test_demo_archive_is_marked_everywhere(torchserve_server):
     assert real.json() == demo.json()  # the same weights and pose statistics
 
 
-def test_worker_settings_come_from_config_properties(torchserve_server):
+def test_worker_settings_come_from_config_properties(torchserve_server, server_settings):
     wanted = model_settings(read_properties(BASE_CONFIG))
+    assert server_settings.batch_size == SESSION_BATCH_SIZE != wanted["batchSize"]  # the one override
     for name in torchserve_server.model_names:
         description = torchserve_server.describe(name)[0]
-        assert description["batchSize"] == wanted["batchSize"]
+        assert description["batchSize"] == SESSION_BATCH_SIZE
         assert description["maxBatchDelay"] == wanted["maxBatchDelay"]
         assert description["minWorkers"] == wanted["minWorkers"] and description["maxWorkers"] == wanted["maxWorkers"]
         ready = [w for w in description["workers"] if w["status"] == "READY"]
