@@ -35,13 +35,12 @@ def _good_image() -> bytes:
 def _answer_in_process(case: BadCase) -> tuple[int, str]:
     """What the handler answers for the case, by its own two steps (read the request, then decode
     each image as its forward would): (status, message); (200, "") if accepted."""
-    request = read_request(case.row(), case.header_content_type(), DetectionParams(0.5, -1), CONFIG)
-    if request.error is not None:
-        return request.error.status, request.error.message
-    for image in batch_images([request]):
-        result = decode_batch_image(image, request, CONFIG.max_image_pixels)
-        if isinstance(result, RequestError):
-            return result.status, result.message
+    try:
+        request = read_request(case.row(), case.header_content_type(), DetectionParams(0.5, -1), CONFIG)
+        for image in batch_images([request]):
+            decode_batch_image(image, request, CONFIG.max_image_pixels)
+    except RequestError as error:
+        return error.status, error.message
     return 200, ""
 
 

@@ -218,3 +218,27 @@ def test_requests_past_their_deadline_are_answered_504_without_being_run(handler
     assert bodies[0] == {"error": f"the request's deadline ({DEADLINE_HEADER}) was 3.00 s away at its forward, less "
                                   "than its forward takes here (~10.00 s): not run", "code": 504}
     assert bodies[1] == _filtered(alone["rgb_640x480.jpg"])
+
+
+def test_a_batch_records_handler_time_once_and_every_stage(handler_and_context, monkeypatch):
+    handler, context = handler_and_context
+    recorded = []
+    for method in ("add_time", "add_metric"):
+        real = getattr(context.metrics, method)
+
+        def record(name, *args, _real=real, **kwargs):
+            recorded.append(name)
+            return _real(name, *args, **kwargs)
+
+        monkeypatch.setattr(context.metrics, method, record)
+    rows = [{"body": bytearray(IMAGES["rgb_640x480.jpg"])}, {"body": bytearray(b"this is not an image")}]
+    _, statuses, _ = _handle(handler, context, rows, [{}, {}])
+    assert statuses[1][0] == 400
+    assert sorted(recorded) == sorted(["HandlerTime", "Img2PoseParseMs", "Img2PoseDecodeMs", "Img2PoseForwardMs",
+                                       "Img2PoseForwardBatchSize", "Img2PosePostprocessMs"])
+
+
+def test_explanations_answer_what_predictions_do(handler_and_context, alone):
+    bodies, statuses, _ = _handle(*handler_and_context, [{"body": bytearray(IMAGES["rgb_640x480.jpg"])}],
+                                  [{"explain": "True"}])
+    assert bodies == [_filtered(alone["rgb_640x480.jpg"])] and statuses[0][0] in (None, 200)

@@ -5,7 +5,8 @@ from typing import Any
 
 import pytest
 
-from img2pose_serve.errors import RequestError
+from img2pose_serve.errors import (DeadlineExceeded, InternalError, InvalidInput, PayloadTooLarge, RequestError,
+                                   UnsupportedMediaType)
 from img2pose_serve.handler_config import HandlerConfig
 from img2pose_serve.request_parsing import DetectionParams, ParsedRequest, parse_request
 
@@ -34,9 +35,19 @@ def json_error(doc: Any) -> RequestError:
 
 
 def test_request_error_to_json() -> None:
-    error = RequestError(413, "too big")
+    error = PayloadTooLarge("too big")
     assert (error.status, error.message, str(error)) == (413, "too big", "too big")
     assert error.to_json() == {"error": "too big", "code": 413}
+
+
+def test_each_error_type_carries_its_status_and_keeps_it_when_prefixed() -> None:
+    statuses = {InvalidInput: 400, PayloadTooLarge: 413, UnsupportedMediaType: 415, DeadlineExceeded: 504}
+    for error_type, status in statuses.items():
+        error = error_type("bad").prefixed("images[1]: ")
+        assert (type(error), error.status, error.message) == (error_type, status, "images[1]: bad")
+    internal = InternalError("request-3")
+    assert internal.prefixed("images[1]: ") is internal  # the client learns nothing more of it
+    assert internal.to_json() == {"error": "internal error", "code": 500, "request_id": "request-3"}
 
 
 def test_detection_params_is_frozen() -> None:
