@@ -38,7 +38,6 @@ from img2pose_serve.errors import RequestError, internal_error
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.handler_config import HandlerConfig
 from img2pose_serve.precision import Bf16Unavailable, device_capabilities, resolve_precision
-from img2pose_serve.request_parsing import DetectionParams
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +70,6 @@ class Img2PoseHandler(BaseHandler):
         images_per_pass = self.config.resolved_images_per_pass(self.device.type)
         self.model.set_images_per_pass(images_per_pass)
         self.model.set_precision(self.precision["effective"], reversible=False)
-        self.defaults = DetectionParams(self.config.score_threshold, self.config.max_faces)
         self.forward_clock = ForwardClock()
         self.decode_pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="img2pose-decode")
         self.initialized = True
@@ -124,8 +122,7 @@ class Img2PoseHandler(BaseHandler):
         """The request, or its error: a bad request fails alone."""
         header = self._request_header
         try:
-            return read_request(row, header(index, "Content-Type"), self.defaults, self.config,
-                                header(index, DEADLINE_HEADER))
+            return read_request(row, header(index, "Content-Type"), self.config, header(index, DEADLINE_HEADER))
         except RequestError as error:
             return RequestState(error=error)
 

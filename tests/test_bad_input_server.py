@@ -17,7 +17,6 @@ import pytest
 from img2pose_serve.batch_items import batch_images, decode_batch_image, read_request
 from img2pose_serve.errors import RequestError
 from img2pose_serve.handler_config import HandlerConfig
-from img2pose_serve.request_parsing import DetectionParams
 from img2pose_tools.bad_inputs import CASES, BadCase
 from img2pose_tools.synthetic_images import photo_like_pil
 from img2pose_tools.wait_ready import worker_pid
@@ -36,7 +35,7 @@ def _answer_in_process(case: BadCase) -> tuple[int, str]:
     """What the handler answers for the case, by its own two steps (read the request, then decode
     each image as its forward would): (status, message); (200, "") if accepted."""
     try:
-        request = read_request(case.row(), case.header_content_type(), DetectionParams(0.5, -1), CONFIG)
+        request = read_request(case.row(), case.header_content_type(), CONFIG)
         for image in batch_images([request]):
             decode_batch_image(image, request, CONFIG.max_image_pixels)
     except RequestError as error:

@@ -1,21 +1,24 @@
 import pytest
 
 from img2pose_serve.handler_config import HandlerConfig, HandlerConfigError
+from img2pose_serve.request_parsing import DetectionParams
 
 
 def test_defaults_and_overrides_from_the_yaml_section():
     assert HandlerConfig.from_mapping(None) == HandlerConfig()
     config = HandlerConfig.from_mapping({"score_threshold": 0.3, "max_faces": 5, "max_images_per_forward": 2})
     assert (config.score_threshold, config.max_faces, config.max_images_per_forward) == (0.3, 5, 2)
+    assert config.detection_defaults == DetectionParams(score_threshold=0.3, max_faces=5)
+    assert HandlerConfig().detection_defaults == DetectionParams(score_threshold=0.5, max_faces=-1)
     assert HandlerConfig.from_mapping({"score_threshold": 1}).score_threshold == 1.0
 
 
 @pytest.mark.parametrize("section, message", [
     ({"batchSize": 8}, "unknown setting"),
-    ({"score_threshold": 1.5}, "score_threshold must be in"),
+    ({"score_threshold": 1.5}, r"^handler setting score_threshold must be in \[0, 1\], got 1.5$"),
     ({"score_threshold": "0.3"}, "score_threshold must be a finite number"),
     ({"score_threshold": float("nan")}, "score_threshold must be a finite number"),
-    ({"max_faces": -2}, "max_faces must be >= -1"),
+    ({"max_faces": -2}, r"^handler setting max_faces must be >= -1 \(-1: all faces\), got -2$"),
     ({"max_images_per_forward": 0}, "max_images_per_forward must be >= 1"),
     ({"max_images_per_forward": -3}, "max_images_per_forward must be >= 1"),
     ({"max_images_per_forward": 2.7}, "max_images_per_forward must be an integer"),

@@ -50,11 +50,16 @@ def test_each_error_type_carries_its_status_and_keeps_it_when_prefixed() -> None
     assert internal.to_json() == {"error": "internal error", "code": 500, "request_id": "request-3"}
 
 
-def test_detection_params_is_frozen() -> None:
-    from dataclasses import FrozenInstanceError
-
-    with pytest.raises(FrozenInstanceError):
-        DEFAULTS.max_faces = 3  # type: ignore[misc]
+@pytest.mark.parametrize(("params", "message"), [
+    ((1.5, -1), "score_threshold must be in [0, 1], got 1.5"),
+    ((float("nan"), -1), "score_threshold must be in [0, 1], got nan"),
+    ((0.5, -2), "max_faces must be >= -1 (-1: all faces), got -2"),
+])
+def test_detection_params_refuse_values_out_of_range(params: tuple, message: str) -> None:
+    with pytest.raises(ValueError) as error:
+        DetectionParams(*params)
+    assert str(error.value) == message
+    assert DetectionParams(1.0, -1) == DetectionParams(1.0, -1) and DetectionParams(0.0, 0).max_faces == 0
 
 
 # --- raw body ---------------------------------------------------------------

@@ -15,7 +15,7 @@ from .deadline import check_deadline, parse_deadline
 from .errors import RequestError
 from .handler_config import HandlerConfig
 from .image_decoding import decode_tensor, image_size
-from .request_parsing import DetectionParams, ParsedRequest, parse_request
+from .request_parsing import ParsedRequest, parse_request
 
 
 @dataclass
@@ -64,8 +64,8 @@ class Batch:
         return self.request_of(image).error is None
 
 
-def read_request(row: Mapping[str, Any], content_type: str | None, defaults: DetectionParams,
-                 config: HandlerConfig, deadline_header: str | None = None) -> RequestState:
+def read_request(row: Mapping[str, Any], content_type: str | None, config: HandlerConfig,
+                 deadline_header: str | None = None) -> RequestState:
     """Parse one request and read its images' sizes from their headers; raises a RequestError for a bad
     one (a request past its deadline is not even parsed).
 
@@ -74,7 +74,7 @@ def read_request(row: Mapping[str, Any], content_type: str | None, defaults: Det
     """
     deadline = parse_deadline(deadline_header)
     check_deadline(deadline, "it was parsed")
-    parsed = parse_request(row, defaults, content_type, max_images_per_request=config.max_images_per_request)
+    parsed = parse_request(row, config.detection_defaults, content_type, max_images_per_request=config.max_images_per_request)
     request = RequestState(parsed=parsed, deadline=deadline)
     for n, data in enumerate(parsed.images):
         try:

@@ -64,8 +64,28 @@ _INTEGER = re.compile(r"[+-]?\d+")
 
 @dataclass(frozen=True)
 class DetectionParams:
-    score_threshold: float
-    max_faces: int
+    """What a request asks of detection; the handler setting gives the defaults (HandlerConfig).
+
+    The ranges are checked here, once, for both: a value out of range raises ValueError (the parsers
+    below answer a client's with its own 400 message).
+    """
+
+    score_threshold: float  # faces scoring below it are dropped; in [0, 1]
+    max_faces: int  # at most this many faces, best first; -1: no limit; 0: no faces
+
+    def __post_init__(self) -> None:
+        if not self.valid_score_threshold(self.score_threshold):
+            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if not self.valid_max_faces(self.max_faces):
+            raise ValueError(f"max_faces must be >= -1 (-1: all faces), got {self.max_faces}")
+
+    @staticmethod
+    def valid_score_threshold(value: float) -> bool:
+        return math.isfinite(value) and 0.0 <= value <= 1.0
+
+    @staticmethod
+    def valid_max_faces(value: int) -> bool:
+        return value >= -1
 
 
 @dataclass
@@ -290,7 +310,7 @@ def _score_threshold_from_text(text: str) -> float:
 
 
 def _check_score_threshold(number: float, original: Any) -> float:
-    if not (math.isfinite(number) and 0.0 <= number <= 1.0):
+    if not DetectionParams.valid_score_threshold(number):
         raise _score_threshold_error(original)
     return number
 
@@ -323,7 +343,7 @@ def _max_faces_from_text(text: str) -> int:
 
 
 def _check_max_faces(number: int, original: Any) -> int:
-    if number < -1:
+    if not DetectionParams.valid_max_faces(number):
         raise _max_faces_error(original)
     return number
 
