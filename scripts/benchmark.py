@@ -213,8 +213,8 @@ def served_precision(management: str, model: str, key: str | None) -> str | None
 
 
 def archive_with_precision(archive: Path, precision: str, directory: Path) -> Path:
-    """A copy of ``archive`` in ``directory`` whose handler runs at ``precision`` (model-config.yaml and
-    archive_info.json rewritten, everything else copied as is)."""
+    """A copy of ``archive`` in ``directory`` whose handler runs at ``precision`` (model-config.yaml's
+    handler section rewritten, everything else copied as is)."""
     import yaml
 
     from img2pose_serve import archive_layout
@@ -228,8 +228,6 @@ def archive_with_precision(archive: Path, precision: str, directory: Path) -> Pa
                 config = yaml.safe_load(data) or {}
                 config.setdefault("handler", {})["precision"] = precision
                 data = yaml.safe_dump(config, sort_keys=False).encode()
-            elif item.filename == archive_layout.INFO_FILE:
-                data = (json.dumps({**json.loads(data), "precision": precision}, indent=2) + "\n").encode()
             target.writestr(item, data)
     return copy
 

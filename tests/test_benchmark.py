@@ -59,7 +59,7 @@ def test_archive_copies_differ_only_in_their_precision(tmp_path):
     with zipfile.ZipFile(copy) as mar:
         assert yaml.safe_load(mar.read("model-config.yaml")) == {
             "responseTimeout": 1200, "handler": {"score_threshold": 0.5, "precision": "bf16"}}
-        assert json.loads(mar.read("archive_info.json")) == {"demo": True, "precision": "bf16"}
+        assert json.loads(mar.read("archive_info.json")) == {"demo": True}
         assert mar.read("weights.pth") == b"\x00" * 64
 
 

@@ -73,7 +73,7 @@ def test_build_mar_writes_the_precision_into_the_archive(tmp_path):
         with staged_archive(None, precision=precision, quiet=True) as staged:
             handler_section = yaml.safe_load(staged.config_file.read_text())["handler"]
             info = json.loads((staged.extra / archive_layout.INFO_FILE).read_text())
-        assert handler_section["precision"] == precision and info["precision"] == precision == staged.info.precision
+        assert handler_section["precision"] == precision == staged.settings["precision"] and "precision" not in info
         assert HandlerConfig.from_mapping(handler_section).precision == precision
 
 

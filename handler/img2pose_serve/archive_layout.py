@@ -44,7 +44,6 @@ class ArchiveInfo:
     pose_mean: list[float]
     pose_stddev: list[float]
     built_by: str
-    precision: str = "fp32"  # the handler setting the archive was built with
     source_checkpoint_sha256: str | None = None  # the operator's file the weights came from
 
     def write(self, directory: Path) -> Path:
@@ -54,7 +53,11 @@ class ArchiveInfo:
 
     @classmethod
     def read(cls, directory: Path) -> "ArchiveInfo":
-        return cls(**json.loads((Path(directory) / INFO_FILE).read_text()))
+        recorded = json.loads((Path(directory) / INFO_FILE).read_text())
+        # Archives built before the precision had one home (model-config.yaml's handler section, the
+        # setting the worker reads) recorded a copy here; it is ignored.
+        recorded.pop("precision", None)
+        return cls(**recorded)
 
 
 def sha256_of(path: Path) -> str:

@@ -207,6 +207,7 @@ class StagedArchive:
     extra: Path  # copied to the archive's root: the package, pose statistics, archive_info.json
     config_file: Path
     info: archive_layout.ArchiveInfo
+    settings: dict  # the handler section of model-config.yaml
 
 
 @contextmanager
@@ -224,8 +225,8 @@ def staged_archive(
     """Check the inputs and write the archive's files into a temporary directory (removed afterwards).
 
     ``checkpoint=None`` stages the DEMO archive (generated weights, identity pose statistics).
-    ``precision`` (``fp32``, ``bf16`` or ``bf16-required``) goes into the handler settings and into
-    archive_info.json; the worker decides at start what runs (precision.resolve_precision).
+    ``precision`` (``fp32``, ``bf16`` or ``bf16-required``) goes into the handler settings (their one
+    home: the worker reads it there and decides at start what runs, precision.resolve_precision).
     Raises BuildError for unusable inputs.
     """
     mean, stddev, stats_source = resolve_pose_stats(checkpoint, pose_mean, pose_stddev)
@@ -264,7 +265,6 @@ def staged_archive(
             pose_stats_source=stats_source,
             pose_mean=[float(v) for v in mean],
             pose_stddev=[float(v) for v in stddev],
-            precision=settings["precision"],
             built_by=f"img2pose-serve {project_version()}",
         )
         info.write(extra)
@@ -274,7 +274,7 @@ def staged_archive(
             "# override it). responseTimeout must be here: TorchServe 0.12 takes it from the archive\n"
             "# (default 120) whenever the archive has a model-config.yaml.\n"
             + yaml.safe_dump({"responseTimeout": int(response_timeout), "handler": settings}, sort_keys=False))
-        yield StagedArchive(weights, extra, config_file, info)
+        yield StagedArchive(weights, extra, config_file, info, settings)
 
 
 def build_archive(
@@ -320,7 +320,7 @@ def build_archive(
     if not quiet:
         source = "DEMO, meaningless detections" if checkpoint is None else f"weights from {Path(checkpoint).name}"
         print(f"wrote {mar} ({source}; pose stats: {staged.info.pose_stats_source}; "
-              f"precision: {staged.info.precision})")
+              f"precision: {staged.settings['precision']})")
     return mar
 
 
