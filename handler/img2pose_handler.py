@@ -62,13 +62,13 @@ class Img2PoseHandler(BaseHandler):
         if self.config.torch_threads > 0:
             torch.set_num_threads(self.config.torch_threads)
         self.precision = self._resolve_precision()  # before loading: a refusal costs no model load
+        images_per_pass = self.config.resolved_images_per_pass(self.device.type)
         try:
-            self.model, self.archive_info = archive_layout.load_detector(Path(properties["model_dir"]), self.device)
+            self.model, self.archive_info = archive_layout.load_detector(Path(properties["model_dir"]), self.device,
+                                                                         images_per_pass)
         except archive_layout.ArchiveIntegrityError as error:
             logger.critical("img2pose refuses to start: %s", error)
             raise
-        images_per_pass = self.config.resolved_images_per_pass(self.device.type)
-        self.model.set_images_per_pass(images_per_pass)
         self.model.set_precision(self.precision["effective"], reversible=False)
         self.forward_clock = ForwardClock()
         self.decode_pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="img2pose-decode")

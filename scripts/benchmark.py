@@ -183,10 +183,9 @@ def load_archive_model(archive: Path, scratch: Path):
 
     with zipfile.ZipFile(archive) as mar:
         mar.extractall(scratch)
-    model, _ = archive_layout.load_detector(scratch, device="cpu")
     model_config = yaml.safe_load((scratch / archive_layout.MODEL_CONFIG_FILE).read_text()) or {}
     config = HandlerConfig.from_mapping(model_config.get("handler"))
-    model.set_images_per_pass(config.resolved_images_per_pass("cpu"))
+    model, _ = archive_layout.load_detector(scratch, device="cpu", images_per_pass=config.resolved_images_per_pass("cpu"))
     model.set_precision(resolved_precision(config.precision))
     return model
 

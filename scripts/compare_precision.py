@@ -183,8 +183,7 @@ def load_models(args) -> dict:
     state = build_demo_state_dict() if args.demo else read_checkpoint(args.checkpoint)  # read once for both
     models = {}
     for precision in ("fp32", "bf16"):
-        model = build_detector(state, pose_mean=mean, pose_stddev=stddev)
-        model.set_images_per_pass(1)  # the handler's CPU setting
+        model = build_detector(state, pose_mean=mean, pose_stddev=stddev, images_per_pass=1)  # the handler's CPU setting
         model.set_precision(precision)
         models[precision] = model
     print(f"weights: {'DEMO (generated, not the official model; detections meaningless)' if args.demo else args.checkpoint}"

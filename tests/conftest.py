@@ -132,8 +132,7 @@ def demo_detector(demo_model_dir):
     """The detector the demo archive serves, in this process (CPU, the handler's images per pass)."""
     from img2pose_serve import archive_layout
 
-    model, _ = archive_layout.load_detector(demo_model_dir)
-    model.set_images_per_pass(1)
+    model, _ = archive_layout.load_detector(demo_model_dir, images_per_pass=1)
     return model
 
 

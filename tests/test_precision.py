@@ -34,8 +34,7 @@ def _assert_identical(first: dict, second: dict) -> None:
 
 @pytest.fixture(scope="module")
 def bf16_model(demo_model_dir):
-    model, _ = archive_layout.load_detector(demo_model_dir)
-    model.set_images_per_pass(1)
+    model, _ = archive_layout.load_detector(demo_model_dir, images_per_pass=1)
     model.set_precision("bf16")
     return model
 
@@ -171,15 +170,13 @@ def test_bf16_runs_the_heavy_layers_in_bf16_and_ranks_and_decodes_in_fp32(bf16_m
     assert len(result["scores"]) > 0
 
 
-def test_bf16_batched_equals_bf16_alone_in_one_pass(bf16_model):
+def test_bf16_batched_equals_bf16_alone_in_one_pass(bf16_model, demo_model_dir):
     """The handler's CPU default is one image per pass; this checks the kernels with all images in one pass."""
     images = synthetic_images(2, 320, 240)
     alone = [bf16_model.detect([image])[0] for image in images]
-    bf16_model.set_images_per_pass(None)
-    try:
-        together = bf16_model.detect(images)
-    finally:
-        bf16_model.set_images_per_pass(1)
+    whole_batch, _ = archive_layout.load_detector(demo_model_dir, images_per_pass=None)
+    whole_batch.set_precision("bf16")
+    together = whole_batch.detect(images)
     for single, batched in zip(alone, together, strict=True):
         _assert_identical(single, batched)
     assert all(len(result["scores"]) for result in alone), "no detections: the comparison would be vacuous"

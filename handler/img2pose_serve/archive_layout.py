@@ -91,12 +91,14 @@ def read_weights(directory: Path, expected_sha256: str) -> dict[str, torch.Tenso
     return load_file(str(path))
 
 
-def load_detector(directory: Path, device: str | torch.device = "cpu") -> tuple[FasterDoFRCNN, ArchiveInfo]:
-    """The detector an unpacked archive serves (eval mode, on ``device``) and the archive's info."""
+def load_detector(directory: Path, device: str | torch.device = "cpu",
+                  images_per_pass: int | None = None) -> tuple[FasterDoFRCNN, ArchiveInfo]:
+    """The detector an unpacked archive serves (eval mode, on ``device``, ``images_per_pass`` as
+    ``FasterDoFRCNN`` takes it) and the archive's info."""
     directory = Path(directory)
     info = ArchiveInfo.read(directory)
     model = build_detector(read_weights(directory, info.weights_sha256),
                            pose_mean=np.load(directory / POSE_MEAN_FILE, allow_pickle=False),
                            pose_stddev=np.load(directory / POSE_STDDEV_FILE, allow_pickle=False),
-                           device=device)
+                           device=device, images_per_pass=images_per_pass)
     return model, info
