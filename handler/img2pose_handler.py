@@ -7,7 +7,7 @@ records HandlerTime, answers describe requests, runs the profiler when asked). T
    a bad request, or one past its deadline, keeps its error and takes no further part. Images stay
    compressed.
 2. ``inference(batch) -> Batch``: the good images go through FasterDoFRCNN in forwards planned so that
-   every image gets exactly the result it would get alone (see ``img2pose_serve.batching``); each
+   every image gets exactly the result it would get alone (see ``img2pose_serve.forward_plan``); each
    forward's images are decoded just before it runs and released right after, so memory follows one
    forward. A request whose deadline has passed when its forward is due, or is nearer than the forward
    would take, is dropped then (504). An image that fails to decode or run fails its request alone.
@@ -31,23 +31,20 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from img2pose_serve import archive_layout
-from img2pose_serve.batch_items import Batch, RequestState, decode_batch_image, expire_late_requests, read_request
-from img2pose_serve.batching import plan_forwards
 from img2pose_serve.deadline import DEADLINE_HEADER, ForwardClock
 from img2pose_serve.errors import RequestError, internal_error
 from img2pose_serve.facedicts import to_face_dicts
+from img2pose_serve.forward_plan import plan_forwards
+from img2pose_serve.handler_batch import Batch, RequestState, decode_batch_image, expire_late_requests, read_request
 from img2pose_serve.handler_config import HandlerConfig
 from img2pose_serve.precision import Bf16Unavailable, device_capabilities, resolve_precision
+from img2pose_serve.response_headers import DEMO_HEADER, PRECISION_HEADER
 
 logger = logging.getLogger(__name__)
 
-DEMO_HEADER = "X-Img2Pose-Demo"
-PRECISION_HEADER = "X-Img2Pose-Precision"  # the precision the worker runs (the setting may ask for bf16)
 DEMO_NOTICE = (
     "DEMO ARCHIVE: this model was built from a generated demo checkpoint, not the official img2pose "
-    "weights. Its detections are MEANINGLESS. Build a real archive with "
-    "`python scripts/build_mar.py --checkpoint img2pose_v1.pth --pose-mean WIDER_train_pose_mean_v1.npy "
-    "--pose-stddev WIDER_train_pose_stddev_v1.npy`."
+    f"weights. Its detections are MEANINGLESS. Build a real archive with `{archive_layout.REAL_ARCHIVE_COMMAND}`."
 )
 JSON = "application/json"
 # One forward's time, by the precision it ran in: a bf16 archive that fell back to fp32 shows in the first.
@@ -229,7 +226,7 @@ class Img2PoseHandler(BaseHandler):
             return json.dumps(request.error.to_json())
         params = request.parsed.params
         faces = [to_face_dicts(prediction, params.score_threshold, params.max_faces) for prediction in predictions]
-        return json.dumps(faces if request.parsed.many else faces[0])
+        return json.dumps(faces if request.parsed.answer_as_list else faces[0])
 
     # metrics ------------------------------------------------------------------------------------
 

@@ -245,7 +245,7 @@ class InProcess:
         self.model.detect(next(iter(self.tensors.values()))[:1])  # warm-up
 
     def images_per_s(self, image_set: str, batch: int) -> float:
-        from img2pose_serve.batching import plan_forwards
+        from img2pose_serve.forward_plan import plan_forwards
 
         tensors = self.tensors[image_set]
         runs = []

@@ -35,8 +35,7 @@ import numpy as np
 from PIL import Image
 
 from img2pose_serve.archive_layout import sha256_of
-
-REPO = Path(__file__).resolve().parents[1]
+from img2pose_tools.torchserve_launcher import REPO
 DEFAULT_OUT = REPO / "tests" / "golden"
 DEMO_SEED = 0
 IMAGE_SEED = 20240917

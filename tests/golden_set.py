@@ -23,8 +23,7 @@ from img2pose_serve.detector import build_detector
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.image_decoding import decode_tensor
 from img2pose_serve.model import resized_shape
-
-REPO = Path(__file__).resolve().parents[1]
+from img2pose_tools.torchserve_launcher import REPO
 
 # Tolerances between a matched pair of faces (../shared/img2pose/README.md), any x86-64 CPU. The
 # committed outputs were made on one CPU (Zen 4, AVX-512 kernels); fp32 convolutions sum in another

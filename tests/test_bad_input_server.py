@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from img2pose_serve.batch_items import batch_images, decode_batch_image, read_request
 from img2pose_serve.errors import RequestError
+from img2pose_serve.handler_batch import batch_images, decode_batch_image, read_request
 from img2pose_serve.handler_config import HandlerConfig
 from img2pose_tools.bad_inputs import CASES, BadCase
 from img2pose_tools.synthetic_images import photo_like_pil

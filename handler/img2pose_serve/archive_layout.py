@@ -28,6 +28,9 @@ POSE_MEAN_FILE = "pose_mean.npy"
 POSE_STDDEV_FILE = "pose_stddev.npy"
 INFO_FILE = "archive_info.json"
 MODEL_CONFIG_FILE = "model-config.yaml"
+# How to build an archive with the official weights (told wherever a demo archive is built or served).
+REAL_ARCHIVE_COMMAND = ("python scripts/build_mar.py --checkpoint img2pose_v1.pth "
+                        "--pose-mean WIDER_train_pose_mean_v1.npy --pose-stddev WIDER_train_pose_stddev_v1.npy")
 
 
 class ArchiveIntegrityError(RuntimeError):

@@ -42,7 +42,7 @@ class FasterDoFRCNN(GeneralizedRCNN):
 
     Images that share one forward are zero-padded to a common canvas, and padding changes the
     features near the borders. Callers that need each image's result to equal a single-image run
-    must only batch images with the same :func:`padded_canvas_shape` (see ``batching``).
+    must only batch images with the same :func:`padded_canvas_shape` (see ``forward_plan``).
     """
 
     def __init__(self, pose_decoder: PoseDecoder, images_per_pass: int | None = None) -> None:

@@ -92,12 +92,12 @@ class DetectionParams:
 class ParsedRequest:
     images: list[bytes]
     params: DetectionParams
-    many: bool
+    answer_as_list: bool  # the answer is a list of per-image results ("images", or a form with 2+ files)
     # How an error names each image: "" for a lone body, "images[2]", "form field 'photo'".
     labels: list[str] = field(default_factory=list, compare=False)
 
     def error_prefix(self, n: int) -> str:
-        label = self.labels[n] if n < len(self.labels) else (f"image {n}" if self.many else "")
+        label = self.labels[n] if n < len(self.labels) else (f"image {n}" if self.answer_as_list else "")
         return f"{label}: " if label else ""
 
 
@@ -170,7 +170,7 @@ def _parse_raw(body: Any, defaults: DetectionParams) -> ParsedRequest:
     data = bytes(body)
     if not data:
         raise InvalidInput(f"the request body is empty; {HOW_TO_SEND}")
-    return ParsedRequest(images=[data], params=defaults, many=False)
+    return ParsedRequest(images=[data], params=defaults, answer_as_list=False)
 
 
 # --- JSON -------------------------------------------------------------------
@@ -193,10 +193,10 @@ def _parse_json(
     if "image" in doc and "images" in doc:
         raise InvalidInput('send either "image" or "images", not both')
     if "image" in doc:
-        return ParsedRequest([_b64_image(doc["image"], "image")], params, many=False)
+        return ParsedRequest([_b64_image(doc["image"], "image")], params, answer_as_list=False)
     if "images" in doc:
         images = _b64_images(doc["images"], max_images)
-        return ParsedRequest(images, params, many=True, labels=[f"images[{n}]" for n in range(len(images))])
+        return ParsedRequest(images, params, answer_as_list=True, labels=[f"images[{n}]" for n in range(len(images))])
     raise InvalidInput('the JSON body has no image: add "image": "<base64>" or "images": [...]'
     )
 
@@ -251,7 +251,7 @@ def _parse_multipart(
         max_faces=_form_param(row, MAX_FACES, _max_faces_from_text, defaults.max_faces))
     if not images:
         raise InvalidInput(f"the form has no image file field; {HOW_TO_SEND}")
-    return ParsedRequest(images, params, many=len(images) >= 2,
+    return ParsedRequest(images, params, answer_as_list=len(images) >= 2,
                          labels=[f"form field {name!r}" for name in image_fields])
 
 

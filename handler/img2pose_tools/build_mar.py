@@ -47,12 +47,12 @@ from img2pose_serve.detector import build_detector
 from img2pose_serve.handler_config import HandlerConfig
 from img2pose_serve.precision import PRECISION_SETTINGS
 from img2pose_tools.demo_checkpoint import build_demo_state_dict
+from img2pose_tools.serve_config import ARCHIVE_VERSION
 
 PACKAGE_DIR = Path(img2pose_serve.__file__).resolve().parent
 HANDLER_PATH = PACKAGE_DIR.parent / archive_layout.HANDLER_FILE
 DEFAULT_EXPORT_PATH = Path("model_store")
 DEFAULT_MODEL_NAME = "img2pose"
-ARCHIVE_VERSION = "1.0"
 # Seconds one handler call may take before TorchServe kills the worker: the slowest batch allowed
 # (batchSize requests x max_images_per_request images at the slowest forward on a small CPU) with
 # a safety margin; see docs/errors-and-limits.md.
@@ -65,15 +65,13 @@ SOURCE_NPY = "npy files"
 SOURCE_PUBLISHED = "published 4-decimal approximation"
 SOURCE_DEMO = "demo (identity: mean [0,0,0,0,0,1], std 1)"
 
-DEMO_BANNER = """
+DEMO_BANNER = f"""
 ################################################################################
 #  DEMO ARCHIVE: no --checkpoint given, so the weights are GENERATED (random).  #
 #  The server will run, but its DETECTIONS ARE MEANINGLESS - not real faces.    #
 #  For real results build with the official weights:                            #
-#    python scripts/build_mar.py --checkpoint img2pose_v1.pth \\                 #
-#      --pose-mean WIDER_train_pose_mean_v1.npy \\                               #
-#      --pose-stddev WIDER_train_pose_stddev_v1.npy                             #
 ################################################################################
+{archive_layout.REAL_ARCHIVE_COMMAND}
 """
 
 APPROX_STATS_WARNING = """

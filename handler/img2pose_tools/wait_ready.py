@@ -30,17 +30,21 @@ class NotReady(TimeoutError):
     """The model had no READY worker in time; the message says what was last seen."""
 
 
-def ready_workers(description) -> list[dict]:
-    """Workers with status READY in a ``GET /models/<name>`` answer (a list of model versions)."""
+def workers(description) -> list[dict]:
+    """Every worker in a ``GET /models/<name>`` answer (a list of model versions, or one version)."""
     versions = description if isinstance(description, list) else [description]
-    return [w for v in versions if isinstance(v, dict) for w in v.get("workers", []) if w.get("status") == "READY"]
+    return [w for v in versions if isinstance(v, dict) for w in v.get("workers", [])]
+
+
+def ready_workers(description) -> list[dict]:
+    """The workers with status READY."""
+    return [w for w in workers(description) if w.get("status") == "READY"]
 
 
 def worker_pid(description) -> int | None:
-    """The process id of the model's first worker in a ``GET /models/<name>`` answer (None: no worker)."""
-    versions = description if isinstance(description, list) else [description]
-    workers = [w for v in versions if isinstance(v, dict) for w in v.get("workers", [])]
-    return workers[0].get("pid") if workers else None
+    """The process id of the model's first worker (None: no worker)."""
+    found = workers(description)
+    return found[0].get("pid") if found else None
 
 
 def describe_model(management: str, model: str, key: str | None, timeout: float = 30.0) -> list[dict]:
@@ -91,7 +95,7 @@ def wait_ready(
                     description = answer.json()
                     if ready_workers(description):
                         return description
-                    states = [w.get("status") for v in description for w in v.get("workers", [])]
+                    states = [w.get("status") for w in workers(description)]
                     last = f"model registered, workers {states or 'none yet'}"
                 else:
                     last = f"HTTP {answer.status_code} from {url}: {answer.text.strip()[:200]}"
