@@ -45,7 +45,6 @@ import csv
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -60,6 +59,7 @@ from tqdm import tqdm
 
 from img2pose_client.key_file import read_keys
 from img2pose_tools import request_driver
+from img2pose_tools.served_metrics import ForwardBatchMeter
 from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import ServerSettings, start_torchserve, stop_torchserve
 from img2pose_tools.wait_ready import describe_model
@@ -123,27 +123,6 @@ def drive(endpoint: str, token: str, bodies: list[bytes], concurrency: int, tota
             return (None, time.monotonic() - t0, f"{type(error).__name__}: {error}"[:200])
 
     return request_driver.drive(send, total, concurrency, seconds)
-
-
-class ForwardBatchMeter:
-    """Reads (images, forwards) so far from the handler's Img2PoseForwardBatchSize metric."""
-
-    def __init__(self, metrics_url: str | None, model: str) -> None:
-        self.url, self.model = metrics_url, model
-
-    def read(self) -> tuple[float, float] | None:
-        if not self.url:
-            return None
-        try:
-            text = requests.get(f"{self.url}/metrics", timeout=10).text
-        except requests.RequestException:
-            return None
-
-        def total(suffix: str) -> float:
-            pattern = rf'^Img2PoseForwardBatchSize_{suffix}\{{[^}}]*ModelName="{re.escape(self.model)}"[^}}]*\}} (\S+)$'
-            return sum(float(v) for v in re.findall(pattern, text, re.M))
-
-        return total("sum"), total("count")
 
 
 def run_cell(cell: Cell, endpoint: str, token: str, bodies: list[bytes], total: int, seconds: float,

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from img2pose_client.backfill import parse_args, run
-from tests.conftest import DEMO_MODEL
+from tests.served_models import DEMO_MODEL
 
 
 

@@ -38,6 +38,7 @@ import torch
 from img2pose_serve import reference_data
 from img2pose_serve.handler_config import TORCH_THREADS_ENV
 from img2pose_tools.torchserve_launcher import REPO, ServerSettings, start_torchserve, stop_torchserve
+from tests.served_models import DEMO_MODEL, POISON_MODEL, PRIMARY_MODEL, TRUSTED_MODEL
 
 pytest_plugins = [
     "tests.backfill_support",  # the photo library the backfill tests share
@@ -46,9 +47,6 @@ pytest_plugins = [
 
 SHARED = REPO.parent / "shared" / "img2pose"
 MAKE_CKPT = SHARED / "golden" / "make_ckpt.py"
-PRIMARY_MODEL = DEMO_MODEL = "img2pose"
-TRUSTED_MODEL = "img2pose_trusted"
-POISON_MODEL = "img2pose_poison"  # the demo model, except that a marked image kills its worker
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from img2pose_client import inputs
 from img2pose_client.backfill import exit_status, main
 from img2pose_client.results_file import ResultWriter, ResumeIndex, iter_records
 from tests.backfill_support import backfill, image_bytes, lines
-from tests.conftest import DEMO_MODEL
+from tests.served_models import DEMO_MODEL
 from tests.stand_in_http import JsonHandler, start, stop
 from img2pose_tools.torchserve_launcher import REPO
 

@@ -26,7 +26,7 @@ from img2pose_client.predict_client import MAX_KEY_RECOVERIES
 from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import ServerSettings, start_torchserve, stop_torchserve
 from img2pose_tools.wait_ready import wait_ready
-from tests.conftest import DEMO_MODEL
+from tests.served_models import DEMO_MODEL
 from tests.stand_in_http import JsonHandler, start, stop
 from tests.backfill_support import image_bytes, lines
 

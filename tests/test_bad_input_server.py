@@ -43,8 +43,7 @@ def _answer_in_process(case: BadCase) -> tuple[int, str]:
     return 200, ""
 
 
-def test_corpus_is_large_and_covers_each_status():
-    assert len(CASES) >= 40
+def test_corpus_covers_each_status():
     assert {c.status for c in CASES} == {400, 413, 415}
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from scripts import benchmark
-from tests.conftest import DEMO_MODEL
+from tests.served_models import DEMO_MODEL
 
 
 def test_image_sets_are_deterministic_jpegs_of_the_promised_sizes():

@@ -32,7 +32,7 @@ from img2pose_tools.build_mar import (
     main,
     staged_archive,
 )
-from tests.conftest import PRIMARY_MODEL
+from tests.served_models import PRIMARY_MODEL
 
 DTYPES = {"float32": torch.float32, "int64": torch.int64}
 
@@ -264,7 +264,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_its_code_never_runs(cod
 
 
 def test_trusted_checkpoint_ships_its_tensors_only(served_archives, code_running_checkpoint, demo_state, tmp_path):
-    from tests.conftest import TRUSTED_MODEL
+    from tests.served_models import TRUSTED_MODEL
 
     checkpoint, marker = code_running_checkpoint
     with zipfile.ZipFile(served_archives[TRUSTED_MODEL]) as archive:

@@ -62,7 +62,10 @@ def test_every_official_layout_loads_strictly_with_identical_values(model, offic
 
 def test_missing_batchnorm_counter_is_tolerated(model, official_state):
     state = {k: v for k, v in official_state.items() if not k.endswith("dof_pred.1.num_batches_tracked")}
+    assert len(state) == len(official_state) - 1
     load_into(model, state)
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
 
 
 def test_missing_and_unexpected_keys_are_named(model, official_state):

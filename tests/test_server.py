@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
+from img2pose_tools.served_metrics import ForwardBatchMeter
 from img2pose_tools.torchserve_launcher import BASE_CONFIG, model_settings, read_properties
-from scripts.benchmark import ForwardBatchMeter
-from tests.conftest import DEMO_MODEL, TRUSTED_MODEL
+from tests.served_models import DEMO_MODEL, TRUSTED_MODEL
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.image_decoding import decode_tensor
 from tests.golden_set import COMMITTED, compare_faces
