@@ -164,7 +164,8 @@ def load_archive_model(archive: Path, scratch: Path):
         mar.extractall(scratch)
     model_config = yaml.safe_load((scratch / archive_layout.MODEL_CONFIG_FILE).read_text()) or {}
     config = HandlerConfig.from_mapping(model_config.get("handler"))
-    model, _ = archive_layout.load_detector(scratch, device="cpu", images_per_pass=config.resolved_images_per_pass("cpu"))
+    model, _ = archive_layout.load_detector(scratch, device="cpu",
+                                            images_per_pass=config.resolved_images_per_pass("cpu"))
     model.set_precision(resolved_precision(config.precision))
     return model
 
@@ -400,8 +401,10 @@ def plot(path: Path, cells: list[Cell], bound: dict) -> None:
         precisions = sorted({c.precision for c in cells})
         delays, worker_counts = sorted({c.max_batch_delay_ms for c in cells}), sorted({c.workers for c in cells})
         for precision, delay, workers in [(p, d, w) for p in precisions for d in delays for w in worker_counts]:
-            line = sorted((c for c in cells if (c.image_set, c.max_batch_delay_ms, c.workers, c.concurrency, c.precision)
-                           == (name, delay, workers, busiest, precision)), key=lambda c: c.batch_size)
+            wanted = (name, delay, workers, busiest, precision)
+            line = sorted((c for c in cells
+                           if (c.image_set, c.max_batch_delay_ms, c.workers, c.concurrency, c.precision) == wanted),
+                          key=lambda c: c.batch_size)
             if not line:
                 continue
             label = (f"{precision}, " if len(precisions) > 1 else "") + f"delay {delay} ms" + (
@@ -434,7 +437,8 @@ def table(cells: list[Cell]) -> str:
     header = "set    prec runs batch delay workers conc  img/s    p50 s   p95 s   p99 s  fwd-batch ratio vs-b1 errors"
     rows = [header]
     for c in cells:
-        rows.append(f"{c.image_set:6} {c.precision:4} {shown(c.runs):4} {c.batch_size:5} {c.max_batch_delay_ms:5} {c.workers:7} {c.concurrency:4} "
+        rows.append(f"{c.image_set:6} {c.precision:4} {shown(c.runs):4} {c.batch_size:5} {c.max_batch_delay_ms:5} "
+                    f"{c.workers:7} {c.concurrency:4} "
                     f"{c.images_per_s:6.3f} {c.p50_s or 0:7.2f} {c.p95_s or 0:7.2f} {c.p99_s or 0:7.2f} "
                     f"{shown(c.mean_forward_batch):>9} {shown(c.serving_ratio):>5} {shown(c.vs_in_process_batch1):>5} "
                     f"{c.errors:6}")

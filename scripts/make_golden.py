@@ -36,6 +36,7 @@ from PIL import Image
 
 from img2pose_serve.archive_layout import sha256_of
 from img2pose_tools.torchserve_launcher import REPO
+
 DEFAULT_OUT = REPO / "tests" / "golden"
 DEMO_SEED = 0
 IMAGE_SEED = 20240917
@@ -306,7 +307,8 @@ def our_outputs(images: list[Path], checkpoint: Path) -> dict:
     identity = run(build_detector(checkpoint), 0.0)
     alt = run(build_detector(checkpoint, *published_pose_stats()), DEFAULT_THRESHOLD)
     return {
-        "sequential": {name: [f for f in faces if f["confidence"] >= DEFAULT_THRESHOLD] for name, faces in identity.items()},
+        "sequential": {name: [f for f in faces if f["confidence"] >= DEFAULT_THRESHOLD]
+                       for name, faces in identity.items()},
         "sequential_threshold0": identity,
         "alt_pose_stats": {"sequential": alt},
     }
@@ -385,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="golden directory (default tests/golden)")
     parser.add_argument("--images-only", action="store_true", help="rewrite the generated images only")
     parser.add_argument("--check-exact", action="store_true",
-                        help="write nothing: compare this project's outputs with the reference's on this machine, bit for bit")
+                        help="write nothing: compare this project's outputs with the reference's on this machine, "
+                             "bit for bit")
     args = parser.parse_args(argv)
 
     images_dir = args.out / "images"

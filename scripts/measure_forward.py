@@ -41,7 +41,8 @@ def main() -> None:
     images = [t.to(args.device) for t in photo_like_tensors(max(args.batch_sizes), width, height)]
     model.detect(images[:1])  # warm-up: allocator, kernels, RoIAlign scale cache
 
-    print(f"device={args.device} threads={torch.get_num_threads()} images_per_pass={images_per_pass or 'all'} images={width}x{height} repeats={args.repeats}")
+    print(f"device={args.device} threads={torch.get_num_threads()} images_per_pass={images_per_pass or 'all'} "
+          f"images={width}x{height} repeats={args.repeats}")
     print("batch  s/forward  s/image  images/s")
     for batch in args.batch_sizes:
         times = []

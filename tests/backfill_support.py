@@ -14,8 +14,6 @@ from img2pose_client.backfill import parse_args, run
 from tests.served_models import DEMO_MODEL
 
 
-
-
 def image_bytes(seed: int, fmt: str = "JPEG", size: tuple[int, int] = (160, 120)) -> bytes:
     buffer = io.BytesIO()
     Image.effect_noise(size, 40 + seed).convert("RGB").save(buffer, format=fmt)

@@ -26,9 +26,9 @@ from img2pose_client.predict_client import MAX_KEY_RECOVERIES
 from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import ServerSettings, start_torchserve, stop_torchserve
 from img2pose_tools.wait_ready import wait_ready
+from tests.backfill_support import image_bytes, lines
 from tests.served_models import DEMO_MODEL
 from tests.stand_in_http import JsonHandler, start, stop
-from tests.backfill_support import image_bytes, lines
 
 INVALID_KEY = {"code": 400, "type": "InvalidKeyException",
                "message": "Token Authorization failed. Token either incorrect, expired, or not provided correctly"}
@@ -271,7 +271,8 @@ def short_key_server(tmp_path_factory, served_archives):
             # key_file.json, so it never became ready. A fresh start is what is under test next.
             if attempt == 2:
                 raise
-            warnings.warn(f"the short-key TorchServe did not get ready; starting it once more: {str(error)[:300]}")
+            warnings.warn(f"the short-key TorchServe did not get ready; starting it once more: {str(error)[:300]}",
+                          stacklevel=2)
     try:
         yield server
     finally:

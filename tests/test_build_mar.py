@@ -17,10 +17,7 @@ import pytest
 import torch
 import yaml
 
-from img2pose_serve import reference_data
-from img2pose_tools.demo_checkpoint import state_dict_manifest
-from img2pose_tools.demo_checkpoint import build_demo_state_dict, write_demo_checkpoint
-from img2pose_serve import archive_layout
+from img2pose_serve import archive_layout, reference_data
 from img2pose_serve.handler_config import HandlerConfig
 from img2pose_tools.build_mar import (
     FRONTEND_KEYS,
@@ -32,6 +29,7 @@ from img2pose_tools.build_mar import (
     main,
     staged_archive,
 )
+from img2pose_tools.demo_checkpoint import build_demo_state_dict, state_dict_manifest, write_demo_checkpoint
 from tests.served_models import PRIMARY_MODEL
 
 DTYPES = {"float32": torch.float32, "int64": torch.int64}

@@ -104,7 +104,8 @@ def test_every_format_answers_exactly_what_each_image_gets_alone(mixed_batch, al
 
 def test_handler_results_match_the_reference_library(mixed_batch):
     bodies, _, _ = mixed_batch
-    for body, name in ((bodies[0], "rgb_640x480.jpg"), (bodies[2][0], "gray_320x240.png"), (bodies[2][1], "rgb_333x517.png")):
+    for body, name in ((bodies[0], "rgb_640x480.jpg"), (bodies[2][0], "gray_320x240.png"),
+                       (bodies[2][1], "rgb_333x517.png")):
         golden = GOLDEN_NAMES[name]
         assert compare_faces(body, COMMITTED.reference["sequential"][golden], 0.5, COMMITTED.image_size(golden)) == []
 
@@ -122,7 +123,8 @@ def test_bad_requests_fail_alone_with_their_own_status(mixed_batch):
                              "('this is not an image'), not an image file"}
     assert statuses[5][0] == 400 and bodies[5]["error"].startswith("score_threshold must be")
     # The truncated JPEG's header is fine; it fails when its forward decodes it, failing only its request.
-    assert statuses[7][0] == 400 and bodies[7]["error"].startswith("images[1]: the data (2000 bytes) could not be decoded")
+    assert statuses[7][0] == 400
+    assert bodies[7]["error"].startswith("images[1]: the data (2000 bytes) could not be decoded")
 
 
 def test_responses_are_json_and_marked_demo(mixed_batch):

@@ -15,11 +15,17 @@ import img2pose_handler
 from img2pose_handler import PRECISION_HEADER, Img2PoseHandler
 from img2pose_serve import archive_layout
 from img2pose_serve.facedicts import to_face_dicts
-from img2pose_serve.model import BF16_STAGES
 from img2pose_serve.handler_config import HandlerConfig, HandlerConfigError
-from img2pose_serve.precision import (Bf16Capabilities, Bf16Unavailable, device_capabilities,
-                                      fold_frozen_batch_norms, native_bf16_check, resolve_precision)
 from img2pose_serve.image_decoding import decode_tensor
+from img2pose_serve.model import BF16_STAGES
+from img2pose_serve.precision import (
+    Bf16Capabilities,
+    Bf16Unavailable,
+    device_capabilities,
+    fold_frozen_batch_norms,
+    native_bf16_check,
+    resolve_precision,
+)
 from img2pose_tools.build_mar import BuildError, main, staged_archive
 from img2pose_tools.synthetic_images import photo_like_jpeg as _jpeg
 from img2pose_tools.synthetic_images import photo_like_tensors as synthetic_images

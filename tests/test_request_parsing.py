@@ -5,8 +5,14 @@ from typing import Any
 
 import pytest
 
-from img2pose_serve.errors import (DeadlineExceeded, InternalError, InvalidInput, PayloadTooLarge, RequestError,
-                                   UnsupportedMediaType)
+from img2pose_serve.errors import (
+    DeadlineExceeded,
+    InternalError,
+    InvalidInput,
+    PayloadTooLarge,
+    RequestError,
+    UnsupportedMediaType,
+)
 from img2pose_serve.handler_config import HandlerConfig
 from img2pose_serve.request_parsing import DetectionParams, ParsedRequest, parse_request
 

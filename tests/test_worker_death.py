@@ -21,8 +21,8 @@ from img2pose_client.backfill import exit_status
 from img2pose_client.predict_client import PredictClient, SoloGate
 from img2pose_tools.wait_ready import wait_ready, worker_pid
 from tests.backfill_support import backfill, image_bytes, lines
-from tests.served_models import DEMO_MODEL, POISON_MODEL
 from tests.poison_handler import POISON
+from tests.served_models import DEMO_MODEL, POISON_MODEL
 from tests.stand_in_http import JsonHandler, serving
 
 WORKER_DIED = {"code": 507, "type": "InternalServerException", "message": "Worker died."}

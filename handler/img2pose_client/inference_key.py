@@ -67,7 +67,8 @@ class InferenceKey:
             renew_key(self.management_url, self._read("API"), "inference", timeout=self.timeout)
         except requests.RequestException as error:
             raise KeyRecoveryFailed(f"renewing the inference key at {self.management_url} failed: "
-                                    f"{type(error).__name__}: {response_excerpt(error.response, str(error))}") from error
+                                    f"{type(error).__name__}: {response_excerpt(error.response, str(error))}"
+                                    ) from error
         key = self._read("inference")
         if key == rejected:
             raise KeyRecoveryFailed(f"the key was renewed at {self.management_url} but {self.key_file} still holds "

@@ -123,7 +123,7 @@ class PredictClient:
         for session in self._sessions:
             session.close()
 
-    def __enter__(self) -> "PredictClient":
+    def __enter__(self) -> PredictClient:
         return self
 
     def __exit__(self, *exc) -> None:

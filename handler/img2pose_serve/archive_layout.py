@@ -55,7 +55,7 @@ class ArchiveInfo:
         return path
 
     @classmethod
-    def read(cls, directory: Path) -> "ArchiveInfo":
+    def read(cls, directory: Path) -> ArchiveInfo:
         recorded = json.loads((Path(directory) / INFO_FILE).read_text())
         # Archives built before the precision had one home (model-config.yaml's handler section, the
         # setting the worker reads) recorded a copy here; it is ignored.

@@ -74,7 +74,8 @@ def read_request(row: Mapping[str, Any], content_type: str | None, config: Handl
     """
     deadline = parse_deadline(deadline_header)
     check_deadline(deadline, "it was parsed")
-    parsed = parse_request(row, config.detection_defaults, content_type, max_images_per_request=config.max_images_per_request)
+    parsed = parse_request(row, config.detection_defaults, content_type,
+                           max_images_per_request=config.max_images_per_request)
     request = RequestState(parsed=parsed, deadline=deadline)
     for n, data in enumerate(parsed.images):
         try:

@@ -52,7 +52,7 @@ class HandlerConfig:
         return 1 if device_type == "cpu" else None
 
     @classmethod
-    def from_mapping(cls, section: dict[str, Any] | None) -> "HandlerConfig":
+    def from_mapping(cls, section: dict[str, Any] | None) -> HandlerConfig:
         """Settings from a ``handler:`` section; HandlerConfigError names any unknown key or bad value.
 
         Values must already have their type (YAML numbers, not strings): an integer setting refuses
@@ -68,7 +68,8 @@ class HandlerConfig:
         from_env = os.environ.get(TORCH_THREADS_ENV, "").strip()
         if config.torch_threads == 0 and from_env:
             if not from_env.isdigit():
-                raise HandlerConfigError(f"handler setting torch_threads from ${TORCH_THREADS_ENV} must be a whole number, got {from_env!r}")
+                raise HandlerConfigError(f"handler setting torch_threads from ${TORCH_THREADS_ENV} must be a whole "
+                                         f"number, got {from_env!r}")
             config = replace(config, torch_threads=int(from_env))
         try:
             _ = config.detection_defaults  # DetectionParams checks their ranges
@@ -84,7 +85,8 @@ class HandlerConfig:
             raise HandlerConfigError(f"handler setting {error}") from None
         for name in ("torch_threads", "images_per_pass"):
             if getattr(config, name) < 0:
-                raise HandlerConfigError(f"handler setting {name} must be >= 0 (0 = automatic), got {getattr(config, name)}")
+                raise HandlerConfigError(
+                    f"handler setting {name} must be >= 0 (0 = automatic), got {getattr(config, name)}")
         return config
 
 

@@ -57,7 +57,7 @@ class PoseDecoder:
     points_68: np.ndarray  # (68, 3) float32
 
     @classmethod
-    def create(cls, pose_mean, pose_stddev, points_68) -> "PoseDecoder":
+    def create(cls, pose_mean, pose_stddev, points_68) -> PoseDecoder:
         mean = np.asarray(pose_mean, dtype=np.float32).reshape(-1)
         std = np.asarray(pose_stddev, dtype=np.float32).reshape(-1)
         points = np.asarray(points_68, dtype=np.float32)

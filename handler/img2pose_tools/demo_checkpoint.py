@@ -40,7 +40,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
 # Face-logit bias of the RoI classifier (background logit bias is 0). Tuned on the golden set's
 # images for a handful of detections at threshold 0.5 (-3.0 gave dozens to hundreds); more
 # negative gives fewer faces.

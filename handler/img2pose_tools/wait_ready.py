@@ -99,7 +99,8 @@ def wait_ready(
                     last = f"model registered, workers {states or 'none yet'}"
                 else:
                     last = f"HTTP {answer.status_code} from {url}: {answer.text.strip()[:200]}"
-                    if key is None and key_file is not None and is_key_rejection(answer.status_code, response_json(answer)):
+                    rejected = is_key_rejection(answer.status_code, response_json(answer))
+                    if key is None and key_file is not None and rejected:
                         last += _renew_management_key(management, key_file)
             except requests.RequestException as error:
                 last = f"{type(error).__name__} connecting to {url}"
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Wait until a TorchServe model has a READY worker.")
     parser.add_argument("--model", required=True, help="registered model name, e.g. img2pose")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
-    parser.add_argument("--management", default=DEFAULT_MANAGEMENT, help=f"management API (default {DEFAULT_MANAGEMENT})")
+    parser.add_argument("--management", default=DEFAULT_MANAGEMENT,
+                        help=f"management API (default {DEFAULT_MANAGEMENT})")
     parser.add_argument("--key-file", default=DEFAULT_KEY_FILE,
                         help="TorchServe's key_file.json (default: ./key_file.json)")
     parser.add_argument("--no-token", action="store_true", help="send no token (token authorization disabled)")
