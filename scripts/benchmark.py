@@ -16,7 +16,7 @@ side is swept):
 Every cell sends ``--requests`` requests per round (one image each, raw JPEG bodies) from
 ``concurrency`` client threads, keeping that many in flight; no request starts after
 ``--cell-seconds``. The rounds visit every setting in turn (rotating the order), so a slow drift of
-the machine's speed (~10% over a sweep on this shared CPU) hits every setting alike instead of
+the machine's speed (docs/speed-and-tuning.md) hits every setting alike instead of
 whichever ran last. A cell reports images/s (answered 200s / wall time, over all rounds), latency
 p50/p95/p99 and the mean forward batch the handler ran (from its Img2PoseForwardBatchSize metric).
 

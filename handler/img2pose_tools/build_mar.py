@@ -310,8 +310,8 @@ def build_archive(
             extra_files=str(staged.extra),
             config_file=str(staged.config_file),
             export_path=str(export_path),
-            # Stored, not deflated: float32 weights shrink by a few percent at most, and deflating
-            # 170 MB costs seconds on every build.
+            # Stored, not deflated: float32 weights barely shrink, and deflating them costs seconds
+            # on every build.
             archive_format="zip-store",
             force=True,  # the existence check above already honoured ``force``
         )
