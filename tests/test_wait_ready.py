@@ -1,0 +1,24 @@
+"""Reading a model's workers from GET /models/<name> (img2pose_tools.wait_ready)."""
+
+from __future__ import annotations
+
+from img2pose_tools.wait_ready import ready_workers, worker_pid, workers
+
+DESCRIPTION = [{"modelVersion": "1.0", "workers": [{"pid": 7, "status": "READY"}, {"pid": 8, "status": "UNLOADING"}]},
+               {"modelVersion": "2.0", "workers": [{"pid": 9, "status": "READY"}]}]
+
+
+def test_workers_of_every_version_in_order():
+    assert [w["pid"] for w in workers(DESCRIPTION)] == [7, 8, 9]
+    assert [w["pid"] for w in workers({"workers": [{"pid": 3}]})] == [3]  # one version, not in a list
+    assert workers([{"workers": []}, "not a version"]) == []
+
+
+def test_ready_workers_are_those_reporting_ready():
+    assert [w["pid"] for w in ready_workers(DESCRIPTION)] == [7, 9]
+
+
+def test_worker_pid_is_the_first_workers_pid_of_a_description():
+    assert worker_pid([{"workers": [{"pid": 7, "status": "READY"}, {"pid": 8, "status": "READY"}]}]) == 7
+    assert worker_pid({"workers": [{"pid": 3}]}) == 3
+    assert worker_pid([{"workers": []}]) is None
