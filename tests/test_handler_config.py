@@ -1,6 +1,6 @@
 import pytest
 
-from img2pose_serve.handler_config import HandlerConfig, HandlerConfigError
+from img2pose_serve.handler_config import TORCH_THREADS_ENV, HandlerConfig, HandlerConfigError
 from img2pose_serve.request_parsing import DetectionParams
 
 
@@ -39,3 +39,28 @@ def test_images_per_pass_is_automatic_per_device_unless_set():
     assert HandlerConfig.from_mapping({"images_per_pass": 4}).resolved_images_per_pass("cpu") == 4
     with pytest.raises(HandlerConfigError, match="images_per_pass"):
         HandlerConfig.from_mapping({"images_per_pass": -1})
+
+
+# --- IMG2POSE_TORCH_THREADS (the Deployment sets it from the pod's CPU limit) fills torch_threads ---
+
+def test_the_environment_fills_an_automatic_torch_threads(monkeypatch):
+    monkeypatch.setenv(TORCH_THREADS_ENV, "3")
+    assert HandlerConfig.from_mapping({"torch_threads": 0}).torch_threads == 3
+    assert HandlerConfig.from_mapping(None).torch_threads == 3
+    assert HandlerConfig.from_mapping({"torch_threads": 2}).torch_threads == 2  # the archive's explicit value wins
+
+
+def test_without_the_variable_torch_keeps_its_default(monkeypatch):
+    monkeypatch.delenv(TORCH_THREADS_ENV, raising=False)
+    assert HandlerConfig.from_mapping(None).torch_threads == 0
+    monkeypatch.setenv(TORCH_THREADS_ENV, "")
+    assert HandlerConfig.from_mapping(None).torch_threads == 0
+
+
+def test_a_bad_value_fails_loudly(monkeypatch):
+    monkeypatch.setenv(TORCH_THREADS_ENV, "-1")
+    with pytest.raises(ValueError, match="torch_threads"):
+        HandlerConfig.from_mapping(None)
+    monkeypatch.setenv(TORCH_THREADS_ENV, "two")
+    with pytest.raises(ValueError):
+        HandlerConfig.from_mapping(None)
