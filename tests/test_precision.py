@@ -69,13 +69,13 @@ def test_the_model_refuses_unknown_precisions(bf16_model):
 
 def test_build_mar_writes_the_precision_into_the_archive(tmp_path):
     with pytest.raises(BuildError, match="precision"):
-        with staged_archive(None, precision="fp16", quiet=True):
+        with staged_archive(None, handler_overrides={"precision": "fp16"}, quiet=True):
             pass
     with pytest.raises(SystemExit):
         main(["--precision", "fp16", "--export-path", str(tmp_path)])
     assert not (tmp_path / "img2pose.mar").exists()
     for precision in ("bf16", "bf16-required"):
-        with staged_archive(None, precision=precision, quiet=True) as staged:
+        with staged_archive(None, handler_overrides={"precision": precision}, quiet=True) as staged:
             handler_section = yaml.safe_load(staged.config_file.read_text())["handler"]
             info = json.loads((staged.extra / archive_layout.INFO_FILE).read_text())
         assert handler_section["precision"] == precision == staged.settings["precision"] and "precision" not in info

@@ -217,18 +217,18 @@ def staged_archive(
     handler_overrides: dict | None = None,
     response_timeout: int = DEFAULT_RESPONSE_TIMEOUT,
     trust_checkpoint: bool = False,
-    precision: str = "fp32",
     quiet: bool = False,
 ) -> Iterator[StagedArchive]:
     """Check the inputs and write the archive's files into a temporary directory (removed afterwards).
 
     ``checkpoint=None`` stages the DEMO archive (generated weights, identity pose statistics).
-    ``precision`` (``fp32``, ``bf16`` or ``bf16-required``) goes into the handler settings (their one
-    home: the worker reads it there and decides at start what runs, precision.resolve_precision).
+    ``handler_overrides`` replace HandlerConfig's defaults in the archive's handler settings, e.g.
+    ``{"precision": "bf16"}`` (the setting's one home: the worker reads it there and decides at start
+    what runs, precision.resolve_precision).
     Raises BuildError for unusable inputs.
     """
     mean, stddev, stats_source = resolve_pose_stats(checkpoint, pose_mean, pose_stddev)
-    settings = handler_settings({"precision": precision, **(handler_overrides or {})})
+    settings = handler_settings(handler_overrides)
     if int(response_timeout) <= 0:
         raise BuildError(f"--response-timeout must be a positive number of seconds, got {response_timeout}")
     demo = checkpoint is None
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--response-timeout", type=int, default=DEFAULT_RESPONSE_TIMEOUT,
                         help="seconds a handler call may take before TorchServe restarts the worker "
                              f"(default {DEFAULT_RESPONSE_TIMEOUT}; config.properties cannot override it)")
-    parser.add_argument("--precision", choices=PRECISION_SETTINGS, default="fp32",
+    parser.add_argument("--precision", choices=PRECISION_SETTINGS, default=HandlerConfig().precision,
                         help="fp32 (default): exact; bf16: faster where the hardware has bf16 arithmetic, "
                              "slightly different numbers, fp32 where it has not; bf16-required: bf16 or the "
                              "worker refuses to start (docs/precision.md)")
@@ -347,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build_archive(args.checkpoint, args.pose_mean, args.pose_stddev, args.export_path,
                       args.model_name, force=args.force, response_timeout=args.response_timeout,
-                      trust_checkpoint=args.trust_checkpoint, precision=args.precision)
+                      trust_checkpoint=args.trust_checkpoint,
+                      handler_overrides={"precision": args.precision})
     except (BuildError, FileExistsError) as error:
         print(f"build_mar.py: error: {error}", file=sys.stderr)
         return 2
