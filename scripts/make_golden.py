@@ -21,7 +21,6 @@ tests/test_golden.py compares the committed outputs within tolerances.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import json
 import platform
@@ -35,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from img2pose_serve.archive_layout import sha256_of
+from img2pose_tools.demo_checkpoint import state_dict_sha256
 from img2pose_tools.torchserve_launcher import REPO
 
 DEFAULT_OUT = REPO / "tests" / "golden"
@@ -175,17 +175,6 @@ def golden_image_paths(images_dir: Path) -> list[Path]:
 
 
 # --- reference outputs --------------------------------------------------------------------------
-
-def state_dict_sha256(checkpoint: Path) -> str:
-    """sha256 over every key and tensor's bytes, in order (the file's own hash changes per save)."""
-    import torch
-
-    digest = hashlib.sha256()
-    for key, tensor in torch.load(checkpoint, map_location="cpu", weights_only=True)["fpn_model"].items():
-        digest.update(key.encode())
-        digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest()
-
 
 def _import_reference(checkout: Path):
     """The reference library (package ``img2pose``), imported from ``checkout/src``."""

@@ -40,7 +40,7 @@ def test_golden_set_is_present_and_unchanged(golden):
 
 
 def test_committed_set_was_made_for_the_demo_checkpoint(demo_checkpoint_file):
-    from scripts.make_golden import state_dict_sha256
+    from img2pose_tools.demo_checkpoint import state_dict_sha256
 
     recorded = COMMITTED.reference["recipe"]["checkpoint"]["state_dict_sha256"]
     assert state_dict_sha256(demo_checkpoint_file) == recorded, \
