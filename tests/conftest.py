@@ -43,6 +43,7 @@ from tests.served_models import DEMO_MODEL, POISON_MODEL, PRIMARY_MODEL, TRUSTED
 pytest_plugins = [
     "tests.backfill_support",  # the photo library the backfill tests share
     "tests.golden_set",  # our detections of the golden images, shared by test_golden and test_handler
+    "tests.token_stand_in",  # a server with TorchServe's token rules: the backfill's and wait_ready's tests
 ]
 
 SHARED = REPO.parent / "shared" / "img2pose"
