@@ -1,17 +1,21 @@
 """TorchServe handler for img2pose: face boxes, 6DoF head poses and five keypoints per face.
 
-The data's path through one call of ``handle`` (one batch TorchServe aggregated):
+TorchServe's own ``BaseHandler.handle`` runs the three stages below for each batch it aggregated (and
+records HandlerTime, answers describe requests, runs the profiler when asked). The data's path:
 
-1. ``preprocess``: each request is parsed and its images' sizes read from their headers; a bad
-   request, or one past its deadline, is marked with its error and takes no further part. Images
-   stay compressed.
-2. ``inference``: the good images go through FasterDoFRCNN in forwards planned so that every image
-   gets exactly the result it would get alone (see ``img2pose_serve.batching``); each forward's
-   images are decoded just before it runs and released right after, so memory follows one forward.
-   A request whose deadline has passed when its forward is due, or is nearer than the forward would
-   take, is dropped then (504).
-3. ``postprocess``: predictions become FaceDicts per request; failed requests get their own
-   status code and a JSON error body, the others answer 200.
+1. ``preprocess(data) -> Batch``: each request is parsed and its images' sizes read from their headers;
+   a bad request, or one past its deadline, keeps its error and takes no further part. Images stay
+   compressed.
+2. ``inference(batch) -> Batch``: the good images go through FasterDoFRCNN in forwards planned so that
+   every image gets exactly the result it would get alone (see ``img2pose_serve.forward_plan``); each
+   forward's images are decoded just before it runs and released right after, so memory follows one
+   forward. A request whose deadline has passed when its forward is due, or is nearer than the forward
+   would take, is dropped then (504). An image that fails to decode or run fails its request alone.
+3. ``postprocess(batch) -> list[str]``: predictions become FaceDicts per request; failed requests get
+   their own status code and a JSON error body, the others answer 200.
+
+Errors are raised as the types of ``img2pose_serve.errors`` and caught where a failure must stay with
+its request: once per request in preprocess, once per image when it is decoded or run.
 """
 
 from __future__ import annotations
@@ -27,30 +31,24 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from img2pose_serve import archive_layout
-from img2pose_serve.batch_items import (BatchImage, RequestState, batch_images, decode_batch_image,
-                                        expire_late_requests, read_request)
-from img2pose_serve.batching import plan_forwards
 from img2pose_serve.deadline import DEADLINE_HEADER, ForwardClock
 from img2pose_serve.errors import RequestError, internal_error
 from img2pose_serve.facedicts import to_face_dicts
+from img2pose_serve.forward_plan import plan_forwards
+from img2pose_serve.handler_batch import Batch, RequestState, decode_batch_image, expire_late_requests, read_request
 from img2pose_serve.handler_config import HandlerConfig
 from img2pose_serve.precision import Bf16Unavailable, device_capabilities, resolve_precision
-from img2pose_serve.request_parsing import DetectionParams
+from img2pose_serve.response_headers import DEMO_HEADER, PRECISION_HEADER
 
 logger = logging.getLogger(__name__)
 
-DEMO_HEADER = "X-Img2Pose-Demo"
-PRECISION_HEADER = "X-Img2Pose-Precision"  # the precision the worker runs (the setting may ask for bf16)
 DEMO_NOTICE = (
     "DEMO ARCHIVE: this model was built from a generated demo checkpoint, not the official img2pose "
-    "weights. Its detections are MEANINGLESS. Build a real archive with "
-    "`python scripts/build_mar.py --checkpoint img2pose_v1.pth --pose-mean WIDER_train_pose_mean_v1.npy "
-    "--pose-stddev WIDER_train_pose_stddev_v1.npy`."
+    f"weights. Its detections are MEANINGLESS. Build a real archive with `{archive_layout.REAL_ARCHIVE_COMMAND}`."
 )
 JSON = "application/json"
 # One forward's time, by the precision it ran in: a bf16 archive that fell back to fp32 shows in the first.
 FORWARD_METRIC = {"fp32": "Img2PoseForwardMs", "bf16": "Img2PoseForwardBf16Ms"}
-Prediction = dict | Exception
 
 
 class Img2PoseHandler(BaseHandler):
@@ -61,15 +59,14 @@ class Img2PoseHandler(BaseHandler):
         if self.config.torch_threads > 0:
             torch.set_num_threads(self.config.torch_threads)
         self.precision = self._resolve_precision()  # before loading: a refusal costs no model load
+        images_per_pass = self.config.resolved_images_per_pass(self.device.type)
         try:
-            self.model, self.archive_info = archive_layout.load_detector(Path(properties["model_dir"]), self.device)
+            self.model, self.archive_info = archive_layout.load_detector(Path(properties["model_dir"]), self.device,
+                                                                         images_per_pass)
         except archive_layout.ArchiveIntegrityError as error:
             logger.critical("img2pose refuses to start: %s", error)
             raise
-        images_per_pass = self.config.resolved_images_per_pass(self.device.type)
-        self.model.set_images_per_pass(images_per_pass)
         self.model.set_precision(self.precision["effective"], reversible=False)
-        self.defaults = DetectionParams(self.config.score_threshold, self.config.max_faces)
         self.forward_clock = ForwardClock()
         self.decode_pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="img2pose-decode")
         self.initialized = True
@@ -106,28 +103,25 @@ class Img2PoseHandler(BaseHandler):
             return torch.device(f"cuda:{int(gpu_id)}")
         return torch.device("cpu")
 
-    def handle(self, data, context):
-        self.context = context
-        if self._is_describe():
-            return [self.describe_handle()]
-        started = time.perf_counter()
-        requests = self.preprocess(data)
-        images = batch_images(requests)
-        predictions = self.inference(requests, images)
-        responses = self.postprocess(requests, images, predictions)
-        context.metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 2), None, "ms")
-        return responses
+    def explain_handle(self, data_preprocess, raw_data):
+        """img2pose has no explanations: ``/explanations`` answers what ``/predictions`` does."""
+        return self.postprocess(self.inference(data_preprocess))
 
     # 1. preprocess ------------------------------------------------------------------------------
 
-    def preprocess(self, data: list[dict]) -> list[RequestState]:
+    def preprocess(self, data: list[dict]) -> Batch:
         started = time.perf_counter()
-        header = self._request_header
-        requests = [read_request(row, header(index, "Content-Type"), self.defaults, self.config,
-                                 header(index, DEADLINE_HEADER))
-                    for index, row in enumerate(data)]
+        batch = Batch.of([self._read_request(index, row) for index, row in enumerate(data)])
         self._record_time("Img2PoseParseMs", started)
-        return requests
+        return batch
+
+    def _read_request(self, index: int, row: dict) -> RequestState:
+        """The request, or its error: a bad request fails alone."""
+        header = self._request_header
+        try:
+            return read_request(row, header(index, "Content-Type"), self.config, header(index, DEADLINE_HEADER))
+        except RequestError as error:
+            return RequestState(error=error)
 
     def _request_header(self, index: int, name: str) -> str | None:
         """A request header by case-insensitive name (a proxy that speaks HTTP/2 lowercases them)."""
@@ -137,97 +131,102 @@ class Img2PoseHandler(BaseHandler):
 
     # 2. inference -------------------------------------------------------------------------------
 
-    def inference(self, requests: list[RequestState], images: list[BatchImage]) -> list[Prediction | None]:
-        """One prediction (or the exception that prevented it) per image, in order; None for the
-        images of a request that failed before their forward ran."""
-        results: dict[int, Prediction] = {}
-        plan = plan_forwards([(image.height, image.width) for image in images],
+    def inference(self, data: Batch, *args, **kwargs) -> Batch:
+        """Fill ``data.predictions``: one per image of every request that has not failed."""
+        batch = data
+        plan = plan_forwards([(image.height, image.width) for image in batch.images],
                              self.config.max_images_per_forward, self.config.max_pixels_per_forward)
         for group in plan:
-            live = [i for i in group if requests[images[i].request].error is None]
-            expire_late_requests(requests, {images[i].request for i in live}, time.time(),
+            live = [i for i in group if batch.is_live(i)]
+            expire_late_requests(batch.requests, {batch.images[i].request for i in live}, time.time(),
                                  self.forward_clock.expected(len(live)))
-            live = [i for i in live if requests[images[i].request].error is None]
+            live = [i for i in live if batch.is_live(i)]
             if live:
-                results.update(self._forward(live, images, requests))
-        return [results.get(i) for i in range(len(images))]
+                self._forward(live, batch)
+        return batch
 
-    def _decode(self, group: list[int], images: list[BatchImage],
-                requests: list[RequestState]) -> dict[int, torch.Tensor]:
+    def _fail(self, batch: Batch, image: int, error: Exception) -> None:
+        """Fail the image's request with ``error``; anything but a RequestError is ours (500, logged)."""
+        if not isinstance(error, RequestError):
+            error = internal_error(self.context.get_request_id(batch.images[image].request), error, logger)
+        batch.request_of(image).fail(error)
+
+    def _decode(self, group: list[int], batch: Batch) -> dict[int, torch.Tensor]:
         """The group's input tensors; an image that cannot be decoded fails its request."""
         started = time.perf_counter()
         max_pixels = self.config.max_image_pixels
-        decoded = self.decode_pool.map(
-            lambda i: decode_batch_image(images[i], requests[images[i].request], max_pixels), group)
+        pending = {i: self.decode_pool.submit(decode_batch_image, batch.images[i], batch.request_of(i), max_pixels)
+                   for i in group}
         tensors = {}
-        for i, result in zip(group, decoded):
-            request = requests[images[i].request]
-            if request.error is not None:
+        for i, future in pending.items():
+            try:
+                tensor = future.result()
+            except Exception as error:  # noqa: BLE001 - the image's failure is answered to its request alone
+                if batch.is_live(i):
+                    self._fail(batch, i, error)
                 continue
-            if isinstance(result, RequestError):
-                request.error = result
-            elif isinstance(result, Exception):
-                request.error = internal_error(self.context.get_request_id(images[i].request), result, logger)
-            else:
-                tensors[i] = result
+            if batch.is_live(i):
+                tensors[i] = tensor
         self._record_time("Img2PoseDecodeMs", started)
         return tensors
 
-    def _forward(self, group: list[int], images: list[BatchImage],
-                 requests: list[RequestState]) -> dict[int, Prediction]:
+    def _forward(self, group: list[int], batch: Batch) -> None:
         """Decode ``group`` and run it as one forward; if that fails (e.g. out of memory), retry in halves.
 
         Tensors are made afresh for every attempt (the model normalises its input in place) and
         dropped when the forward returns.
         """
-        tensors = self._decode(group, images, requests)
+        tensors = self._decode(group, batch)
         if not tensors:
-            return {}
+            return
         started = time.perf_counter()
         try:
             predictions = self.model.detect([tensors[i].to(self.device) for i in tensors], consume_inputs=True)
-        except Exception as error:  # noqa: BLE001 - any failure is retried smaller, then reported per image
+        except Exception as error:  # noqa: BLE001 - any failure is retried smaller, then answered per image
             del tensors
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(group) == 1:
-                image = images[group[0]]
+                image = batch.images[group[0]]
                 logger.exception("forward failed for one image (%dx%d)", image.width, image.height)
-                return {group[0]: error}
+                self._fail(batch, group[0], error)
+                return
             logger.warning("forward of %d images failed (%s); retrying in halves", len(group), error)
             half = len(group) // 2
-            return {**self._forward(group[:half], images, requests), **self._forward(group[half:], images, requests)}
+            for part in (group[:half], group[half:]):
+                live = [i for i in part if batch.is_live(i)]
+                if live:
+                    self._forward(live, batch)
+            return
         self.forward_clock.record(time.perf_counter() - started, len(tensors))
         self._record_time(FORWARD_METRIC[self.precision["effective"]], started)
         self._record("Img2PoseForwardBatchSize", len(tensors), "count")
-        return dict(zip(tensors, predictions))
+        batch.predictions.update(zip(tensors, predictions))
 
     # 3. postprocess -----------------------------------------------------------------------------
 
-    def postprocess(self, requests: list[RequestState], images: list[BatchImage],
-                    predictions: list[Prediction | None]) -> list[str]:
+    def postprocess(self, data: Batch) -> list[str]:
         started = time.perf_counter()
-        per_request: list[list[Prediction | None]] = [[] for _ in requests]
-        for image, prediction in zip(images, predictions):
-            per_request[image.request].append(prediction)
-        responses = [self._respond(index, request, per_request[index]) for index, request in enumerate(requests)]
+        batch = data
+        per_request: list[list[dict]] = [[] for _ in batch.requests]
+        for i, image in enumerate(batch.images):
+            if i in batch.predictions:
+                per_request[image.request].append(batch.predictions[i])
+        responses = [self._respond(index, request, per_request[index]) for index, request in enumerate(batch.requests)]
         self._record_time("Img2PosePostprocessMs", started)
         return responses
 
-    def _respond(self, index: int, request: RequestState, predictions: list[Prediction | None]) -> str:
+    def _respond(self, index: int, request: RequestState, predictions: list[dict]) -> str:
         self.context.set_response_content_type(index, JSON)
         self.context.set_response_header(index, PRECISION_HEADER, self.precision["effective"])
         if self.archive_info.demo:
             self.context.set_response_header(index, DEMO_HEADER, "true; detections are meaningless (demo weights)")
-        failure = next((p for p in predictions if isinstance(p, Exception)), None)
-        if request.error is None and failure is not None:
-            request.error = internal_error(self.context.get_request_id(index), failure, logger)
         if request.error is not None:
             self.context.set_response_status(request.error.status, request.error.message, index)
             return json.dumps(request.error.to_json())
         params = request.parsed.params
         faces = [to_face_dicts(prediction, params.score_threshold, params.max_faces) for prediction in predictions]
-        return json.dumps(faces if request.parsed.many else faces[0])
+        return json.dumps(faces if request.parsed.answer_as_list else faces[0])
 
     # metrics ------------------------------------------------------------------------------------
 

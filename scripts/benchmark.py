@@ -16,7 +16,7 @@ side is swept):
 Every cell sends ``--requests`` requests per round (one image each, raw JPEG bodies) from
 ``concurrency`` client threads, keeping that many in flight; no request starts after
 ``--cell-seconds``. The rounds visit every setting in turn (rotating the order), so a slow drift of
-the machine's speed (~10% over a sweep on this shared CPU) hits every setting alike instead of
+the machine's speed (docs/speed-and-tuning.md) hits every setting alike instead of
 whichever ran last. A cell reports images/s (answered 200s / wall time, over all rounds), latency
 p50/p95/p99 and the mean forward batch the handler ran (from its Img2PoseForwardBatchSize metric).
 
@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import statistics
 import sys
 import tempfile
@@ -59,6 +58,7 @@ from tqdm import tqdm
 from img2pose_client.key_file import read_keys
 from img2pose_tools import request_driver
 from img2pose_tools.machine_facts import machine_facts, machine_line
+from img2pose_tools.served_metrics import ForwardBatchMeter
 from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import ServerSettings, start_torchserve, stop_torchserve
 from img2pose_tools.wait_ready import describe_model
@@ -124,27 +124,6 @@ def drive(endpoint: str, token: str, bodies: list[bytes], concurrency: int, tota
     return request_driver.drive(send, total, concurrency, seconds)
 
 
-class ForwardBatchMeter:
-    """Reads (images, forwards) so far from the handler's Img2PoseForwardBatchSize metric."""
-
-    def __init__(self, metrics_url: str | None, model: str) -> None:
-        self.url, self.model = metrics_url, model
-
-    def read(self) -> tuple[float, float] | None:
-        if not self.url:
-            return None
-        try:
-            text = requests.get(f"{self.url}/metrics", timeout=10).text
-        except requests.RequestException:
-            return None
-
-        def total(suffix: str) -> float:
-            pattern = rf'^Img2PoseForwardBatchSize_{suffix}\{{[^}}]*ModelName="{re.escape(self.model)}"[^}}]*\}} (\S+)$'
-            return sum(float(v) for v in re.findall(pattern, text, re.M))
-
-        return total("sum"), total("count")
-
-
 def run_cell(cell: Cell, endpoint: str, token: str, bodies: list[bytes], total: int, seconds: float,
              meter: ForwardBatchMeter) -> Cell:
     """Drive one round of ``cell`` and add it to what earlier rounds measured."""
@@ -182,10 +161,10 @@ def load_archive_model(archive: Path, scratch: Path):
 
     with zipfile.ZipFile(archive) as mar:
         mar.extractall(scratch)
-    model, _ = archive_layout.load_detector(scratch, device="cpu")
     model_config = yaml.safe_load((scratch / archive_layout.MODEL_CONFIG_FILE).read_text()) or {}
     config = HandlerConfig.from_mapping(model_config.get("handler"))
-    model.set_images_per_pass(config.resolved_images_per_pass("cpu"))
+    model, _ = archive_layout.load_detector(scratch, device="cpu",
+                                            images_per_pass=config.resolved_images_per_pass("cpu"))
     model.set_precision(resolved_precision(config.precision))
     return model
 
@@ -212,8 +191,8 @@ def served_precision(management: str, model: str, key: str | None) -> str | None
 
 
 def archive_with_precision(archive: Path, precision: str, directory: Path) -> Path:
-    """A copy of ``archive`` in ``directory`` whose handler runs at ``precision`` (model-config.yaml and
-    archive_info.json rewritten, everything else copied as is)."""
+    """A copy of ``archive`` in ``directory`` whose handler runs at ``precision`` (model-config.yaml's
+    handler section rewritten, everything else copied as is)."""
     import yaml
 
     from img2pose_serve import archive_layout
@@ -227,8 +206,6 @@ def archive_with_precision(archive: Path, precision: str, directory: Path) -> Pa
                 config = yaml.safe_load(data) or {}
                 config.setdefault("handler", {})["precision"] = precision
                 data = yaml.safe_dump(config, sort_keys=False).encode()
-            elif item.filename == archive_layout.INFO_FILE:
-                data = (json.dumps({**json.loads(data), "precision": precision}, indent=2) + "\n").encode()
             target.writestr(item, data)
     return copy
 
@@ -247,7 +224,7 @@ class InProcess:
         self.model.detect(next(iter(self.tensors.values()))[:1])  # warm-up
 
     def images_per_s(self, image_set: str, batch: int) -> float:
-        from img2pose_serve.batching import plan_forwards
+        from img2pose_serve.forward_plan import plan_forwards
 
         tensors = self.tensors[image_set]
         runs = []
@@ -401,8 +378,10 @@ def plot(path: Path, cells: list[Cell], bound: dict) -> None:
         precisions = sorted({c.precision for c in cells})
         delays, worker_counts = sorted({c.max_batch_delay_ms for c in cells}), sorted({c.workers for c in cells})
         for precision, delay, workers in [(p, d, w) for p in precisions for d in delays for w in worker_counts]:
-            line = sorted((c for c in cells if (c.image_set, c.max_batch_delay_ms, c.workers, c.concurrency, c.precision)
-                           == (name, delay, workers, busiest, precision)), key=lambda c: c.batch_size)
+            wanted = (name, delay, workers, busiest, precision)
+            line = sorted((c for c in cells
+                           if (c.image_set, c.max_batch_delay_ms, c.workers, c.concurrency, c.precision) == wanted),
+                          key=lambda c: c.batch_size)
             if not line:
                 continue
             label = (f"{precision}, " if len(precisions) > 1 else "") + f"delay {delay} ms" + (
@@ -435,7 +414,8 @@ def table(cells: list[Cell]) -> str:
     header = "set    prec runs batch delay workers conc  img/s    p50 s   p95 s   p99 s  fwd-batch ratio vs-b1 errors"
     rows = [header]
     for c in cells:
-        rows.append(f"{c.image_set:6} {c.precision:4} {shown(c.runs):4} {c.batch_size:5} {c.max_batch_delay_ms:5} {c.workers:7} {c.concurrency:4} "
+        rows.append(f"{c.image_set:6} {c.precision:4} {shown(c.runs):4} {c.batch_size:5} {c.max_batch_delay_ms:5} "
+                    f"{c.workers:7} {c.concurrency:4} "
                     f"{c.images_per_s:6.3f} {c.p50_s or 0:7.2f} {c.p95_s or 0:7.2f} {c.p99_s or 0:7.2f} "
                     f"{shown(c.mean_forward_batch):>9} {shown(c.serving_ratio):>5} {shown(c.vs_in_process_batch1):>5} "
                     f"{c.errors:6}")

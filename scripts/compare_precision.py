@@ -63,7 +63,7 @@ class Comparison:
     fp32_seconds: float = 0.0
     bf16_seconds: float = 0.0
 
-    def add(self, other: "Comparison") -> None:
+    def add(self, other: Comparison) -> None:
         for name, value in asdict(other).items():
             if name != "name":
                 setattr(self, name, getattr(self, name) + value)
@@ -183,11 +183,12 @@ def load_models(args) -> dict:
     state = build_demo_state_dict() if args.demo else read_checkpoint(args.checkpoint)  # read once for both
     models = {}
     for precision in ("fp32", "bf16"):
-        model = build_detector(state, pose_mean=mean, pose_stddev=stddev)
-        model.set_images_per_pass(1)  # the handler's CPU setting
+        # One image per pass: the handler's CPU setting.
+        model = build_detector(state, pose_mean=mean, pose_stddev=stddev, images_per_pass=1)
         model.set_precision(precision)
         models[precision] = model
-    print(f"weights: {'DEMO (generated, not the official model; detections meaningless)' if args.demo else args.checkpoint}"
+    weights = "DEMO (generated, not the official model; detections meaningless)" if args.demo else args.checkpoint
+    print(f"weights: {weights}"
           f"; pose stats: {source}; torch threads: {torch.get_num_threads()}", flush=True)
     return models
 

@@ -28,6 +28,8 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import requests
+
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYMENT = REPO / "deploy" / "k8s" / "base" / "deployment.yaml"
 MODEL = "img2pose"
@@ -98,9 +100,7 @@ def in_process(args) -> int:
     return 0
 
 
-def predict(url: str, body: bytes) -> "requests.Response":
-    import requests
-
+def predict(url: str, body: bytes) -> requests.Response:
     return requests.post(f"{url.rstrip('/')}/predictions/{MODEL}", timeout=300,
                          json={"image": base64.b64encode(body).decode(), "score_threshold": THRESHOLD})
 

@@ -38,9 +38,9 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -312,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="requests per second to start at most (default: as fast as the clients are answered)")
     parser.add_argument("--bad-fraction", type=float, default=0.0, help="share of requests drawn from the bad corpus")
     parser.add_argument("--max-seconds", type=float, default=300.0)
-    parser.add_argument("--grace", type=float, default=60.0, help="extra seconds for requests in flight at the deadline")
+    parser.add_argument("--grace", type=float, default=60.0,
+                        help="extra seconds for requests in flight at the deadline")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rss-every", type=float, default=2.0, help="seconds between samples of the worker's RSS")
     parser.add_argument("--json-out", default=None)

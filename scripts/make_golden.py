@@ -21,7 +21,6 @@ tests/test_golden.py compares the committed outputs within tolerances.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import json
 import platform
@@ -35,8 +34,9 @@ import numpy as np
 from PIL import Image
 
 from img2pose_serve.archive_layout import sha256_of
+from img2pose_tools.demo_checkpoint import state_dict_sha256
+from img2pose_tools.torchserve_launcher import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "tests" / "golden"
 DEMO_SEED = 0
 IMAGE_SEED = 20240917
@@ -176,17 +176,6 @@ def golden_image_paths(images_dir: Path) -> list[Path]:
 
 # --- reference outputs --------------------------------------------------------------------------
 
-def state_dict_sha256(checkpoint: Path) -> str:
-    """sha256 over every key and tensor's bytes, in order (the file's own hash changes per save)."""
-    import torch
-
-    digest = hashlib.sha256()
-    for key, tensor in torch.load(checkpoint, map_location="cpu", weights_only=True)["fpn_model"].items():
-        digest.update(key.encode())
-        digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _import_reference(checkout: Path):
     """The reference library (package ``img2pose``), imported from ``checkout/src``."""
     source = checkout / "src"
@@ -307,7 +296,8 @@ def our_outputs(images: list[Path], checkpoint: Path) -> dict:
     identity = run(build_detector(checkpoint), 0.0)
     alt = run(build_detector(checkpoint, *published_pose_stats()), DEFAULT_THRESHOLD)
     return {
-        "sequential": {name: [f for f in faces if f["confidence"] >= DEFAULT_THRESHOLD] for name, faces in identity.items()},
+        "sequential": {name: [f for f in faces if f["confidence"] >= DEFAULT_THRESHOLD]
+                       for name, faces in identity.items()},
         "sequential_threshold0": identity,
         "alt_pose_stats": {"sequential": alt},
     }
@@ -386,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="golden directory (default tests/golden)")
     parser.add_argument("--images-only", action="store_true", help="rewrite the generated images only")
     parser.add_argument("--check-exact", action="store_true",
-                        help="write nothing: compare this project's outputs with the reference's on this machine, bit for bit")
+                        help="write nothing: compare this project's outputs with the reference's on this machine, "
+                             "bit for bit")
     args = parser.parse_args(argv)
 
     images_dir = args.out / "images"

@@ -34,14 +34,15 @@ def main() -> None:
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
 
-    model = build_detector(args.checkpoint or build_demo_state_dict(), device=args.device)
     images_per_pass = HandlerConfig(images_per_pass=args.images_per_pass).resolved_images_per_pass(
         torch.device(args.device).type)
-    model.set_images_per_pass(images_per_pass)
+    model = build_detector(args.checkpoint or build_demo_state_dict(), device=args.device,
+                           images_per_pass=images_per_pass)
     images = [t.to(args.device) for t in photo_like_tensors(max(args.batch_sizes), width, height)]
     model.detect(images[:1])  # warm-up: allocator, kernels, RoIAlign scale cache
 
-    print(f"device={args.device} threads={torch.get_num_threads()} images_per_pass={images_per_pass or 'all'} images={width}x{height} repeats={args.repeats}")
+    print(f"device={args.device} threads={torch.get_num_threads()} images_per_pass={images_per_pass or 'all'} "
+          f"images={width}x{height} repeats={args.repeats}")
     print("batch  s/forward  s/image  images/s")
     for batch in args.batch_sizes:
         times = []

@@ -38,17 +38,16 @@ import torch
 from img2pose_serve import reference_data
 from img2pose_serve.handler_config import TORCH_THREADS_ENV
 from img2pose_tools.torchserve_launcher import REPO, ServerSettings, start_torchserve, stop_torchserve
+from tests.served_models import DEMO_MODEL, POISON_MODEL, PRIMARY_MODEL, SESSION_BATCH_SIZE, TRUSTED_MODEL
 
 pytest_plugins = [
     "tests.backfill_support",  # the photo library the backfill tests share
     "tests.golden_set",  # our detections of the golden images, shared by test_golden and test_handler
+    "tests.token_stand_in",  # a server with TorchServe's token rules: the backfill's and wait_ready's tests
 ]
 
 SHARED = REPO.parent / "shared" / "img2pose"
 MAKE_CKPT = SHARED / "golden" / "make_ckpt.py"
-PRIMARY_MODEL = DEMO_MODEL = "img2pose"
-TRUSTED_MODEL = "img2pose_trusted"
-POISON_MODEL = "img2pose_poison"  # the demo model, except that a marked image kills its worker
 
 
 @pytest.fixture(scope="session")
@@ -132,14 +131,8 @@ def demo_detector(demo_model_dir):
     """The detector the demo archive serves, in this process (CPU, the handler's images per pass)."""
     from img2pose_serve import archive_layout
 
-    model, _ = archive_layout.load_detector(demo_model_dir)
-    model.set_images_per_pass(1)
+    model, _ = archive_layout.load_detector(demo_model_dir, images_per_pass=1)
     return model
-
-
-# config/config.properties serves batchSize 1 (best for online callers on CPU); the session server
-# aggregates batches of 8, as GPU deployments do, so that the tests exercise exact batching.
-SESSION_BATCH_SIZE = 8
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,7 @@ from img2pose_serve.detector import build_detector
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.image_decoding import decode_tensor
 from img2pose_serve.model import resized_shape
-
-REPO = Path(__file__).resolve().parents[1]
+from img2pose_tools.torchserve_launcher import REPO
 
 # Tolerances between a matched pair of faces (../shared/img2pose/README.md), any x86-64 CPU. The
 # committed outputs were made on one CPU (Zen 4, AVX-512 kernels); fp32 convolutions sum in another
@@ -101,7 +100,9 @@ def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ix = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
     iy = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
     inter = ix * iy
-    union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(union > 0, inter / union, np.all(a == b, axis=-1).astype(float))
 
@@ -158,7 +159,8 @@ def face_differences(ours: dict, theirs: dict, camera: Camera | None = None,
     if set(ours["keypoints"]) != set(theirs["keypoints"]):
         problems.append(f"keypoint names {sorted(ours['keypoints'])}")
     else:
-        worst = max(np.max(np.abs(np.subtract(ours["keypoints"][k], theirs["keypoints"][k]))) for k in theirs["keypoints"])
+        worst = max(np.max(np.abs(np.subtract(ours["keypoints"][k], theirs["keypoints"][k])))
+                    for k in theirs["keypoints"])
         if worst > keypoint_tol:
             problems.append(f"keypoints differ by {worst:.3g} px")
     return problems
@@ -223,7 +225,8 @@ def _nms_ties(ours: list[dict], theirs: list[dict], extra: list[int], missing: l
                 continue
             if not any(p.startswith(("rotation", "translation")) for p in face_differences(ours[i], theirs[j])):
                 continue
-            if _iou_matrix(np.asarray(ours[i]["box"], dtype=np.float64), np.asarray(theirs[j]["box"], dtype=np.float64))[0, 0] > NMS_IOU:
+            ours_box, theirs_box = (np.asarray(f["box"], dtype=np.float64) for f in (ours[i], theirs[j]))
+            if _iou_matrix(ours_box, theirs_box)[0, 0] > NMS_IOU:
                 ties.append((i, j))
                 taken.add(i)
                 break

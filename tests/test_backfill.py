@@ -4,7 +4,6 @@ whole runs against the session's TorchServe (the demo model)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,92 +13,14 @@ from pathlib import Path
 import pytest
 
 from img2pose_client import backfill as backfill_module
-from img2pose_client import inputs
 from img2pose_client.backfill import exit_status, main
-from img2pose_client.results_file import ResultWriter, ResumeIndex, iter_records
-from tests.backfill_support import backfill, image_bytes, lines
-from tests.conftest import DEMO_MODEL
-from tests.stand_in_http import JsonHandler, start, stop
 from img2pose_tools.torchserve_launcher import REPO
+from tests.backfill_support import backfill, image_bytes, lines
+from tests.served_models import DEMO_MODEL
+from tests.stand_in_http import JsonHandler, start, stop
 
 FACE = {"box": [1.0, 2.0, 30.0, 40.0], "confidence": 0.9, "pose": [0, 0, 0, 0, 0, 5.0],
         "keypoints": {"nose": [10.0, 20.0]}}
-
-
-# --- inputs --------------------------------------------------------------------------------------
-
-
-def test_directories_are_walked_sorted_recursively_keeping_image_extensions(tmp_path):
-    for name in ["b.JPG", "a.png", "sub/c.webp", "sub/deeper/d.TIFF", "notes.txt", "z.jpeg.bak", "sub/e.gif"]:
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(b"x")
-    (tmp_path / "link").symlink_to(tmp_path / "sub")  # not followed: no duplicates, no cycles
-    found = [item.path for item in inputs.iter_inputs([str(tmp_path)])]
-    assert found == [str(tmp_path / n) for n in ["a.png", "b.JPG", "sub/c.webp", "sub/deeper/d.TIFF", "sub/e.gif"]]
-
-
-def test_explicit_files_and_list_files(tmp_path, monkeypatch):
-    (tmp_path / "photos").mkdir()
-    (tmp_path / "photos" / "x.jpg").write_bytes(b"x")
-    (tmp_path / "odd.dat").write_bytes(b"x")
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "list.TXT").write_text("odd.dat\n\nphotos\r\n/missing.jpg\n")
-    (tmp_path / "paths").write_text(f"{tmp_path}/odd.dat\n")
-    found = [item.path for item in inputs.iter_inputs(["list.TXT", "@paths", "odd.dat"])]
-    odd = str(tmp_path / "odd.dat")
-    assert found == [odd, str(tmp_path / "photos" / "x.jpg"), "/missing.jpg", odd, odd]
-    with pytest.raises(OSError):
-        list(inputs.iter_inputs(["absent.lst"]))
-
-
-def test_an_unlistable_directory_is_an_error_item(tmp_path, monkeypatch):
-    (tmp_path / "a.jpg").write_bytes(b"x")
-    (tmp_path / "locked").mkdir()
-    real_scandir = os.scandir
-
-    def scandir(path):
-        if str(path).endswith("locked"):
-            raise PermissionError(13, "Permission denied")
-        return real_scandir(path)
-
-    monkeypatch.setattr(inputs.os, "scandir", scandir)
-    items = list(inputs.iter_inputs([str(tmp_path)]))
-    assert items[0] == inputs.Item(str(tmp_path / "a.jpg"))
-    assert items[1].path == str(tmp_path / "locked") and "Permission denied" in items[1].error
-
-
-# --- results file --------------------------------------------------------------------------------
-
-
-def test_resume_index_last_line_wins_and_a_torn_line_is_cut(tmp_path):
-    results = tmp_path / "results.jsonl"
-    results.write_text("\n".join([
-        json.dumps({"path": "/a", "faces": []}),
-        json.dumps({"path": "/b", "error": "bad", "status": 400}),
-        "not json",
-        json.dumps({"path": "/c", "error": "busy", "status": 503}),
-        json.dumps({"path": "/c", "faces": [FACE]}),
-        json.dumps({"path": "/a", "error": "later failure", "status": "connection"}),
-    ]) + '\n{"path": "/d", "fa')
-    index = ResumeIndex.load(results)
-    assert index.bad_lines == 1
-    assert [index.should_skip(p, retry_errors=False) for p in "/a /b /c /d".split()] == [True, True, True, False]
-    assert [index.should_skip(p, retry_errors=True) for p in "/a /b /c /d".split()] == [False, False, True, False]
-    assert [r["path"] for r in iter_records(results)] == ["/a", "/b", "/c", "/c", "/a"]
-
-    with ResultWriter(results) as writer:
-        with pytest.raises(OSError, match="locked"):
-            ResultWriter(results)  # a second run on the same file
-        writer.cut_after(index.end_offset)
-        writer.write({"path": "/d", "faces": []})
-    # the torn line is gone: the new line starts on a line of its own
-    assert results.read_text().endswith('"status": "connection"}\n{"path":"/d","faces":[]}\n')
-    assert ResumeIndex.load(results).bad_lines == 1
-
-
-def test_an_absent_results_file_is_an_empty_index(tmp_path):
-    index = ResumeIndex.load(tmp_path / "none.jsonl")
-    assert index.end_offset == 0 and not index.should_skip("/a", retry_errors=False)
 
 
 # --- against a stand-in server -------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from scripts import benchmark
-from tests.conftest import DEMO_MODEL
+from tests.served_models import DEMO_MODEL
 
 
 def test_image_sets_are_deterministic_jpegs_of_the_promised_sizes():
@@ -29,7 +29,8 @@ def test_in_process_ratios_only_where_the_batch_can_fill():
     measured: dict = {}
     benchmark.measure_in_process(FakeInProcess(), ["same"], [8], measured)
     assert measured == {"same": {1: [0.8], 8: [1.0]}}
-    cells = [benchmark.Cell("same", 8, 100, 1, 8, images_per_s=0.9), benchmark.Cell("same", 8, 100, 1, 1, images_per_s=0.5),
+    cells = [benchmark.Cell("same", 8, 100, 1, 8, images_per_s=0.9),
+             benchmark.Cell("same", 8, 100, 1, 1, images_per_s=0.5),
              benchmark.Cell("same", 8, 100, 1, 8, "bf16", images_per_s=1.8)]
     benchmark.attach_ratios(cells, {"fp32": {"same": {1: 0.8, 8: 1.0}}, "bf16": {"same": {1: 1.6, 8: 2.0}}})
     assert [(c.serving_ratio, c.vs_in_process_batch1) for c in cells] == [(0.9, 1.125), (None, None), (0.9, 1.125)]
@@ -59,7 +60,7 @@ def test_archive_copies_differ_only_in_their_precision(tmp_path):
     with zipfile.ZipFile(copy) as mar:
         assert yaml.safe_load(mar.read("model-config.yaml")) == {
             "responseTimeout": 1200, "handler": {"score_threshold": 0.5, "precision": "bf16"}}
-        assert json.loads(mar.read("archive_info.json")) == {"demo": True, "precision": "bf16"}
+        assert json.loads(mar.read("archive_info.json")) == {"demo": True}
         assert mar.read("weights.pth") == b"\x00" * 64
 
 
@@ -75,7 +76,8 @@ def test_sweep_against_a_running_server_writes_every_report(torchserve_server, t
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert len(rows) == 1
     row = rows[0]
-    assert (row["image_set"], row["concurrency"], row["requests"], row["ok"], row["errors"]) == ("same", "2", "2", "2", "0")
+    assert (row["image_set"], row["concurrency"], row["requests"], row["ok"], row["errors"]) == (
+        "same", "2", "2", "2", "0")
     assert int(row["batch_size"]) == torchserve_server.describe(DEMO_MODEL)[0]["batchSize"]
     assert float(row["images_per_s"]) > 0 and float(row["p95_s"]) >= float(row["p50_s"]) > 0
     assert float(row["mean_forward_batch"]) >= 1.0  # read from the handler's Prometheus metric

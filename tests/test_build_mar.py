@@ -17,10 +17,7 @@ import pytest
 import torch
 import yaml
 
-from img2pose_serve import reference_data
-from img2pose_tools.demo_checkpoint import state_dict_manifest
-from img2pose_tools.demo_checkpoint import build_demo_state_dict, write_demo_checkpoint
-from img2pose_serve import archive_layout
+from img2pose_serve import archive_layout, reference_data
 from img2pose_serve.handler_config import HandlerConfig
 from img2pose_tools.build_mar import (
     FRONTEND_KEYS,
@@ -32,7 +29,8 @@ from img2pose_tools.build_mar import (
     main,
     staged_archive,
 )
-from tests.conftest import PRIMARY_MODEL
+from img2pose_tools.demo_checkpoint import build_demo_state_dict, state_dict_manifest, write_demo_checkpoint
+from tests.served_models import PRIMARY_MODEL
 
 DTYPES = {"float32": torch.float32, "int64": torch.int64}
 
@@ -136,7 +134,7 @@ def test_demo_archive_contents(demo_archive):
     # Every handler setting, at HandlerConfig's defaults: the handler and the archive cannot disagree.
     assert config["handler"] == dataclasses.asdict(HandlerConfig())
     assert HandlerConfig.from_mapping(config["handler"]) == HandlerConfig()
-    assert config["handler"]["precision"] == info["precision"] == "fp32"
+    assert config["handler"]["precision"] == "fp32" and "precision" not in info  # one home: the handler setting
     assert config["responseTimeout"] == 1200  # see build_mar's docstring: config.properties cannot set it
 
 
@@ -264,7 +262,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_its_code_never_runs(cod
 
 
 def test_trusted_checkpoint_ships_its_tensors_only(served_archives, code_running_checkpoint, demo_state, tmp_path):
-    from tests.conftest import TRUSTED_MODEL
+    from tests.served_models import TRUSTED_MODEL
 
     checkpoint, marker = code_running_checkpoint
     with zipfile.ZipFile(served_archives[TRUSTED_MODEL]) as archive:
@@ -286,3 +284,12 @@ def test_tampered_weights_are_refused_at_load(demo_archive, tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(archive_layout.ArchiveIntegrityError, match="changed after the archive was built"):
         archive_layout.load_detector(tmp_path)
+
+
+def test_an_archive_that_recorded_its_precision_in_archive_info_still_loads(tmp_path):
+    """Archives built before the precision lived only in model-config.yaml carry a copy in archive_info.json."""
+    info = archive_layout.ArchiveInfo(demo=True, weights_sha256="0" * 64, pose_stats_source="identity",
+                                      pose_mean=[0.0] * 6, pose_stddev=[1.0] * 6, built_by="img2pose-serve 0")
+    recorded = json.loads(info.write(tmp_path).read_text())
+    (tmp_path / archive_layout.INFO_FILE).write_text(json.dumps({**recorded, "precision": "bf16"}))
+    assert archive_layout.ArchiveInfo.read(tmp_path) == info

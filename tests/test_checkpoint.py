@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from img2pose_serve import reference_data
-from img2pose_tools.demo_checkpoint import state_dict_manifest
 from img2pose_serve.checkpoint import CheckpointError, canonical_state_dict, load_into, read_checkpoint
 from img2pose_serve.model import FasterDoFRCNN
 from img2pose_serve.pose import PoseDecoder
+from img2pose_tools.demo_checkpoint import state_dict_manifest
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +62,18 @@ def test_every_official_layout_loads_strictly_with_identical_values(model, offic
 
 def test_missing_batchnorm_counter_is_tolerated(model, official_state):
     state = {k: v for k, v in official_state.items() if not k.endswith("dof_pred.1.num_batches_tracked")}
+    assert len(state) == len(official_state) - 1
     load_into(model, state)
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
 
 
 def test_missing_and_unexpected_keys_are_named(model, official_state):
     state = dict(official_state)
     del state["rpn.head.conv.weight"]
     state["extra.key"] = torch.zeros(1)
-    with pytest.raises(CheckpointError, match=r"missing key\(s\): rpn\.head\.conv\.weight.*unexpected key\(s\): extra\.key"):
+    expected = r"missing key\(s\): rpn\.head\.conv\.weight.*unexpected key\(s\): extra\.key"
+    with pytest.raises(CheckpointError, match=expected):
         load_into(model, state)
 
 

@@ -25,11 +25,19 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.conftest import PRIMARY_MODEL
-from tests.deploy_support import (CLUSTER_CONFIG, IMAGE_HOME, METRICS_CONFIG, base_deployment, container_command,
-                                  dockerfile, main_container, read_properties)
 from img2pose_tools.torchserve_launcher import REPO, free_port
 from tests.backfill_support import image_bytes
+from tests.conftest import PRIMARY_MODEL
+from tests.deploy_support import (
+    CLUSTER_CONFIG,
+    IMAGE_HOME,
+    METRICS_CONFIG,
+    base_deployment,
+    container_command,
+    dockerfile,
+    main_container,
+    read_properties,
+)
 
 pytestmark = pytest.mark.server
 

@@ -8,9 +8,15 @@ import shlex
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
-from tests.deploy_support import (CLUSTER_CONFIG, DOCKERIGNORE, IMAGE_HOME, container_command, dockerfile,
-                                  read_properties)
 from img2pose_tools.torchserve_launcher import REPO
+from tests.deploy_support import (
+    CLUSTER_CONFIG,
+    DOCKERIGNORE,
+    IMAGE_HOME,
+    container_command,
+    dockerfile,
+    read_properties,
+)
 
 
 def copies() -> list[tuple[list[str], str]]:

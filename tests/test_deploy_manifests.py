@@ -10,10 +10,23 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.deploy_support import (BACKFILL_JOB, CLUSTER_CONFIG, DEPLOY, GPU_CONFIG, INFERENCE_SERVICE,
-                                  METRICS_CONFIG, container_command, dockerfile, load_yaml_documents,
-                                  main_container, models_block, only, read_properties, render_overlay)
 from img2pose_tools.torchserve_launcher import REPO
+from tests.deploy_support import (
+    BACKFILL_JOB,
+    CLUSTER_CONFIG,
+    DEPLOY,
+    GPU_CONFIG,
+    INFERENCE_SERVICE,
+    METRICS_CONFIG,
+    container_command,
+    dockerfile,
+    load_yaml_documents,
+    main_container,
+    models_block,
+    only,
+    read_properties,
+    render_overlay,
+)
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
 KUBERNETES_VERSION = "1.33"
@@ -128,7 +141,8 @@ def test_probes_check_a_ready_worker_and_the_frontend_on_the_right_ports(overlay
 def test_the_pod_is_locked_down_and_writes_only_to_its_volumes(overlay):
     pod = only(render_overlay(overlay), "Deployment")["spec"]["template"]["spec"]
     container = main_container(pod)
-    image_uid = int(next(e["value"] for e in reversed(dockerfile().structure) if e["instruction"] == "USER").split(":")[0])
+    user = next(e["value"] for e in reversed(dockerfile().structure) if e["instruction"] == "USER")
+    image_uid = int(user.split(":")[0])
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == image_uid
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
@@ -164,7 +178,8 @@ def test_resources_threads_image_and_scrape_annotations(overlay):
     assert int(annotations["prometheus.io/port"]) == cluster_port("metrics_address")
     if overlay == "gpu":
         assert resources["limits"]["nvidia.com/gpu"] == 1
-        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in template["spec"]["tolerations"]
+        gpu_toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        assert gpu_toleration in template["spec"]["tolerations"]
     else:
         assert "nvidia.com/gpu" not in resources["limits"] and "tolerations" not in template["spec"]
 

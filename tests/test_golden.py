@@ -40,7 +40,7 @@ def test_golden_set_is_present_and_unchanged(golden):
 
 
 def test_committed_set_was_made_for_the_demo_checkpoint(demo_checkpoint_file):
-    from scripts.make_golden import state_dict_sha256
+    from img2pose_tools.demo_checkpoint import state_dict_sha256
 
     recorded = COMMITTED.reference["recipe"]["checkpoint"]["state_dict_sha256"]
     assert state_dict_sha256(demo_checkpoint_file) == recorded, \
@@ -81,7 +81,9 @@ def test_other_pose_stats_change_the_outcome(golden):
 def test_faces_are_sorted_and_well_formed(detections, golden):
     names = golden.image_names()
     alt_names = [param.values[1] for param in ALT_IMAGES if param.values[0] is golden]
-    for faces in [*(detections.identity_stats(golden, n) for n in names), *(detections.alt_stats(golden, n) for n in alt_names)]:
+    every = [*(detections.identity_stats(golden, n) for n in names),
+             *(detections.alt_stats(golden, n) for n in alt_names)]
+    for faces in every:
         confidences = [f["confidence"] for f in faces]
         assert confidences == sorted(confidences, reverse=True)
         for face in faces:

@@ -98,13 +98,14 @@ def test_every_format_answers_exactly_what_each_image_gets_alone(mixed_batch, al
     assert bodies[4] == [_filtered(alone["rgb_333x517.png"], 0.6), _filtered(alone["rgb_640x480.jpg"], 0.6)]
     assert bodies[6] == _filtered(alone["gray_320x240.png"])
     for i in (0, 1, 2, 4, 6, 8):
-        assert statuses[i][0] in (None, 200)
+        assert statuses[i] == (200, None)  # TorchServe's own 200: the handler sets a status only on failure
     assert all(len(body) > 0 for body in (bodies[0], bodies[2][0], bodies[2][1], bodies[6]))
 
 
 def test_handler_results_match_the_reference_library(mixed_batch):
     bodies, _, _ = mixed_batch
-    for body, name in ((bodies[0], "rgb_640x480.jpg"), (bodies[2][0], "gray_320x240.png"), (bodies[2][1], "rgb_333x517.png")):
+    for body, name in ((bodies[0], "rgb_640x480.jpg"), (bodies[2][0], "gray_320x240.png"),
+                       (bodies[2][1], "rgb_333x517.png")):
         golden = GOLDEN_NAMES[name]
         assert compare_faces(body, COMMITTED.reference["sequential"][golden], 0.5, COMMITTED.image_size(golden)) == []
 
@@ -122,7 +123,8 @@ def test_bad_requests_fail_alone_with_their_own_status(mixed_batch):
                              "('this is not an image'), not an image file"}
     assert statuses[5][0] == 400 and bodies[5]["error"].startswith("score_threshold must be")
     # The truncated JPEG's header is fine; it fails when its forward decodes it, failing only its request.
-    assert statuses[7][0] == 400 and bodies[7]["error"].startswith("images[1]: the data (2000 bytes) could not be decoded")
+    assert statuses[7][0] == 400
+    assert bodies[7]["error"].startswith("images[1]: the data (2000 bytes) could not be decoded")
 
 
 def test_responses_are_json_and_marked_demo(mixed_batch):
@@ -218,3 +220,27 @@ def test_requests_past_their_deadline_are_answered_504_without_being_run(handler
     assert bodies[0] == {"error": f"the request's deadline ({DEADLINE_HEADER}) was 3.00 s away at its forward, less "
                                   "than its forward takes here (~10.00 s): not run", "code": 504}
     assert bodies[1] == _filtered(alone["rgb_640x480.jpg"])
+
+
+def test_a_batch_records_handler_time_once_and_every_stage(handler_and_context, monkeypatch):
+    handler, context = handler_and_context
+    recorded = []
+    for method in ("add_time", "add_metric"):
+        real = getattr(context.metrics, method)
+
+        def record(name, *args, _real=real, **kwargs):
+            recorded.append(name)
+            return _real(name, *args, **kwargs)
+
+        monkeypatch.setattr(context.metrics, method, record)
+    rows = [{"body": bytearray(IMAGES["rgb_640x480.jpg"])}, {"body": bytearray(b"this is not an image")}]
+    _, statuses, _ = _handle(handler, context, rows, [{}, {}])
+    assert statuses[1][0] == 400
+    assert sorted(recorded) == sorted(["HandlerTime", "Img2PoseParseMs", "Img2PoseDecodeMs", "Img2PoseForwardMs",
+                                       "Img2PoseForwardBatchSize", "Img2PosePostprocessMs"])
+
+
+def test_explanations_answer_what_predictions_do(handler_and_context, alone):
+    bodies, statuses, _ = _handle(*handler_and_context, [{"body": bytearray(IMAGES["rgb_640x480.jpg"])}],
+                                  [{"explain": "True"}])
+    assert bodies == [_filtered(alone["rgb_640x480.jpg"])] and statuses[0] == (200, None)

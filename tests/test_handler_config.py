@@ -1,21 +1,24 @@
 import pytest
 
-from img2pose_serve.handler_config import HandlerConfig, HandlerConfigError
+from img2pose_serve.handler_config import TORCH_THREADS_ENV, HandlerConfig, HandlerConfigError
+from img2pose_serve.request_parsing import DetectionParams
 
 
 def test_defaults_and_overrides_from_the_yaml_section():
     assert HandlerConfig.from_mapping(None) == HandlerConfig()
     config = HandlerConfig.from_mapping({"score_threshold": 0.3, "max_faces": 5, "max_images_per_forward": 2})
     assert (config.score_threshold, config.max_faces, config.max_images_per_forward) == (0.3, 5, 2)
+    assert config.detection_defaults == DetectionParams(score_threshold=0.3, max_faces=5)
+    assert HandlerConfig().detection_defaults == DetectionParams(score_threshold=0.5, max_faces=-1)
     assert HandlerConfig.from_mapping({"score_threshold": 1}).score_threshold == 1.0
 
 
 @pytest.mark.parametrize("section, message", [
     ({"batchSize": 8}, "unknown setting"),
-    ({"score_threshold": 1.5}, "score_threshold must be in"),
+    ({"score_threshold": 1.5}, r"^handler setting score_threshold must be in \[0, 1\], got 1.5$"),
     ({"score_threshold": "0.3"}, "score_threshold must be a finite number"),
     ({"score_threshold": float("nan")}, "score_threshold must be a finite number"),
-    ({"max_faces": -2}, "max_faces must be >= -1"),
+    ({"max_faces": -2}, r"^handler setting max_faces must be >= -1 \(-1: all faces\), got -2$"),
     ({"max_images_per_forward": 0}, "max_images_per_forward must be >= 1"),
     ({"max_images_per_forward": -3}, "max_images_per_forward must be >= 1"),
     ({"max_images_per_forward": 2.7}, "max_images_per_forward must be an integer"),
@@ -36,3 +39,28 @@ def test_images_per_pass_is_automatic_per_device_unless_set():
     assert HandlerConfig.from_mapping({"images_per_pass": 4}).resolved_images_per_pass("cpu") == 4
     with pytest.raises(HandlerConfigError, match="images_per_pass"):
         HandlerConfig.from_mapping({"images_per_pass": -1})
+
+
+# --- IMG2POSE_TORCH_THREADS (the Deployment sets it from the pod's CPU limit) fills torch_threads ---
+
+def test_the_environment_fills_an_automatic_torch_threads(monkeypatch):
+    monkeypatch.setenv(TORCH_THREADS_ENV, "3")
+    assert HandlerConfig.from_mapping({"torch_threads": 0}).torch_threads == 3
+    assert HandlerConfig.from_mapping(None).torch_threads == 3
+    assert HandlerConfig.from_mapping({"torch_threads": 2}).torch_threads == 2  # the archive's explicit value wins
+
+
+def test_without_the_variable_torch_keeps_its_default(monkeypatch):
+    monkeypatch.delenv(TORCH_THREADS_ENV, raising=False)
+    assert HandlerConfig.from_mapping(None).torch_threads == 0
+    monkeypatch.setenv(TORCH_THREADS_ENV, "")
+    assert HandlerConfig.from_mapping(None).torch_threads == 0
+
+
+def test_a_bad_value_fails_loudly(monkeypatch):
+    monkeypatch.setenv(TORCH_THREADS_ENV, "-1")
+    with pytest.raises(ValueError, match="torch_threads"):
+        HandlerConfig.from_mapping(None)
+    monkeypatch.setenv(TORCH_THREADS_ENV, "two")
+    with pytest.raises(ValueError):
+        HandlerConfig.from_mapping(None)

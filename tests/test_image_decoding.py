@@ -7,10 +7,11 @@ from io import BytesIO
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
 
+from img2pose_serve import image_decoding
+from img2pose_serve.errors import InvalidInput, PayloadTooLarge, RequestError
 from img2pose_serve.image_decoding import decode_image, decode_tensor, image_size, image_to_tensor
-from img2pose_serve.errors import RequestError
 
 LIMIT = 10_000_000
 
@@ -171,10 +172,6 @@ def test_truncated_image_is_400(fmt: str) -> None:
     assert "truncated" in error.message
 
 
-def test_load_truncated_images_is_off() -> None:
-    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
-
-
 def test_random_bytes_are_400() -> None:
     data = np.random.default_rng(1).bytes(2000)
     error = decode_error(data)
@@ -263,17 +260,36 @@ def test_image_to_tensor_refuses_non_rgb() -> None:
 # --- decode_tensor -----------------------------------------------------------
 
 
-def test_decode_tensor_returns_errors_instead_of_raising() -> None:
-    good_a = encode(Image.new("RGB", (3, 3), (9, 9, 9)), "PNG")
-    good_b = encode(Image.new("L", (2, 5), 40), "PNG")
-    bomb = png_with_declared_size(5000, 5000)
-    results = [decode_tensor(data, 1000) for data in (good_a, b"not an image", good_b, bomb, b"")]
-    assert isinstance(results[0], torch.Tensor) and tuple(results[0].shape) == (3, 3, 3)
-    assert isinstance(results[1], RequestError) and results[1].status == 400
-    assert isinstance(results[2], torch.Tensor) and tuple(results[2].shape) == (3, 5, 2)
-    assert results[2][:, 0, 0].tolist() == [np.float32(40) / np.float32(255)] * 3
-    assert isinstance(results[3], RequestError) and results[3].status == 413
-    assert isinstance(results[4], RequestError) and results[4].status == 400
+def test_decode_tensor_returns_tensors_and_raises_typed_errors() -> None:
+    good_a = decode_tensor(encode(Image.new("RGB", (3, 3), (9, 9, 9)), "PNG"), 1000)
+    good_b = decode_tensor(encode(Image.new("L", (2, 5), 40), "PNG"), 1000)
+    assert isinstance(good_a, torch.Tensor) and tuple(good_a.shape) == (3, 3, 3)
+    assert isinstance(good_b, torch.Tensor) and tuple(good_b.shape) == (3, 5, 2)
+    assert good_b[:, 0, 0].tolist() == [np.float32(40) / np.float32(255)] * 3
+    for data, error_type, status in ((b"not an image", InvalidInput, 400),
+                                     (png_with_declared_size(5000, 5000), PayloadTooLarge, 413),
+                                     (b"", InvalidInput, 400)):
+        with pytest.raises(error_type) as error:
+            decode_tensor(data, 1000)
+        assert error.value.status == status
+
+
+def test_running_out_of_memory_while_decoding_is_the_images_fault(monkeypatch) -> None:
+    def no_memory(img):
+        raise MemoryError
+
+    monkeypatch.setattr(image_decoding, "image_to_tensor", no_memory)
+    with pytest.raises(PayloadTooLarge, match="too large to decode in the memory available"):
+        decode_tensor(encode(Image.new("RGB", (3, 3)), "PNG"), 1000)
+
+
+def test_a_failure_of_ours_while_decoding_is_not_a_request_error(monkeypatch) -> None:
+    def broken(img):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(image_decoding, "image_to_tensor", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        decode_tensor(encode(Image.new("RGB", (3, 3)), "PNG"), 1000)
 
 
 def test_image_size_reads_the_header_only() -> None:
@@ -285,7 +301,8 @@ def test_image_size_reads_the_header_only() -> None:
     with pytest.raises(RequestError) as error:
         image_size(png_with_declared_size(5000, 5000), 1000)
     assert error.value.status == 413
-    assert isinstance(decode_tensor(cut, 10_000), RequestError)
+    with pytest.raises(InvalidInput):
+        decode_tensor(cut, 10_000)
 
 
 def test_image_to_tensor_equals_the_reference_expression_bit_for_bit() -> None:

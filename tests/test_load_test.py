@@ -13,12 +13,6 @@ from scripts import load_test
 from tests.stand_in_http import JsonHandler, serving
 
 
-def test_worker_pid_is_the_first_workers_pid_of_a_description():
-    assert worker_pid([{"workers": [{"pid": 7, "status": "READY"}, {"pid": 8, "status": "READY"}]}]) == 7
-    assert worker_pid({"workers": [{"pid": 3}]}) == 3
-    assert worker_pid([{"workers": []}]) is None
-
-
 @pytest.mark.server
 def test_short_mixed_run_answers_everything_as_expected(torchserve_server, tmp_path):
     out = tmp_path / "report.json"

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import threading
 
-from img2pose_serve.passes import pass_slices
+import pytest
+import torch
+
+from img2pose_serve import archive_layout, reference_data
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.image_decoding import decode_tensor
+from img2pose_serve.model import FasterDoFRCNN
+from img2pose_serve.passes import pass_slices
+from img2pose_serve.pose import PoseDecoder
 from tests.golden_set import COMMITTED
 
 
@@ -22,20 +28,48 @@ def test_pass_slices(batch, per_pass, expected):
     assert pass_slices(batch, per_pass) == expected
 
 
-def test_one_pass_for_the_whole_batch_gives_identical_detections(demo_detector, detections):
+def test_one_pass_for_the_whole_batch_gives_identical_detections(demo_detector, demo_model_dir, detections):
     """Passes of one image (the CPU default) are what every other batched test runs; here the other
     end: the whole batch in one pass, as on CUDA, against each image alone (the golden detections)."""
     names = ["01_rgb_640x480.jpg", "04_gray_320x240.png"]  # one padded canvas
-    demo_detector.set_images_per_pass(None)
-    try:
-        batched = demo_detector.detect([decode_tensor(COMMITTED.image_path(n).read_bytes(), 10**8) for n in names])
-    finally:
-        demo_detector.set_images_per_pass(1)
+    whole_batch, _ = archive_layout.load_detector(demo_model_dir, images_per_pass=None)
+    assert demo_detector.images_per_pass == 1 and whole_batch.images_per_pass is None
+    batched = whole_batch.detect([decode_tensor(COMMITTED.image_path(n).read_bytes(), 10**8) for n in names])
     for name, prediction in zip(names, batched, strict=True):
         alone = detections.identity_stats(COMMITTED, name)
         assert alone and to_face_dicts(prediction, 0.0, -1) == alone, name
 
 
-def test_images_per_pass_must_be_positive(demo_detector):
-    with pytest.raises(ValueError, match="images_per_pass"):
-        demo_detector.set_images_per_pass(0)
+def test_images_per_pass_must_be_positive():
+    with pytest.raises(ValueError, match="images_per_pass must be >= 1 or None, got 0"):
+        FasterDoFRCNN(PoseDecoder.create([0] * 6, [1] * 6, reference_data.points_68()), images_per_pass=0)
+
+
+def test_a_detect_that_consumes_its_inputs_leaves_a_concurrent_callers_inputs_alone(demo_detector, monkeypatch):
+    """``consume_inputs`` belongs to its call: another thread's detect, running meanwhile, normalises copies."""
+    image = decode_tensor(COMMITTED.image_path("04_gray_320x240.png").read_bytes(), 10**8)
+    consumed, kept = image.clone(), image.clone()
+    inside, release = threading.Event(), threading.Event()
+    real_backbone = demo_detector.backbone.forward
+    worker = threading.current_thread()
+
+    def backbone_that_waits_in_the_other_thread(x):
+        if threading.current_thread() is not worker:  # the consuming call has normalised, and waits here
+            inside.set()
+            assert release.wait(120)
+        return real_backbone(x)
+
+    monkeypatch.setattr(demo_detector.backbone, "forward", backbone_that_waits_in_the_other_thread)
+    results = {}
+    other = threading.Thread(target=lambda: results.update(consumed=demo_detector.detect([consumed],
+                                                                                        consume_inputs=True)))
+    other.start()
+    try:
+        assert inside.wait(120)
+        results["kept"] = demo_detector.detect([kept])
+    finally:
+        release.set()
+        other.join(120)
+    assert torch.equal(kept, image), "the other thread's consume_inputs reached this call"
+    assert not torch.equal(consumed, image)
+    assert to_face_dicts(results["kept"][0], 0.0, -1) == to_face_dicts(results["consumed"][0], 0.0, -1)

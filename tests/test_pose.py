@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from img2pose_serve import reference_data
-from img2pose_serve.pose import BOX_SCALE, KEYPOINT_INDICES, PoseDecoder, camera_matrix, project_keypoints, project_points
+from img2pose_serve.pose import (
+    BOX_SCALE,
+    KEYPOINT_INDICES,
+    PoseDecoder,
+    camera_matrix,
+    project_keypoints,
+    project_points,
+)
 
 IDENTITY = PoseDecoder.create([0, 0, 0, 0, 0, 0], [1] * 6, reference_data.points_68())
 H, W = 480, 640  # focal 1120, principal point (320, 240)

@@ -15,11 +15,17 @@ import img2pose_handler
 from img2pose_handler import PRECISION_HEADER, Img2PoseHandler
 from img2pose_serve import archive_layout
 from img2pose_serve.facedicts import to_face_dicts
-from img2pose_serve.model import BF16_STAGES
 from img2pose_serve.handler_config import HandlerConfig, HandlerConfigError
-from img2pose_serve.precision import (Bf16Capabilities, Bf16Unavailable, device_capabilities,
-                                      fold_frozen_batch_norms, native_bf16_check, resolve_precision)
 from img2pose_serve.image_decoding import decode_tensor
+from img2pose_serve.model import BF16_STAGES
+from img2pose_serve.precision import (
+    Bf16Capabilities,
+    Bf16Unavailable,
+    device_capabilities,
+    fold_frozen_batch_norms,
+    native_bf16_check,
+    resolve_precision,
+)
 from img2pose_tools.build_mar import BuildError, main, staged_archive
 from img2pose_tools.synthetic_images import photo_like_jpeg as _jpeg
 from img2pose_tools.synthetic_images import photo_like_tensors as synthetic_images
@@ -34,8 +40,7 @@ def _assert_identical(first: dict, second: dict) -> None:
 
 @pytest.fixture(scope="module")
 def bf16_model(demo_model_dir):
-    model, _ = archive_layout.load_detector(demo_model_dir)
-    model.set_images_per_pass(1)
+    model, _ = archive_layout.load_detector(demo_model_dir, images_per_pass=1)
     model.set_precision("bf16")
     return model
 
@@ -64,16 +69,16 @@ def test_the_model_refuses_unknown_precisions(bf16_model):
 
 def test_build_mar_writes_the_precision_into_the_archive(tmp_path):
     with pytest.raises(BuildError, match="precision"):
-        with staged_archive(None, precision="fp16", quiet=True):
+        with staged_archive(None, handler_overrides={"precision": "fp16"}, quiet=True):
             pass
     with pytest.raises(SystemExit):
         main(["--precision", "fp16", "--export-path", str(tmp_path)])
     assert not (tmp_path / "img2pose.mar").exists()
     for precision in ("bf16", "bf16-required"):
-        with staged_archive(None, precision=precision, quiet=True) as staged:
+        with staged_archive(None, handler_overrides={"precision": precision}, quiet=True) as staged:
             handler_section = yaml.safe_load(staged.config_file.read_text())["handler"]
             info = json.loads((staged.extra / archive_layout.INFO_FILE).read_text())
-        assert handler_section["precision"] == precision and info["precision"] == precision == staged.info.precision
+        assert handler_section["precision"] == precision == staged.settings["precision"] and "precision" not in info
         assert HandlerConfig.from_mapping(handler_section).precision == precision
 
 
@@ -171,15 +176,13 @@ def test_bf16_runs_the_heavy_layers_in_bf16_and_ranks_and_decodes_in_fp32(bf16_m
     assert len(result["scores"]) > 0
 
 
-def test_bf16_batched_equals_bf16_alone_in_one_pass(bf16_model):
+def test_bf16_batched_equals_bf16_alone_in_one_pass(bf16_model, demo_model_dir):
     """The handler's CPU default is one image per pass; this checks the kernels with all images in one pass."""
     images = synthetic_images(2, 320, 240)
     alone = [bf16_model.detect([image])[0] for image in images]
-    bf16_model.set_images_per_pass(None)
-    try:
-        together = bf16_model.detect(images)
-    finally:
-        bf16_model.set_images_per_pass(1)
+    whole_batch, _ = archive_layout.load_detector(demo_model_dir, images_per_pass=None)
+    whole_batch.set_precision("bf16")
+    together = whole_batch.detect(images)
     for single, batched in zip(alone, together, strict=True):
         _assert_identical(single, batched)
     assert all(len(result["scores"]) for result in alone), "no detections: the comparison would be vacuous"

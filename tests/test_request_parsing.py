@@ -5,7 +5,14 @@ from typing import Any
 
 import pytest
 
-from img2pose_serve.errors import RequestError
+from img2pose_serve.errors import (
+    DeadlineExceeded,
+    InternalError,
+    InvalidInput,
+    PayloadTooLarge,
+    RequestError,
+    UnsupportedMediaType,
+)
 from img2pose_serve.handler_config import HandlerConfig
 from img2pose_serve.request_parsing import DetectionParams, ParsedRequest, parse_request
 
@@ -34,16 +41,31 @@ def json_error(doc: Any) -> RequestError:
 
 
 def test_request_error_to_json() -> None:
-    error = RequestError(413, "too big")
+    error = PayloadTooLarge("too big")
     assert (error.status, error.message, str(error)) == (413, "too big", "too big")
     assert error.to_json() == {"error": "too big", "code": 413}
 
 
-def test_detection_params_is_frozen() -> None:
-    from dataclasses import FrozenInstanceError
+def test_each_error_type_carries_its_status_and_keeps_it_when_prefixed() -> None:
+    statuses = {InvalidInput: 400, PayloadTooLarge: 413, UnsupportedMediaType: 415, DeadlineExceeded: 504}
+    for error_type, status in statuses.items():
+        error = error_type("bad").prefixed("images[1]: ")
+        assert (type(error), error.status, error.message) == (error_type, status, "images[1]: bad")
+    internal = InternalError("request-3")
+    assert internal.prefixed("images[1]: ") is internal  # the client learns nothing more of it
+    assert internal.to_json() == {"error": "internal error", "code": 500, "request_id": "request-3"}
 
-    with pytest.raises(FrozenInstanceError):
-        DEFAULTS.max_faces = 3  # type: ignore[misc]
+
+@pytest.mark.parametrize(("params", "message"), [
+    ((1.5, -1), "score_threshold must be in [0, 1], got 1.5"),
+    ((float("nan"), -1), "score_threshold must be in [0, 1], got nan"),
+    ((0.5, -2), "max_faces must be >= -1 (-1: all faces), got -2"),
+])
+def test_detection_params_refuse_values_out_of_range(params: tuple, message: str) -> None:
+    with pytest.raises(ValueError) as error:
+        DetectionParams(*params)
+    assert str(error.value) == message
+    assert DetectionParams(1.0, -1) == DetectionParams(1.0, -1) and DetectionParams(0.0, 0).max_faces == 0
 
 
 # --- raw body ---------------------------------------------------------------
@@ -54,7 +76,7 @@ def test_detection_params_is_frozen() -> None:
 @pytest.mark.parametrize("key", ["body", "data"])
 def test_raw_body_is_one_image(key: str, content_type: str | None) -> None:
     parsed = parse({key: bytearray(JPEG)}, DEFAULTS, content_type)
-    assert parsed == ParsedRequest(images=[JPEG], params=DEFAULTS, many=False)
+    assert parsed == ParsedRequest(images=[JPEG], params=DEFAULTS, answer_as_list=False)
     assert type(parsed.images[0]) is bytes
 
 
@@ -86,15 +108,15 @@ def test_text_body_without_content_type_is_415() -> None:
 def test_json_single_image_with_params() -> None:
     doc = {"image": B64_JPEG, "score_threshold": 0.3, "max_faces": 10}
     parsed = parse({"body": doc}, DEFAULTS, "application/json")
-    assert parsed == ParsedRequest([JPEG], DetectionParams(0.3, 10), many=False)
+    assert parsed == ParsedRequest([JPEG], DetectionParams(0.3, 10), answer_as_list=False)
 
 
 def test_json_images_list_is_many_even_with_one() -> None:
     parsed = parse({"body": {"images": [B64_JPEG]}}, DEFAULTS, "application/json")
-    assert parsed == ParsedRequest([JPEG], DEFAULTS, many=True)
+    assert parsed == ParsedRequest([JPEG], DEFAULTS, answer_as_list=True)
     parsed = parse({"body": {"images": [B64_JPEG, B64_PNG]}}, DEFAULTS, None)
     assert parsed.images == [JPEG, PNG]
-    assert parsed.many is True
+    assert parsed.answer_as_list is True
 
 
 def test_json_params_default_when_absent_or_null() -> None:
@@ -231,7 +253,7 @@ def test_max_faces_json_rejected(value: Any, shown: str) -> None:
 
 def test_multipart_one_file_is_not_many() -> None:
     parsed = parse({"image": bytearray(JPEG)}, DEFAULTS, MULTIPART)
-    assert parsed == ParsedRequest([JPEG], DEFAULTS, many=False)
+    assert parsed == ParsedRequest([JPEG], DEFAULTS, answer_as_list=False)
 
 
 def test_multipart_field_order_kept_and_params_read() -> None:
@@ -240,7 +262,7 @@ def test_multipart_field_order_kept_and_params_read() -> None:
     parsed = parse(row, DEFAULTS, MULTIPART)
     assert parsed.images == [PNG, JPEG, b"xyz"]
     assert parsed.params == DetectionParams(0.7, 10)
-    assert parsed.many is True
+    assert parsed.answer_as_list is True
 
 
 def test_errors_name_the_image_the_way_the_client_sent_it() -> None:
@@ -254,13 +276,13 @@ def test_errors_name_the_image_the_way_the_client_sent_it() -> None:
 def test_multipart_without_content_type_header() -> None:
     row = {"file1": bytearray(JPEG), "file2": bytearray(PNG), "max_faces": b"3"}
     parsed = parse(row, DEFAULTS, None)
-    assert parsed == ParsedRequest([JPEG, PNG], DetectionParams(0.5, 3), many=True)
+    assert parsed == ParsedRequest([JPEG, PNG], DetectionParams(0.5, 3), answer_as_list=True)
 
 
 def test_multipart_field_named_data_is_an_image() -> None:
     parsed = parse({"data": bytearray(JPEG), "score_threshold": b"0.1"},
                            DEFAULTS, MULTIPART)
-    assert parsed == ParsedRequest([JPEG], DetectionParams(0.1, -1), many=False)
+    assert parsed == ParsedRequest([JPEG], DetectionParams(0.1, -1), answer_as_list=False)
 
 
 @pytest.mark.parametrize("text, expected", [("0", 0.0), (" 0.35 ", 0.35), ("1", 1.0),

@@ -10,12 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
-from img2pose_tools.torchserve_launcher import BASE_CONFIG, model_settings, read_properties
-from scripts.benchmark import ForwardBatchMeter
-from tests.conftest import DEMO_MODEL, SESSION_BATCH_SIZE, TRUSTED_MODEL
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.image_decoding import decode_tensor
+from img2pose_tools.served_metrics import ForwardBatchMeter
+from img2pose_tools.torchserve_launcher import BASE_CONFIG, model_settings, read_properties
 from tests.golden_set import COMMITTED, compare_faces
+from tests.served_models import DEMO_MODEL, SESSION_BATCH_SIZE, TRUSTED_MODEL
 
 pytestmark = pytest.mark.server
 
@@ -87,7 +87,8 @@ def test_concurrent_requests_batch_and_equal_sequential_exactly(torchserve_serve
         faces = _ok_json(response)
         assert faces == [f for f in sequential[name] if f["confidence"] >= 0.5], name
         if name in COMMITTED.reference["sequential"]:  # and the reference library's, within tolerance
-            assert compare_faces(faces, COMMITTED.reference["sequential"][name], 0.5, COMMITTED.image_size(name)) == [], name
+            reference = COMMITTED.reference["sequential"][name]
+            assert compare_faces(faces, reference, 0.5, COMMITTED.image_size(name)) == [], name
 
     after_sum, after_count = _forward_sizes(torchserve_server)
     images, forwards = after_sum - before_sum, after_count - before_count
@@ -163,7 +164,8 @@ def test_worker_log_has_no_torch_warnings(torchserve_server, sequential):
     """
     log = torchserve_server.log_tail(5_000_000)
     torch_warnings = [line for line in log.splitlines()
-                      if "Warning" in line and re.search(r"/torch(vision)?/|torch\.meshgrid|pretrained|backbone_name", line)]
+                      if "Warning" in line
+                      and re.search(r"/torch(vision)?/|torch\.meshgrid|pretrained|backbone_name", line)]
     assert torch_warnings == []
     for message in ("torch.meshgrid", "backbone_name", "'pretrained' is deprecated"):
         assert message not in log

@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from img2pose_client.visualize import (AXIS_COLOURS, BOX_COLOUR, KEYPOINT_COLOUR, draw_faces, euler_angles,
-                                       main, output_name, pose_axes)
+from img2pose_client.visualize import (
+    AXIS_COLOURS,
+    BOX_COLOUR,
+    KEYPOINT_COLOUR,
+    draw_faces,
+    euler_angles,
+    main,
+    output_name,
+    pose_axes,
+)
 from img2pose_serve.pose import KEYPOINT_INDICES, project_keypoints
 from img2pose_serve.reference_data import points_68
 

@@ -21,8 +21,8 @@ from img2pose_client.backfill import exit_status
 from img2pose_client.predict_client import PredictClient, SoloGate
 from img2pose_tools.wait_ready import wait_ready, worker_pid
 from tests.backfill_support import backfill, image_bytes, lines
-from tests.conftest import DEMO_MODEL, POISON_MODEL
 from tests.poison_handler import POISON
+from tests.served_models import DEMO_MODEL, POISON_MODEL
 from tests.stand_in_http import JsonHandler, serving
 
 WORKER_DIED = {"code": 507, "type": "InternalServerException", "message": "Worker died."}
@@ -191,6 +191,7 @@ def test_a_poison_image_ends_as_one_error_line_and_its_neighbours_are_answered(t
                        "--token", server.inference_key, "--concurrency", "6", "--backoff", "0.2")
     recorded = {line["path"]: line for line in lines(out)}
     poison = recorded.pop(str(paths[2]))
-    assert poison["status"] == 507 and poison["error"].startswith("Worker died. (the worker died all 3 times")
+    # 507 when TorchServe sees the exit code of the SIGKILL, 500 when it reads it before the process is reaped
+    assert poison["status"] in (500, 507) and poison["error"].startswith("Worker died. (the worker died all 3 times")
     assert {path: line["faces"] for path, line in recorded.items()} == _direct(server, paths[:2] + paths[3:])
-    assert (summary["errors"], exit_status(summary)) == ({"507": 1}, 1)
+    assert (summary["errors"], exit_status(summary)) == ({str(poison["status"]): 1}, 1)

@@ -8,7 +8,8 @@
 INPUT: image files, directories (recursive) or lists of paths (``*.txt``, ``*.lst`` or ``@FILE``);
 see img2pose_client.inputs. ``--shard I/N`` keeps only the inputs whose path hashes to shard I:
 N runs with the same INPUTs (and the library at the same absolute path), each with its own
---output, process every input exactly once between them, and each resumes on its own. Each image gets one line in --output, ``{"path", "faces"}`` or
+--output, process every input exactly once between them, and each resumes on its own. Each image
+gets one line in --output, ``{"path", "faces"}`` or
 ``{"path", "error", "status"}``; paths already there are skipped, so re-running resumes (with
 --retry-errors, paths whose last line is an error are sent again and the new line appended).
 

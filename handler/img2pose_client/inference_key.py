@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from .key_file import read_keys, renew_key
+from .key_file import read_keys, renew_key, response_excerpt
 
 
 class KeyRecoveryFailed(RuntimeError):
@@ -67,7 +67,8 @@ class InferenceKey:
             renew_key(self.management_url, self._read("API"), "inference", timeout=self.timeout)
         except requests.RequestException as error:
             raise KeyRecoveryFailed(f"renewing the inference key at {self.management_url} failed: "
-                                    f"{type(error).__name__}: {_short(error)}") from error
+                                    f"{type(error).__name__}: {response_excerpt(error.response, str(error))}"
+                                    ) from error
         key = self._read("inference")
         if key == rejected:
             raise KeyRecoveryFailed(f"the key was renewed at {self.management_url} but {self.key_file} still holds "
@@ -81,9 +82,3 @@ class InferenceKey:
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise KeyRecoveryFailed(f"cannot read the {name} key from {self.key_file}: "
                                     f"{type(error).__name__}: {error}") from error
-
-
-def _short(error: requests.RequestException) -> str:
-    response = error.response
-    text = " ".join(response.text.split()) if response is not None else ""
-    return (text or str(error))[:200]

@@ -45,7 +45,7 @@ class Shard:
             raise ValueError(f"shard {self.index}/{self.count}: need 0 <= I < N")
 
     @classmethod
-    def parse(cls, text: str) -> "Shard":
+    def parse(cls, text: str) -> Shard:
         match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
         if match is None:
             raise ValueError(f"shard must be I/N (e.g. 0/4), got {text!r}")

@@ -17,6 +17,12 @@ def read_keys(key_file: str | Path = DEFAULT_KEY_FILE) -> dict[str, str]:
     return {name: entry["key"] for name, entry in data.items() if isinstance(entry, dict) and "key" in entry}
 
 
+def response_excerpt(response: requests.Response | None, fallback: str = "") -> str:
+    """A response's text on one line, cut to 200 characters, for an error message (``fallback`` if empty)."""
+    text = " ".join(response.text.split()) if response is not None else ""
+    return (text or fallback)[:200]
+
+
 def response_json(response: requests.Response) -> Any:
     """The response's JSON body, or None when it has none (what ``is_key_rejection`` takes)."""
     try:

@@ -30,14 +30,14 @@ from typing import Any
 import requests
 
 from img2pose_serve.deadline import DEADLINE_HEADER
+from img2pose_serve.response_headers import DEMO_HEADER
 
 from .inference_key import InferenceKey, KeyRecoveryFailed
-from .key_file import is_key_rejection, response_json
+from .key_file import is_key_rejection, response_excerpt, response_json
 
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
 WORKER_DIED = "Worker died."  # TorchServe's message (status 500, or 507 when the worker was SIGKILLed)
 TRANSPORT_ERROR = "connection"  # the status recorded when no HTTP answer came back
-DEMO_HEADER = "X-Img2Pose-Demo"
 # A request rejected again with the key it was just given: another client renewed in between, or
 # the server's keys expire as soon as they are made; the bound keeps the latter from looping.
 MAX_KEY_RECOVERIES = 3
@@ -123,7 +123,7 @@ class PredictClient:
         for session in self._sessions:
             session.close()
 
-    def __enter__(self) -> "PredictClient":
+    def __enter__(self) -> PredictClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -171,7 +171,7 @@ class PredictClient:
         time.sleep(random.uniform(0, min(self.backoff_cap, self.backoff * 2**attempt)))
 
     def _recover_key(self, response: requests.Response, rejected: str | None, recoveries: int) -> None:
-        rejection = f"the server rejects the token (HTTP {response.status_code}: {_short(response)})"
+        rejection = f"the server rejects the token (HTTP {response.status_code}: {response_excerpt(response)})"
         if recoveries >= MAX_KEY_RECOVERIES:
             raise FatalServerError(f"{rejection}, {recoveries + 1} times in a row for one image, each time with "
                                    "a new key; check --token / --token-file")
@@ -206,8 +206,4 @@ def _raise_if_unknown_model(response: requests.Response, body: Any) -> None:
     kind = body.get("type") if isinstance(body, dict) else None
     if response.status_code == 404 or kind == "ModelNotFoundException":
         raise FatalServerError(f"no such model at {response.url} (HTTP {response.status_code}: "
-                               f"{_short(response)}); check --url / --model")
-
-
-def _short(response: requests.Response) -> str:
-    return " ".join(response.text.split())[:200]
+                               f"{response_excerpt(response)}); check --url / --model")

@@ -66,10 +66,10 @@ class ResumeIndex:
     bad_lines: int  # complete lines that are not a results record (skipped)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ResumeIndex":
+    def load(cls, path: str | Path) -> ResumeIndex:
         keys, errors = array("Q"), array("b")  # 9 bytes a line: millions of lines are fine
         end_offset = bad_lines = 0
-        for record, end_offset in _iter_lines(path):
+        for record, end_offset in _iter_lines(path):  # noqa: B007 - its last value is used after the loop
             if record is None:
                 bad_lines += 1
                 continue
@@ -130,7 +130,7 @@ class ResultWriter:
             self._sync()
             self._file.close()
 
-    def __enter__(self) -> "ResultWriter":
+    def __enter__(self) -> ResultWriter:
         return self
 
     def __exit__(self, *exc) -> None:

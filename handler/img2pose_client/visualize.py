@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy.spatial.transform import Rotation
 
-from img2pose_serve.pose import project_points, camera_matrix
+from img2pose_serve.pose import original_image_camera, project_points
 from img2pose_serve.reference_data import points_68
 
 from .results_file import iter_records
@@ -60,7 +60,7 @@ def pose_axes(pose: Iterable[float], width: int, height: int) -> np.ndarray | No
         return None
     origin = points_68()[NOSE_TIP].astype(np.float64)
     ends = origin + AXIS_LENGTH * np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, -1]], dtype=np.float64)
-    pixels = project_points(ends, pose[None], camera_matrix(width + height, width / 2, height / 2))[0]
+    pixels = project_points(ends, pose[None], original_image_camera(width, height))[0]
     return pixels if np.isfinite(pixels).all() else None
 
 

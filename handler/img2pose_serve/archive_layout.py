@@ -28,6 +28,9 @@ POSE_MEAN_FILE = "pose_mean.npy"
 POSE_STDDEV_FILE = "pose_stddev.npy"
 INFO_FILE = "archive_info.json"
 MODEL_CONFIG_FILE = "model-config.yaml"
+# How to build an archive with the official weights (told wherever a demo archive is built or served).
+REAL_ARCHIVE_COMMAND = ("python scripts/build_mar.py --checkpoint img2pose_v1.pth "
+                        "--pose-mean WIDER_train_pose_mean_v1.npy --pose-stddev WIDER_train_pose_stddev_v1.npy")
 
 
 class ArchiveIntegrityError(RuntimeError):
@@ -44,7 +47,6 @@ class ArchiveInfo:
     pose_mean: list[float]
     pose_stddev: list[float]
     built_by: str
-    precision: str = "fp32"  # the handler setting the archive was built with
     source_checkpoint_sha256: str | None = None  # the operator's file the weights came from
 
     def write(self, directory: Path) -> Path:
@@ -53,8 +55,12 @@ class ArchiveInfo:
         return path
 
     @classmethod
-    def read(cls, directory: Path) -> "ArchiveInfo":
-        return cls(**json.loads((Path(directory) / INFO_FILE).read_text()))
+    def read(cls, directory: Path) -> ArchiveInfo:
+        recorded = json.loads((Path(directory) / INFO_FILE).read_text())
+        # Archives built before the precision had one home (model-config.yaml's handler section, the
+        # setting the worker reads) recorded a copy here; it is ignored.
+        recorded.pop("precision", None)
+        return cls(**recorded)
 
 
 def sha256_of(path: Path) -> str:
@@ -88,12 +94,14 @@ def read_weights(directory: Path, expected_sha256: str) -> dict[str, torch.Tenso
     return load_file(str(path))
 
 
-def load_detector(directory: Path, device: str | torch.device = "cpu") -> tuple[FasterDoFRCNN, ArchiveInfo]:
-    """The detector an unpacked archive serves (eval mode, on ``device``) and the archive's info."""
+def load_detector(directory: Path, device: str | torch.device = "cpu",
+                  images_per_pass: int | None = None) -> tuple[FasterDoFRCNN, ArchiveInfo]:
+    """The detector an unpacked archive serves (eval mode, on ``device``, ``images_per_pass`` as
+    ``FasterDoFRCNN`` takes it) and the archive's info."""
     directory = Path(directory)
     info = ArchiveInfo.read(directory)
     model = build_detector(read_weights(directory, info.weights_sha256),
                            pose_mean=np.load(directory / POSE_MEAN_FILE, allow_pickle=False),
                            pose_stddev=np.load(directory / POSE_STDDEV_FILE, allow_pickle=False),
-                           device=device)
+                           device=device, images_per_pass=images_per_pass)
     return model, info

@@ -54,7 +54,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"{path} could not be read as a torch checkpoint: {error}") from error
     if not isinstance(container, Mapping) or "fpn_model" not in container:
         found = sorted(container)[:10] if isinstance(container, Mapping) else type(container).__name__
-        raise CheckpointError(f'{path} is not an img2pose checkpoint: expected a dict with key "fpn_model", found {found}')
+        raise CheckpointError(f'{path} is not an img2pose checkpoint: expected a dict with key "fpn_model", '
+                              f'found {found}')
     state = container["fpn_model"]
     if not isinstance(state, Mapping):
         raise CheckpointError(f'{path}: "fpn_model" must be a state dict, found {type(state).__name__}')
@@ -72,7 +73,8 @@ def _unpickler_detail(error: Exception) -> str:
 
 
 def _load_trusted(path: Path, map_location):
-    warnings.warn(f"--trust-checkpoint: {path} is fully unpickled; any code it carries runs now, in this process")
+    warnings.warn(f"--trust-checkpoint: {path} is fully unpickled; any code it carries runs now, in this process",
+                  stacklevel=2)
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:

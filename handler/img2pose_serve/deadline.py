@@ -18,14 +18,13 @@ import statistics
 import time
 from collections import deque
 
-from .errors import RequestError
+from .errors import DeadlineExceeded, InvalidInput
 
 DEADLINE_HEADER = "X-Img2Pose-Deadline"
-DEADLINE_PASSED = 504
 
 
 def parse_deadline(value: str | bytes | None) -> float | None:
-    """The header's deadline (None: no header); RequestError 400 for anything but a finite number."""
+    """The header's deadline (None: no header); InvalidInput (400) for anything but a finite number."""
     if value is None:
         return None
     text = value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
@@ -34,22 +33,22 @@ def parse_deadline(value: str | bytes | None) -> float | None:
     except ValueError:
         deadline = math.nan
     if not math.isfinite(deadline) or deadline <= 0:
-        raise RequestError(400, f"header {DEADLINE_HEADER} must be a Unix time in seconds (e.g. "
-                                f"{time.time() + 30:.2f}), got {text[:40]!r}")
+        raise InvalidInput(f"header {DEADLINE_HEADER} must be a Unix time in seconds (e.g. "
+                           f"{time.time() + 30:.2f}), got {text[:40]!r}")
     return deadline
 
 
 def check_deadline(deadline: float | None, stage: str, now: float | None = None, needed: float = 0.0) -> None:
-    """RequestError 504 when ``deadline`` has passed at ``stage``, or is less than ``needed`` seconds away."""
+    """DeadlineExceeded (504) when ``deadline`` has passed at ``stage``, or is less than ``needed`` seconds away."""
     if deadline is None:
         return
     left = deadline - (time.time() if now is None else now)
     if left <= 0:
-        raise RequestError(DEADLINE_PASSED, f"the request's deadline ({DEADLINE_HEADER}) passed {-left:.2f} s "
-                                            f"before {stage}: not run")
+        raise DeadlineExceeded(f"the request's deadline ({DEADLINE_HEADER}) passed {-left:.2f} s "
+                               f"before {stage}: not run")
     if left < needed:
-        raise RequestError(DEADLINE_PASSED, f"the request's deadline ({DEADLINE_HEADER}) was {left:.2f} s away at "
-                                            f"{stage}, less than its forward takes here (~{needed:.2f} s): not run")
+        raise DeadlineExceeded(f"the request's deadline ({DEADLINE_HEADER}) was {left:.2f} s away at "
+                               f"{stage}, less than its forward takes here (~{needed:.2f} s): not run")
 
 
 class ForwardClock:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .precision import check_precision_setting
+from .request_parsing import DetectionParams
 
 # Fills torch_threads when the archive leaves it at 0; Kubernetes sets it to the pod's CPU limit.
 TORCH_THREADS_ENV = "IMG2POSE_TORCH_THREADS"
@@ -40,13 +41,18 @@ class HandlerConfig:
     # to start where bf16 is not native.
     precision: str = "fp32"
 
+    @property
+    def detection_defaults(self) -> DetectionParams:
+        """The parameters of a request that sets none of its own."""
+        return DetectionParams(self.score_threshold, self.max_faces)
+
     def resolved_images_per_pass(self, device_type: str) -> int | None:
         if self.images_per_pass > 0:
             return self.images_per_pass
         return 1 if device_type == "cpu" else None
 
     @classmethod
-    def from_mapping(cls, section: dict[str, Any] | None) -> "HandlerConfig":
+    def from_mapping(cls, section: dict[str, Any] | None) -> HandlerConfig:
         """Settings from a ``handler:`` section; HandlerConfigError names any unknown key or bad value.
 
         Values must already have their type (YAML numbers, not strings): an integer setting refuses
@@ -62,12 +68,13 @@ class HandlerConfig:
         from_env = os.environ.get(TORCH_THREADS_ENV, "").strip()
         if config.torch_threads == 0 and from_env:
             if not from_env.isdigit():
-                raise HandlerConfigError(f"handler setting torch_threads from ${TORCH_THREADS_ENV} must be a whole number, got {from_env!r}")
+                raise HandlerConfigError(f"handler setting torch_threads from ${TORCH_THREADS_ENV} must be a whole "
+                                         f"number, got {from_env!r}")
             config = replace(config, torch_threads=int(from_env))
-        if not 0.0 <= config.score_threshold <= 1.0:
-            raise HandlerConfigError(f"handler setting score_threshold must be in [0, 1], got {config.score_threshold}")
-        if config.max_faces < -1:
-            raise HandlerConfigError(f"handler setting max_faces must be >= -1 (-1: all faces), got {config.max_faces}")
+        try:
+            _ = config.detection_defaults  # DetectionParams checks their ranges
+        except ValueError as error:
+            raise HandlerConfigError(f"handler setting {error}") from None
         for name in ("max_images_per_forward", "max_pixels_per_forward", "max_image_pixels",
                      "max_images_per_request", "decode_threads"):
             if getattr(config, name) < 1:
@@ -78,7 +85,8 @@ class HandlerConfig:
             raise HandlerConfigError(f"handler setting {error}") from None
         for name in ("torch_threads", "images_per_pass"):
             if getattr(config, name) < 0:
-                raise HandlerConfigError(f"handler setting {name} must be >= 0 (0 = automatic), got {getattr(config, name)}")
+                raise HandlerConfigError(
+                    f"handler setting {name} must be >= 0 (0 = automatic), got {getattr(config, name)}")
         return config
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import RequestError
+from .errors import InvalidInput, PayloadTooLarge
 
 __all__ = ["image_size", "decode_image", "image_to_tensor", "decode_tensor"]
 
@@ -47,17 +47,17 @@ _MAX_TEXT_PREVIEW_BYTES = 4096
 
 
 def image_size(data: bytes, max_pixels: int) -> tuple[int, int]:
-    """(width, height) from the image's header, without decoding pixels; RequestError as decode_image."""
+    """(width, height) from the image's header, without decoding pixels; errors as decode_image."""
     return _open_header(data, max_pixels).size
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode one image to RGB; RequestError 400 if undecodable, 413 if too large."""
+    """Decode one image to RGB; InvalidInput (400) if undecodable, PayloadTooLarge (413) if too large."""
     img = _open_header(data, max_pixels)
     try:
         img.load()  # first frame of an animated file
     except _BOMB_ERRORS as e:
-        raise RequestError(413, f"the image is too large: {e}") from None
+        raise PayloadTooLarge(f"the image is too large: {e}") from None
     except Exception as e:
         raise _undecodable(data, e) from None
     return _to_rgb(img)
@@ -75,26 +75,22 @@ def image_to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).div_(255.0)
 
 
-def decode_tensor(data: bytes, max_pixels: int) -> torch.Tensor | Exception:
-    """``image_to_tensor(decode_image(data))``, or what prevented it (never raises): a RequestError for
-    the client's mistakes, any other exception for ours."""
+def decode_tensor(data: bytes, max_pixels: int) -> torch.Tensor:
+    """``image_to_tensor(decode_image(data))``. Raises a RequestError for the client's mistakes (running
+    out of memory on an image counts as one: 413); any other exception is a failure on our side."""
     try:
         return image_to_tensor(decode_image(data, max_pixels))
-    except RequestError as e:
-        return e
     except MemoryError:
-        return RequestError(413, "the image is too large to decode in the memory available")
-    except Exception as e:  # noqa: BLE001 - a bug, not the client's fault: answered as an internal error
-        return e
+        raise PayloadTooLarge("the image is too large to decode in the memory available") from None
 
 
 def _open_header(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
-        raise RequestError(400, "the image is empty (0 bytes)")
+        raise InvalidInput("the image is empty (0 bytes)")
     try:
         img = Image.open(BytesIO(data))  # lazy: reads the header only
     except _BOMB_ERRORS as e:
-        raise RequestError(413, f"the image is too large: {e}") from None
+        raise PayloadTooLarge(f"the image is too large: {e}") from None
     except Exception as e:
         raise _undecodable(data, e) from None
     _check_pixels(img, max_pixels)
@@ -105,11 +101,9 @@ def _check_pixels(img: Image.Image, max_pixels: int) -> None:
     width, height = img.size
     pixels = width * height
     if pixels > max_pixels:
-        raise RequestError(
-            413, f"image is {width} x {height} = {pixels} pixels; the limit is {max_pixels}"
-        )
+        raise PayloadTooLarge(f"image is {width} x {height} = {pixels} pixels; the limit is {max_pixels}")
     if pixels == 0:
-        raise RequestError(400, f"image is {width} x {height}: it has no pixels")
+        raise InvalidInput(f"image is {width} x {height}: it has no pixels")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -121,20 +115,16 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     try:
         return img.convert("RGB")
     except ValueError as e:
-        raise RequestError(
-            400, f"image mode {img.mode!r} cannot be converted to RGB: {e}"
-        ) from None
+        raise InvalidInput(f"image mode {img.mode!r} cannot be converted to RGB: {e}") from None
 
 
-def _undecodable(data: bytes, error: Exception) -> RequestError:
+def _undecodable(data: bytes, error: Exception) -> InvalidInput:
     if isinstance(error, UnidentifiedImageError):
         reason = (_header_problem(data) or _text_preview(data)
                   or "unrecognised file format (send JPEG, PNG, BMP, GIF, TIFF or WebP)")
     else:
         reason = str(error) or type(error).__name__
-    return RequestError(
-        400, f"the data ({len(data)} bytes) could not be decoded as an image: {reason}"
-    )
+    return InvalidInput(f"the data ({len(data)} bytes) could not be decoded as an image: {reason}")
 
 
 def _text_preview(data: bytes) -> str | None:

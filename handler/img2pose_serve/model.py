@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,10 @@ IMAGE_STD = [0.229, 0.224, 0.225]
 NUM_CLASSES = 2  # background, face
 # The stages that hold almost all of the arithmetic; in bf16 they are replaced by bf16 copies.
 BF16_STAGES = ("backbone.body", "backbone.fpn", "rpn.head.conv", "roi_heads.box_head", "roi_heads.class_head")
+# Whether the running ``detect`` call handed its input tensors over (``consume_inputs``). A context
+# variable, not a module attribute: each thread (and task) sees its own call's value, so concurrent
+# ``detect`` calls cannot see each other's.
+_CONSUME_INPUTS: ContextVar[bool] = ContextVar("img2pose_consume_inputs", default=False)
 
 
 class FasterDoFRCNN(GeneralizedRCNN):
@@ -37,15 +42,19 @@ class FasterDoFRCNN(GeneralizedRCNN):
 
     Images that share one forward are zero-padded to a common canvas, and padding changes the
     features near the borders. Callers that need each image's result to equal a single-image run
-    must only batch images with the same :func:`padded_canvas_shape` (see ``batching``).
+    must only batch images with the same :func:`padded_canvas_shape` (see ``forward_plan``).
     """
 
-    def __init__(self, pose_decoder: PoseDecoder) -> None:
-        backbone = BackboneInPasses(resnet_fpn_backbone(backbone_name="resnet18", weights=None))
+    def __init__(self, pose_decoder: PoseDecoder, images_per_pass: int | None = None) -> None:
+        """``images_per_pass``: run backbone, RPN head and RoI heads in passes of this many images (None:
+        all at once). Results are identical either way; see ``passes`` for why a CPU wants small passes."""
+        if images_per_pass is not None and images_per_pass < 1:
+            raise ValueError(f"images_per_pass must be >= 1 or None, got {images_per_pass}")
+        backbone = BackboneInPasses(resnet_fpn_backbone(backbone_name="resnet18", weights=None), images_per_pass)
         anchors = img2pose_anchor_generator()
         rpn = LogitRankedRPN(
             anchors,
-            SingleConvRPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0]),
+            SingleConvRPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0], images_per_pass),
             # Training-only matching settings.
             fg_iou_thresh=0.5,
             bg_iou_thresh=0.3,
@@ -55,22 +64,13 @@ class FasterDoFRCNN(GeneralizedRCNN):
             post_nms_top_n={"training": 2000, "testing": 1000},
             nms_thresh=0.4,
         )
-        roi_heads = DoFRoIHeads(backbone.out_channels, NUM_CLASSES, pose_decoder)
+        roi_heads = DoFRoIHeads(backbone.out_channels, NUM_CLASSES, pose_decoder, images_per_pass=images_per_pass)
         transform = KeypointProjectingTransform(pose_decoder, MIN_SIZE, MAX_SIZE, IMAGE_MEAN, IMAGE_STD,
                                                 size_divisible=SIZE_DIVISIBLE)
         super().__init__(backbone, rpn, roi_heads, transform)
+        self.images_per_pass = images_per_pass
         self.precision = "fp32"  # see set_precision
         self._fp32_stages: dict[str, nn.Module] = {}  # while in bf16: the originals of BF16_STAGES
-
-    def set_images_per_pass(self, images_per_pass: int | None) -> None:
-        """Run backbone, RPN head and RoI heads in passes of this many images (None: all at once).
-
-        Results are identical either way; see ``passes`` for why a CPU wants small passes.
-        """
-        if images_per_pass is not None and images_per_pass < 1:
-            raise ValueError(f"images_per_pass must be >= 1 or None, got {images_per_pass}")
-        for stage in (self.backbone, self.rpn.head, self.roi_heads):
-            stage.images_per_pass = images_per_pass
 
     def set_precision(self, precision: str, reversible: bool = True) -> None:
         """``fp32`` (exact, the default) or ``bf16`` (see ``precision``).
@@ -93,7 +93,6 @@ class FasterDoFRCNN(GeneralizedRCNN):
             raise RuntimeError("this model was switched to bf16 with reversible=False: build it again for fp32")
         for name, stage in replacements.items():
             self.set_submodule(name, stage)
-        self.backbone.memory_format = torch.channels_last if precision == "bf16" else torch.contiguous_format
         self.precision = precision
 
     @torch.inference_mode()
@@ -105,27 +104,32 @@ class FasterDoFRCNN(GeneralizedRCNN):
         """
         if self.training:
             raise RuntimeError("FasterDoFRCNN is inference-only: call .eval() first")
-        self.transform.normalize_in_place = consume_inputs
+        consuming = _CONSUME_INPUTS.set(consume_inputs)
         try:
             with forward_autocast(next(self.parameters()).device.type, self.precision):
                 return self(images)
         finally:
-            self.transform.normalize_in_place = False
+            _CONSUME_INPUTS.reset(consuming)
 
 
 class BackboneInPasses(nn.Module):
-    """torchvision's ResNet-FPN backbone (its ``body`` and ``fpn``, same state-dict keys), run in passes."""
+    """torchvision's ResNet-FPN backbone (its ``body`` and ``fpn``, same state-dict keys), run in passes.
 
-    def __init__(self, backbone: BackboneWithFPN) -> None:
+    Each pass's input takes the memory format of the body's weights: channels_last once the bf16
+    copies replace them (``set_precision``), the usual layout otherwise.
+    """
+
+    def __init__(self, backbone: BackboneWithFPN, images_per_pass: int | None = None) -> None:
         super().__init__()
         self.body = backbone.body
         self.fpn = backbone.fpn
         self.out_channels = backbone.out_channels
-        self.images_per_pass: int | None = None
-        self.memory_format = torch.contiguous_format
+        self.images_per_pass = images_per_pass
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        return cat_feature_maps([self.fpn(self.body(x[part].contiguous(memory_format=self.memory_format)))
+        channels_last = self.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        return cat_feature_maps([self.fpn(self.body(x[part].contiguous(memory_format=memory_format)))
                                  for part in pass_slices(x.shape[0], self.images_per_pass)])
 
 
@@ -136,17 +140,16 @@ class KeypointProjectingTransform(GeneralizedRCNNTransform):
     cannot: the camera's focal length grows with the image, so they are projected through the pose with
     the original image's own camera, as the reference does.
 
-    With ``normalize_in_place`` set (see ``FasterDoFRCNN.detect``), ``normalize`` overwrites the
+    When the running ``FasterDoFRCNN.detect`` call consumes its inputs, ``normalize`` overwrites the
     caller's tensor with the same values torchvision's computes into two full-resolution temporaries.
     """
 
     def __init__(self, pose_decoder: PoseDecoder, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.pose_decoder = pose_decoder
-        self.normalize_in_place = False
 
     def normalize(self, image: Tensor) -> Tensor:
-        if not (self.normalize_in_place and image.is_floating_point()):
+        if not (_CONSUME_INPUTS.get() and image.is_floating_point()):
             return super().normalize(image)
         mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)
         std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)

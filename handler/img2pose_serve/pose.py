@@ -31,6 +31,11 @@ def camera_matrix(focal, cx, cy) -> np.ndarray:
     return np.array([[focal, 0, cx], [0, focal, cy], [0, 0, 1]])
 
 
+def original_image_camera(width: int, height: int) -> np.ndarray:
+    """The camera keypoints are projected with into the original image: focal w + h, centre (w/2, h/2)."""
+    return camera_matrix(width + height, width / 2, height / 2)
+
+
 def project_points(points: np.ndarray, poses: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
     """Project 3D reference points through each pose: (P, 3) x (N, 6) -> (N, P, 2) pixels."""
     rotations = Rotation.from_rotvec(poses[:, :3]).as_matrix()  # (N, 3, 3) float64
@@ -52,7 +57,7 @@ class PoseDecoder:
     points_68: np.ndarray  # (68, 3) float32
 
     @classmethod
-    def create(cls, pose_mean, pose_stddev, points_68) -> "PoseDecoder":
+    def create(cls, pose_mean, pose_stddev, points_68) -> PoseDecoder:
         mean = np.asarray(pose_mean, dtype=np.float32).reshape(-1)
         std = np.asarray(pose_stddev, dtype=np.float32).reshape(-1)
         points = np.asarray(points_68, dtype=np.float32)
@@ -161,5 +166,5 @@ def project_keypoints(points_68: np.ndarray, poses: np.ndarray, width: int, heig
     if len(poses) == 0:
         return np.zeros((0, len(KEYPOINT_INDICES), 2), np.float64)
     selected = points_68[list(KEYPOINT_INDICES.values())]
-    camera = camera_matrix(width + height, width / 2, height / 2)
+    camera = original_image_camera(width, height)
     return project_points(selected, poses, camera)

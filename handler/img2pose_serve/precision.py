@@ -7,8 +7,8 @@ objectness and box-delta convs, anchor decoding, proposal ranking and NMS, RoI a
 6DoF predictors, softmax and pose decoding. The tensors are cast back to float32 where they cross
 into those parts (:func:`run_fp32`).
 
-bf16 is only fast where the device computes in bf16 natively; elsewhere it is emulated (measured on
-a 640x480 forward: 0.19x fp32's speed with torch limited to AVX2). The handler setting therefore
+bf16 is only fast where the device computes in bf16 natively; elsewhere it is emulated, several
+times slower than fp32 (measurements in docs/precision.md). The handler setting therefore
 asks for a precision (:data:`PRECISION_SETTINGS`) and the worker decides at start what runs, from
 what the device does natively (:func:`resolve_precision`, a pure function of
 :class:`Bf16Capabilities`; :func:`device_capabilities` reads them).
@@ -88,9 +88,9 @@ def native_bf16_check(capabilities: Bf16Capabilities) -> tuple[bool, str]:
     On CPU it takes a bf16 flag of the CPU (avx512_bf16 or amx_bf16) *and* oneDNN, which runs the
     convolutions and matrix products, being allowed to use it: an ``ONEDNN_MAX_CPU_ISA`` below
     AVX512_CORE_BF16 tells it not to, and bf16 is then emulated as on a CPU without those
-    instructions (measured: 0.19x fp32's speed; the flags alone would still say yes).
+    instructions (several times slower than fp32; the flags alone would still say yes).
     ``ATEN_CPU_CAPABILITY`` does not decide: it limits only torch's own elementwise kernels, and with
-    it at avx2 alone bf16 was still 1.6x faster than fp32 (docs/precision.md).
+    it at avx2 alone bf16 stays faster than fp32 (measurements in docs/precision.md).
     """
     if capabilities.device_type == "cuda":
         native = bool(capabilities.flags.get("bf16"))
@@ -122,7 +122,7 @@ def resolve_precision(requested: str, capabilities: Bf16Capabilities) -> tuple[s
         raise Bf16Unavailable(f"precision bf16-required, but {why}. Schedule this model on a CPU with "
                               f"avx512_bf16 or amx_bf16 (see docs/precision.md), or set precision: bf16 "
                               f"(falls back to fp32) or fp32.")
-    return "fp32", f"bf16 requested; {why}: running fp32 instead (emulated bf16 is about 5x slower)"
+    return "fp32", f"bf16 requested; {why}: running fp32 instead (emulated bf16 is several times slower)"
 
 
 def device_capabilities(device: torch.device) -> Bf16Capabilities:
@@ -174,7 +174,7 @@ def bf16_stage(stage: nn.Module) -> nn.Module:
     (what the bf16 convolution kernels run fastest on). Frozen batch norms are folded into the
     convolutions before them first: left alone they promote each bf16 activation to float32 (their
     statistics are float32), a full-size cast and an fp32 multiply-add per convolution.
-    Measured on a 640x480 forward (2 threads, Zen 4): 1.71x fp32's speed without these, 1.92x with.
+    Both show in the speed of a bf16 forward (docs/precision.md, "Speed").
     """
     stage = copy.deepcopy(stage)
     fold_frozen_batch_norms(stage)

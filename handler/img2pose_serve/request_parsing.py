@@ -31,10 +31,11 @@ import binascii
 import json
 import math
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
-from .errors import RequestError
+from .errors import InvalidInput, UnsupportedMediaType
 
 __all__ = ["DetectionParams", "ParsedRequest", "parse_request"]
 
@@ -64,20 +65,40 @@ _INTEGER = re.compile(r"[+-]?\d+")
 
 @dataclass(frozen=True)
 class DetectionParams:
-    score_threshold: float
-    max_faces: int
+    """What a request asks of detection; the handler setting gives the defaults (HandlerConfig).
+
+    The ranges are checked here, once, for both: a value out of range raises ValueError (the parsers
+    below answer a client's with its own 400 message).
+    """
+
+    score_threshold: float  # faces scoring below it are dropped; in [0, 1]
+    max_faces: int  # at most this many faces, best first; -1: no limit; 0: no faces
+
+    def __post_init__(self) -> None:
+        if not self.valid_score_threshold(self.score_threshold):
+            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if not self.valid_max_faces(self.max_faces):
+            raise ValueError(f"max_faces must be >= -1 (-1: all faces), got {self.max_faces}")
+
+    @staticmethod
+    def valid_score_threshold(value: float) -> bool:
+        return math.isfinite(value) and 0.0 <= value <= 1.0
+
+    @staticmethod
+    def valid_max_faces(value: int) -> bool:
+        return value >= -1
 
 
 @dataclass
 class ParsedRequest:
     images: list[bytes]
     params: DetectionParams
-    many: bool
+    answer_as_list: bool  # the answer is a list of per-image results ("images", or a form with 2+ files)
     # How an error names each image: "" for a lone body, "images[2]", "form field 'photo'".
     labels: list[str] = field(default_factory=list, compare=False)
 
     def error_prefix(self, n: int) -> str:
-        label = self.labels[n] if n < len(self.labels) else (f"image {n}" if self.many else "")
+        label = self.labels[n] if n < len(self.labels) else (f"image {n}" if self.answer_as_list else "")
         return f"{label}: " if label else ""
 
 
@@ -88,18 +109,16 @@ def parse_request(
     *,
     max_images_per_request: int,
 ) -> ParsedRequest:
-    """Parse one request row; raises RequestError (400 / 415) on bad input."""
+    """Parse one request row; raises InvalidInput (400) or UnsupportedMediaType (415) on bad input."""
     mime = _mime_type(content_type)
     if mime == "multipart/form-data":
         return _parse_multipart(row, defaults, max_images_per_request)
     if mime in _REFUSED_TYPES or mime.startswith(_REFUSED_TYPE_PREFIXES):
-        raise RequestError(
-            415, f"Content-Type {mime!r} cannot carry an image; {HOW_TO_SEND}"
-        )
+        raise UnsupportedMediaType(f"Content-Type {mime!r} cannot carry an image; {HOW_TO_SEND}")
     body_key = _raw_body_key(row)
     if body_key is None:
         if mime:
-            raise RequestError(400, f"the request has no body; {HOW_TO_SEND}")
+            raise InvalidInput(f"the request has no body; {HOW_TO_SEND}")
         # No Content-Type and not a single body: TorchServe's shape for a form.
         return _parse_multipart(row, defaults, max_images_per_request)
     body = row[body_key]
@@ -119,8 +138,7 @@ def _mime_type(content_type: str | None) -> str:
 
 def _is_json_type(mime: str) -> bool:
     return mime == "application/json" or (
-        mime.startswith("application/") and mime.endswith("+json")
-    )
+        mime.startswith("application/") and mime.endswith("+json"))
 
 
 def _raw_body_key(row: Mapping[str, Any]) -> str | None:
@@ -137,23 +155,23 @@ def _load_json(body: Any) -> Any:
         return body
     body = bytes(body)
     if not body:
-        raise RequestError(400, f"the request body is empty; {HOW_TO_SEND}")
+        raise InvalidInput(f"the request body is empty; {HOW_TO_SEND}")
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
-        raise RequestError(400, f"the request body is not valid JSON: {e}") from None
+        raise InvalidInput(f"the request body is not valid JSON: {e}") from None
 
 
 def _parse_raw(body: Any, defaults: DetectionParams) -> ParsedRequest:
     if isinstance(body, str):
         # TorchServe decodes text/* bodies to str: text cannot be an image.
-        raise RequestError(415, f"the request body is text, not an image; {HOW_TO_SEND}")
+        raise UnsupportedMediaType(f"the request body is text, not an image; {HOW_TO_SEND}")
     if not isinstance(body, (bytes, bytearray, memoryview)):
-        raise RequestError(400, f"the request body is not an image; {HOW_TO_SEND}")
+        raise InvalidInput(f"the request body is not an image; {HOW_TO_SEND}")
     data = bytes(body)
     if not data:
-        raise RequestError(400, f"the request body is empty; {HOW_TO_SEND}")
-    return ParsedRequest(images=[data], params=defaults, many=False)
+        raise InvalidInput(f"the request body is empty; {HOW_TO_SEND}")
+    return ParsedRequest(images=[data], params=defaults, answer_as_list=False)
 
 
 # --- JSON -------------------------------------------------------------------
@@ -163,32 +181,24 @@ def _parse_json(
     doc: Any, defaults: DetectionParams, max_images: int
 ) -> ParsedRequest:
     if not isinstance(doc, dict):
-        raise RequestError(
-            400,
-            f"the JSON body must be an object such as "
-            f'{{"image": "<base64>"}}, got {_describe(doc)}',
-        )
+        raise InvalidInput(f"the JSON body must be an object such as "
+                           f'{{"image": "<base64>"}}, got {_describe(doc)}')
     unknown = [k for k in doc if k not in JSON_KEYS]
     if unknown:
-        raise RequestError(
-            400,
-            f"unknown JSON key(s) {', '.join(map(repr, unknown))}; "
-            f"allowed keys are {', '.join(JSON_KEYS)}",
-        )
+        raise InvalidInput(f"unknown JSON key(s) {', '.join(map(repr, unknown))}; "
+                           f"allowed keys are {', '.join(JSON_KEYS)}")
     params = DetectionParams(
         score_threshold=_json_param(doc, SCORE_THRESHOLD, _score_threshold_from_json,
                                     defaults.score_threshold),
-        max_faces=_json_param(doc, MAX_FACES, _max_faces_from_json, defaults.max_faces),
-    )
+        max_faces=_json_param(doc, MAX_FACES, _max_faces_from_json, defaults.max_faces))
     if "image" in doc and "images" in doc:
-        raise RequestError(400, 'send either "image" or "images", not both')
+        raise InvalidInput('send either "image" or "images", not both')
     if "image" in doc:
-        return ParsedRequest([_b64_image(doc["image"], "image")], params, many=False)
+        return ParsedRequest([_b64_image(doc["image"], "image")], params, answer_as_list=False)
     if "images" in doc:
         images = _b64_images(doc["images"], max_images)
-        return ParsedRequest(images, params, many=True, labels=[f"images[{n}]" for n in range(len(images))])
-    raise RequestError(
-        400, 'the JSON body has no image: add "image": "<base64>" or "images": [...]'
+        return ParsedRequest(images, params, answer_as_list=True, labels=[f"images[{n}]" for n in range(len(images))])
+    raise InvalidInput('the JSON body has no image: add "image": "<base64>" or "images": [...]'
     )
 
 
@@ -199,37 +209,31 @@ def _json_param(doc: dict[str, Any], name: str, parse: Callable[[Any], T], defau
 
 def _b64_images(value: Any, max_images: int) -> list[bytes]:
     if not isinstance(value, list):
-        raise RequestError(
-            400, f"images must be a list of base64 strings, got {_describe(value)}"
-        )
+        raise InvalidInput(f"images must be a list of base64 strings, got {_describe(value)}")
     if not value:
-        raise RequestError(400, "images must hold at least one base64 image, got []")
+        raise InvalidInput("images must hold at least one base64 image, got []")
     _check_count(len(value), max_images)
     return [_b64_image(item, f"images[{i}]") for i, item in enumerate(value)]
 
 
 def _b64_image(value: Any, field: str) -> bytes:
     if not isinstance(value, str):
-        raise RequestError(
-            400, f"{field} must be a base64-encoded image string, got {_describe(value)}"
-        )
+        raise InvalidInput(f"{field} must be a base64-encoded image string, got {_describe(value)}")
     match = _DATA_URL.match(value)
     if match:
         if not match.group(1):
-            raise RequestError(400, f"{field} is a data URL without ';base64'; "
-                                    "only base64 data URLs are accepted")
+            raise InvalidInput(f"{field} is a data URL without ';base64'; "
+                               "only base64 data URLs are accepted")
         value = value[match.end():]
     text = _WHITESPACE.sub("", value)
     if not text:
-        raise RequestError(400, f"{field} is empty; expected a base64-encoded image")
+        raise InvalidInput(f"{field} is empty; expected a base64-encoded image")
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise RequestError(
-            400, f"{field} is not valid base64 (standard alphabet, padded): {e}"
-        ) from None
+        raise InvalidInput(f"{field} is not valid base64 (standard alphabet, padded): {e}") from None
     if not data:
-        raise RequestError(400, f"{field} is empty; expected a base64-encoded image")
+        raise InvalidInput(f"{field} is empty; expected a base64-encoded image")
     return data
 
 
@@ -245,11 +249,10 @@ def _parse_multipart(
     params = DetectionParams(
         score_threshold=_form_param(row, SCORE_THRESHOLD, _score_threshold_from_text,
                                     defaults.score_threshold),
-        max_faces=_form_param(row, MAX_FACES, _max_faces_from_text, defaults.max_faces),
-    )
+        max_faces=_form_param(row, MAX_FACES, _max_faces_from_text, defaults.max_faces))
     if not images:
-        raise RequestError(400, f"the form has no image file field; {HOW_TO_SEND}")
-    return ParsedRequest(images, params, many=len(images) >= 2,
+        raise InvalidInput(f"the form has no image file field; {HOW_TO_SEND}")
+    return ParsedRequest(images, params, answer_as_list=len(images) >= 2,
                          labels=[f"form field {name!r}" for name in image_fields])
 
 
@@ -257,14 +260,11 @@ def _file_field(name: str, value: Any) -> bytes:
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
         if not data:
-            raise RequestError(400, f"form field {name!r} is empty; expected an image file")
+            raise InvalidInput(f"form field {name!r} is empty; expected an image file")
         return data
     kind = "text" if isinstance(value, str) else _describe(value)
-    raise RequestError(
-        400,
-        f"form field {name!r} must be an image file, got {kind}; the only text "
-        f"fields are {' and '.join(PARAM_FIELDS)}",
-    )
+    raise InvalidInput(f"form field {name!r} must be an image file, got {kind}; the only text "
+                       f"fields are {' and '.join(PARAM_FIELDS)}")
 
 
 def _form_param(
@@ -287,20 +287,15 @@ def _form_param(
 
 def _check_count(count: int, max_images: int) -> None:
     if count > max_images:
-        raise RequestError(
-            400,
-            f"too many images in one request: {count}; the limit is {max_images}; "
-            "split them over several requests",
-        )
+        raise InvalidInput(f"too many images in one request: {count}; the limit is {max_images}; "
+                           "split them over several requests")
 
 
 # --- parameters -------------------------------------------------------------
 
 
-def _score_threshold_error(value: Any) -> RequestError:
-    return RequestError(
-        400, f"{SCORE_THRESHOLD} must be a number between 0 and 1, got {_describe(value)}"
-    )
+def _score_threshold_error(value: Any) -> InvalidInput:
+    return InvalidInput(f"{SCORE_THRESHOLD} must be a number between 0 and 1, got {_describe(value)}")
 
 
 def _score_threshold_from_json(value: Any) -> float:
@@ -316,16 +311,13 @@ def _score_threshold_from_text(text: str) -> float:
 
 
 def _check_score_threshold(number: float, original: Any) -> float:
-    if not (math.isfinite(number) and 0.0 <= number <= 1.0):
+    if not DetectionParams.valid_score_threshold(number):
         raise _score_threshold_error(original)
     return number
 
 
-def _max_faces_error(value: Any) -> RequestError:
-    return RequestError(
-        400,
-        f"{MAX_FACES} must be an integer >= -1 (-1: no limit; 0: no faces), got {_describe(value)}",
-    )
+def _max_faces_error(value: Any) -> InvalidInput:
+    return InvalidInput(f"{MAX_FACES} must be an integer >= -1 (-1: no limit; 0: no faces), got {_describe(value)}")
 
 
 def _max_faces_from_json(value: Any) -> int:
@@ -352,7 +344,7 @@ def _max_faces_from_text(text: str) -> int:
 
 
 def _check_max_faces(number: int, original: Any) -> int:
-    if number < -1:
+    if not DetectionParams.valid_max_faces(number):
         raise _max_faces_error(original)
     return number
 

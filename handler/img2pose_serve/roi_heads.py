@@ -72,6 +72,7 @@ class DoFRoIHeads(RoIHeads):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 1000,
+        images_per_pass: int | None = None,  # see passes.py
     ) -> None:
         pooler = roi_pooler()
         pooled_size = out_channels * pooler.output_size[0] ** 2
@@ -92,8 +93,7 @@ class DoFRoIHeads(RoIHeads):
         self.class_head = TwoMLPHead(pooled_size, REPRESENTATION_SIZE)
         self.class_predictor = ClassPredictor(REPRESENTATION_SIZE, num_classes)
         self.pose_decoder = pose_decoder
-
-    images_per_pass: int | None = None  # see passes.py
+        self.images_per_pass = images_per_pass
 
     def forward(self, features, proposals, image_shapes, targets=None):
         if self.training or targets is not None:

@@ -1,8 +1,8 @@
 """RoI align over an FPN, spread over the CPU's threads.
 
 torchvision's CPU ``roi_align`` kernel runs on one thread whatever ``torch.get_num_threads()`` says,
-and with 1,000 proposals per image it is a sixth of an fp32 forward and over a quarter of a bf16 one
-on a 2-core machine. Every RoI is pooled independently of the others, so pooling the proposals in
+and with 1,000 proposals per image it is a sizeable share of a forward, more so in bf16 (measured in
+docs/precision.md, "Speed"). Every RoI is pooled independently of the others, so pooling the proposals in
 chunks on several threads (the op releases the GIL) and putting the rows back in order gives
 bit-identical features.
 """

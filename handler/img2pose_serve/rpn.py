@@ -42,16 +42,15 @@ class SingleConvRPNHead(RPNHead):
     bare name, so both the module layout and the loading hook are replaced.
     """
 
-    def __init__(self, in_channels: int, num_anchors: int) -> None:
+    def __init__(self, in_channels: int, num_anchors: int, images_per_pass: int | None = None) -> None:
         super().__init__(in_channels, num_anchors)
+        self.images_per_pass = images_per_pass  # see passes.py
         self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1)
         nn.init.normal_(self.conv.weight, std=0.01)
         nn.init.constant_(self.conv.bias, 0)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         nn.Module._load_from_state_dict(self, *args, **kwargs)
-
-    images_per_pass: int | None = None  # see passes.py
 
     def forward(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         passes = [self._head([level[part] for level in x]) for part in pass_slices(x[0].shape[0], self.images_per_pass)]

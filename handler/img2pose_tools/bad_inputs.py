@@ -198,7 +198,8 @@ def _cases() -> list[BadCase]:
     cases.append(BadCase("multipart_empty_file", 400, "is empty", files=[("photo", ("a.png", b"", "image/png"))]))
     cases.append(BadCase("multipart_only_parameters", 400, "no image file field",
                          files=[("score_threshold", (None, "0.5")), ("max_faces", (None, "3"))]))
-    cases.append(BadCase("multipart_corrupt_file", 400, undecodable, files=[("photo", ("a.jpg", jpeg[:100], "image/jpeg"))]))
+    cases.append(BadCase("multipart_corrupt_file", 400, undecodable,
+                         files=[("photo", ("a.jpg", jpeg[:100], "image/jpeg"))]))
     cases.append(BadCase("multipart_bad_score_threshold", 400, "score_threshold",
                          files=[("photo", ("a.png", png, "image/png")), ("score_threshold", (None, "abc"))]))
     cases.append(BadCase("multipart_bad_max_faces", 400, "max_faces",

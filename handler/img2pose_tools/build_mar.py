@@ -47,12 +47,12 @@ from img2pose_serve.detector import build_detector
 from img2pose_serve.handler_config import HandlerConfig
 from img2pose_serve.precision import PRECISION_SETTINGS
 from img2pose_tools.demo_checkpoint import build_demo_state_dict
+from img2pose_tools.serve_config import ARCHIVE_VERSION
 
 PACKAGE_DIR = Path(img2pose_serve.__file__).resolve().parent
 HANDLER_PATH = PACKAGE_DIR.parent / archive_layout.HANDLER_FILE
 DEFAULT_EXPORT_PATH = Path("model_store")
 DEFAULT_MODEL_NAME = "img2pose"
-ARCHIVE_VERSION = "1.0"
 # Seconds one handler call may take before TorchServe kills the worker: the slowest batch allowed
 # (batchSize requests x max_images_per_request images at the slowest forward on a small CPU) with
 # a safety margin; see docs/errors-and-limits.md.
@@ -65,15 +65,13 @@ SOURCE_NPY = "npy files"
 SOURCE_PUBLISHED = "published 4-decimal approximation"
 SOURCE_DEMO = "demo (identity: mean [0,0,0,0,0,1], std 1)"
 
-DEMO_BANNER = """
+DEMO_BANNER = f"""
 ################################################################################
 #  DEMO ARCHIVE: no --checkpoint given, so the weights are GENERATED (random).  #
 #  The server will run, but its DETECTIONS ARE MEANINGLESS - not real faces.    #
 #  For real results build with the official weights:                            #
-#    python scripts/build_mar.py --checkpoint img2pose_v1.pth \\                 #
-#      --pose-mean WIDER_train_pose_mean_v1.npy \\                               #
-#      --pose-stddev WIDER_train_pose_stddev_v1.npy                             #
 ################################################################################
+{archive_layout.REAL_ARCHIVE_COMMAND}
 """
 
 APPROX_STATS_WARNING = """
@@ -207,6 +205,7 @@ class StagedArchive:
     extra: Path  # copied to the archive's root: the package, pose statistics, archive_info.json
     config_file: Path
     info: archive_layout.ArchiveInfo
+    settings: dict  # the handler section of model-config.yaml
 
 
 @contextmanager
@@ -218,18 +217,18 @@ def staged_archive(
     handler_overrides: dict | None = None,
     response_timeout: int = DEFAULT_RESPONSE_TIMEOUT,
     trust_checkpoint: bool = False,
-    precision: str = "fp32",
     quiet: bool = False,
 ) -> Iterator[StagedArchive]:
     """Check the inputs and write the archive's files into a temporary directory (removed afterwards).
 
     ``checkpoint=None`` stages the DEMO archive (generated weights, identity pose statistics).
-    ``precision`` (``fp32``, ``bf16`` or ``bf16-required``) goes into the handler settings and into
-    archive_info.json; the worker decides at start what runs (precision.resolve_precision).
+    ``handler_overrides`` replace HandlerConfig's defaults in the archive's handler settings, e.g.
+    ``{"precision": "bf16"}`` (the setting's one home: the worker reads it there and decides at start
+    what runs, precision.resolve_precision).
     Raises BuildError for unusable inputs.
     """
     mean, stddev, stats_source = resolve_pose_stats(checkpoint, pose_mean, pose_stddev)
-    settings = handler_settings({"precision": precision, **(handler_overrides or {})})
+    settings = handler_settings(handler_overrides)
     if int(response_timeout) <= 0:
         raise BuildError(f"--response-timeout must be a positive number of seconds, got {response_timeout}")
     demo = checkpoint is None
@@ -264,7 +263,6 @@ def staged_archive(
             pose_stats_source=stats_source,
             pose_mean=[float(v) for v in mean],
             pose_stddev=[float(v) for v in stddev],
-            precision=settings["precision"],
             built_by=f"img2pose-serve {project_version()}",
         )
         info.write(extra)
@@ -274,7 +272,7 @@ def staged_archive(
             "# override it). responseTimeout must be here: TorchServe 0.12 takes it from the archive\n"
             "# (default 120) whenever the archive has a model-config.yaml.\n"
             + yaml.safe_dump({"responseTimeout": int(response_timeout), "handler": settings}, sort_keys=False))
-        yield StagedArchive(weights, extra, config_file, info)
+        yield StagedArchive(weights, extra, config_file, info, settings)
 
 
 def build_archive(
@@ -312,15 +310,15 @@ def build_archive(
             extra_files=str(staged.extra),
             config_file=str(staged.config_file),
             export_path=str(export_path),
-            # Stored, not deflated: float32 weights shrink by a few percent at most, and deflating
-            # 170 MB costs seconds on every build.
+            # Stored, not deflated: float32 weights barely shrink, and deflating them costs seconds
+            # on every build.
             archive_format="zip-store",
             force=True,  # the existence check above already honoured ``force``
         )
     if not quiet:
         source = "DEMO, meaningless detections" if checkpoint is None else f"weights from {Path(checkpoint).name}"
         print(f"wrote {mar} ({source}; pose stats: {staged.info.pose_stats_source}; "
-              f"precision: {staged.info.precision})")
+              f"precision: {staged.settings['precision']})")
     return mar
 
 
@@ -340,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--response-timeout", type=int, default=DEFAULT_RESPONSE_TIMEOUT,
                         help="seconds a handler call may take before TorchServe restarts the worker "
                              f"(default {DEFAULT_RESPONSE_TIMEOUT}; config.properties cannot override it)")
-    parser.add_argument("--precision", choices=PRECISION_SETTINGS, default="fp32",
+    parser.add_argument("--precision", choices=PRECISION_SETTINGS, default=HandlerConfig().precision,
                         help="fp32 (default): exact; bf16: faster where the hardware has bf16 arithmetic, "
                              "slightly different numbers, fp32 where it has not; bf16-required: bf16 or the "
                              "worker refuses to start (docs/precision.md)")
@@ -349,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build_archive(args.checkpoint, args.pose_mean, args.pose_stddev, args.export_path,
                       args.model_name, force=args.force, response_timeout=args.response_timeout,
-                      trust_checkpoint=args.trust_checkpoint, precision=args.precision)
+                      trust_checkpoint=args.trust_checkpoint,
+                      handler_overrides={"precision": args.precision})
     except (BuildError, FileExistsError) as error:
         print(f"build_mar.py: error: {error}", file=sys.stderr)
         return 2

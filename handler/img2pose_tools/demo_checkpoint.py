@@ -29,6 +29,7 @@ outputs (tests/golden/).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -39,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 
 # Face-logit bias of the RoI classifier (background logit bias is 0). Tuned on the golden set's
 # images for a handful of detections at threshold 0.5 (-3.0 gave dozens to hundreds); more
@@ -151,3 +151,12 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def state_dict_sha256(checkpoint: Path) -> str:
+    """sha256 over a checkpoint's every key and tensor's bytes, in order (the file's own hash changes per save)."""
+    digest = hashlib.sha256()
+    for key, tensor in torch.load(checkpoint, map_location="cpu", weights_only=True)["fpn_model"].items():
+        digest.update(key.encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()

@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 
 FILES = ("config.properties", "metrics.yaml")
+# The model version build_mar gives the archive; config.properties's models block is keyed by it.
+ARCHIVE_VERSION = "1.0"
 _PACKAGED = Path(__file__).resolve().parent / "config"
 _CHECKOUT = Path(__file__).resolve().parents[2] / "config"
 CONFIG_DIR = _PACKAGED if (_PACKAGED / FILES[0]).is_file() else _CHECKOUT

@@ -35,14 +35,13 @@ from pathlib import Path
 import requests
 
 from img2pose_client.key_file import read_keys
-from img2pose_tools.serve_config import CONFIG_DIR
+from img2pose_tools.serve_config import ARCHIVE_VERSION, CONFIG_DIR
 from img2pose_tools.wait_ready import NotReady, describe_model, ready_workers, wait_ready
 
 # The checkout this module runs from (the tests' and scripts' repository). Meaningless in an installed
 # wheel, where nothing here uses it.
 REPO = Path(__file__).resolve().parents[2]
 BASE_CONFIG = CONFIG_DIR / "config.properties"
-MODEL_VERSION = "1.0"  # img2pose_tools.build_mar's archive version
 # Replaced for a private server; everything else in the base file is kept as it is.
 REPLACED_KEYS = ("inference_address", "management_address", "metrics_address", "grpc_inference_port",
                  "grpc_management_port", "model_store", "load_models", "models", "metrics_config",
@@ -97,7 +96,7 @@ def write_config(path: Path, *, ports: tuple[int, int, int], model_store: Path, 
     overrides = {"batchSize": settings.batch_size, "maxBatchDelay": settings.max_batch_delay_ms,
                  "minWorkers": settings.workers, "maxWorkers": settings.workers}
     models = {
-        name: {MODEL_VERSION: {**template, "marName": archive.name,
+        name: {ARCHIVE_VERSION: {**template, "marName": archive.name,
                                **{k: v for k, v in overrides.items() if v is not None}}}
         for name, archive in archives.items()
     }
@@ -145,12 +144,6 @@ class TorchServeServer:
         kwargs.setdefault("timeout", 600)
         return requests.post(f"{self.inference_url}/predictions/{model or self.model_name}",
                              data=body, headers=all_headers, **kwargs)
-
-    def manage(self, method: str, path: str, **kwargs) -> requests.Response:
-        """A management API call (``path`` like "/models/img2pose") with the management token."""
-        headers = {"Authorization": f"Bearer {self.management_key}", **kwargs.pop("headers", {})}
-        kwargs.setdefault("timeout", 30)
-        return requests.request(method, f"{self.management_url}{path}", headers=headers, **kwargs)
 
     def describe(self, model: str | None = None) -> list[dict]:
         return describe_model(self.management_url, model or self.model_name, self.management_key)

@@ -30,17 +30,21 @@ class NotReady(TimeoutError):
     """The model had no READY worker in time; the message says what was last seen."""
 
 
-def ready_workers(description) -> list[dict]:
-    """Workers with status READY in a ``GET /models/<name>`` answer (a list of model versions)."""
+def workers(description) -> list[dict]:
+    """Every worker in a ``GET /models/<name>`` answer (a list of model versions, or one version)."""
     versions = description if isinstance(description, list) else [description]
-    return [w for v in versions if isinstance(v, dict) for w in v.get("workers", []) if w.get("status") == "READY"]
+    return [w for v in versions if isinstance(v, dict) for w in v.get("workers", [])]
+
+
+def ready_workers(description) -> list[dict]:
+    """The workers with status READY."""
+    return [w for w in workers(description) if w.get("status") == "READY"]
 
 
 def worker_pid(description) -> int | None:
-    """The process id of the model's first worker in a ``GET /models/<name>`` answer (None: no worker)."""
-    versions = description if isinstance(description, list) else [description]
-    workers = [w for v in versions if isinstance(v, dict) for w in v.get("workers", [])]
-    return workers[0].get("pid") if workers else None
+    """The process id of the model's first worker (None: no worker)."""
+    found = workers(description)
+    return found[0].get("pid") if found else None
 
 
 def describe_model(management: str, model: str, key: str | None, timeout: float = 30.0) -> list[dict]:
@@ -91,11 +95,12 @@ def wait_ready(
                     description = answer.json()
                     if ready_workers(description):
                         return description
-                    states = [w.get("status") for v in description for w in v.get("workers", [])]
+                    states = [w.get("status") for w in workers(description)]
                     last = f"model registered, workers {states or 'none yet'}"
                 else:
                     last = f"HTTP {answer.status_code} from {url}: {answer.text.strip()[:200]}"
-                    if key is None and key_file is not None and is_key_rejection(answer.status_code, response_json(answer)):
+                    rejected = is_key_rejection(answer.status_code, response_json(answer))
+                    if key is None and key_file is not None and rejected:
                         last += _renew_management_key(management, key_file)
             except requests.RequestException as error:
                 last = f"{type(error).__name__} connecting to {url}"
@@ -117,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Wait until a TorchServe model has a READY worker.")
     parser.add_argument("--model", required=True, help="registered model name, e.g. img2pose")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
-    parser.add_argument("--management", default=DEFAULT_MANAGEMENT, help=f"management API (default {DEFAULT_MANAGEMENT})")
+    parser.add_argument("--management", default=DEFAULT_MANAGEMENT,
+                        help=f"management API (default {DEFAULT_MANAGEMENT})")
     parser.add_argument("--key-file", default=DEFAULT_KEY_FILE,
                         help="TorchServe's key_file.json (default: ./key_file.json)")
     parser.add_argument("--no-token", action="store_true", help="send no token (token authorization disabled)")

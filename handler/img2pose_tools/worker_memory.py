@@ -68,7 +68,7 @@ class PeakRss:
                 self.samples += 1
             self._stop.wait(self.every)
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self._hwm_reset = reset_high_water_mark(self.pid)
         self.start_bytes = rss_bytes(self.pid)
         self._thread.start()

@@ -1,4 +1,4 @@
-"""What the handler carries for each request and image of one TorchServe batch.
+"""What the handler carries through one TorchServe batch: its requests, their images, the results.
 
 (TorchServe loads the handler module's only class, so these live here.)
 """
@@ -15,7 +15,7 @@ from .deadline import check_deadline, parse_deadline
 from .errors import RequestError
 from .handler_config import HandlerConfig
 from .image_decoding import decode_tensor, image_size
-from .request_parsing import DetectionParams, ParsedRequest, parse_request
+from .request_parsing import ParsedRequest, parse_request
 
 
 @dataclass
@@ -23,9 +23,14 @@ class RequestState:
     """One HTTP request on its way through the batch."""
 
     parsed: ParsedRequest | None = None
-    error: RequestError | None = None
+    error: RequestError | None = None  # the first failure of the request; it then takes no further part
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) per image, from headers
     deadline: float | None = None  # Unix time after which its client no longer waits (see deadline.py)
+
+    def fail(self, error: RequestError) -> None:
+        """Answer ``error`` unless the request has already failed (its first failure is answered)."""
+        if self.error is None:
+            self.error = error
 
 
 @dataclass(frozen=True)
@@ -39,27 +44,44 @@ class BatchImage:
     width: int
 
 
-def read_request(row: Mapping[str, Any], content_type: str | None, defaults: DetectionParams,
-                 config: HandlerConfig, deadline_header: str | None = None) -> RequestState:
-    """Parse one request and read its images' sizes from their headers; a bad one carries its error
-    (a request past its deadline is not even parsed).
+@dataclass
+class Batch:
+    """What ``preprocess`` hands to ``inference`` and ``inference`` to ``postprocess``."""
+
+    requests: list[RequestState]
+    images: list[BatchImage]  # the images of the requests that were read without error, in order
+    predictions: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # by index in ``images``
+
+    @classmethod
+    def of(cls, requests: list[RequestState]) -> Batch:
+        return cls(requests, batch_images(requests))
+
+    def request_of(self, image: int) -> RequestState:
+        return self.requests[self.images[image].request]
+
+    def is_live(self, image: int) -> bool:
+        """Whether the image's request has not failed (so far)."""
+        return self.request_of(image).error is None
+
+
+def read_request(row: Mapping[str, Any], content_type: str | None, config: HandlerConfig,
+                 deadline_header: str | None = None) -> RequestState:
+    """Parse one request and read its images' sizes from their headers; raises a RequestError for a bad
+    one (a request past its deadline is not even parsed).
 
     No pixel is decoded here: the images stay compressed until their forward, so a batch costs
     memory for one forward at a time, not for every image it carries.
     """
-    try:
-        deadline = parse_deadline(deadline_header)
-        check_deadline(deadline, "it was parsed")
-        parsed = parse_request(row, defaults, content_type, max_images_per_request=config.max_images_per_request)
-    except RequestError as error:
-        return RequestState(error=error)
+    deadline = parse_deadline(deadline_header)
+    check_deadline(deadline, "it was parsed")
+    parsed = parse_request(row, config.detection_defaults, content_type,
+                           max_images_per_request=config.max_images_per_request)
     request = RequestState(parsed=parsed, deadline=deadline)
     for n, data in enumerate(parsed.images):
         try:
             width, height = image_size(data, config.max_image_pixels)
         except RequestError as error:
-            request.error = RequestError(error.status, parsed.error_prefix(n) + error.message)
-            return request
+            raise error.prefixed(parsed.error_prefix(n)) from None
         request.sizes.append((height, width))
     return request
 
@@ -73,7 +95,7 @@ def expire_late_requests(requests: list[RequestState], indices: set[int], now: f
             try:
                 check_deadline(request.deadline, "its forward", now, needed)
             except RequestError as error:
-                request.error = error
+                request.fail(error)
 
 
 def batch_images(requests: list[RequestState]) -> list[BatchImage]:
@@ -85,10 +107,10 @@ def batch_images(requests: list[RequestState]) -> list[BatchImage]:
     ]
 
 
-def decode_batch_image(image: BatchImage, request: RequestState, max_pixels: int) -> torch.Tensor | Exception:
-    """The image's input tensor, or what prevented it: a RequestError naming the image's place in its
-    request (``images[1]: ...``) for the client's mistakes, any other exception for ours."""
-    result = decode_tensor(image.data, max_pixels)
-    if isinstance(result, RequestError):
-        return RequestError(result.status, request.parsed.error_prefix(image.slot) + result.message)
-    return result
+def decode_batch_image(image: BatchImage, request: RequestState, max_pixels: int) -> torch.Tensor:
+    """The image's input tensor. Raises a RequestError naming the image's place in its request
+    (``images[1]: ...``) for the client's mistakes; any other exception is ours."""
+    try:
+        return decode_tensor(image.data, max_pixels)
+    except RequestError as error:
+        raise error.prefixed(request.parsed.error_prefix(image.slot)) from None

@@ -1,4 +1,4 @@
-from img2pose_serve.batching import plan_forwards
+from img2pose_serve.forward_plan import plan_forwards
 from img2pose_serve.model import padded_canvas_shape, resized_shape
 
 
