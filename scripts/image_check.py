@@ -89,8 +89,7 @@ def in_process(args) -> int:
     with tempfile.TemporaryDirectory() as directory:
         with zipfile.ZipFile(args.archive) as archive:
             archive.extractall(directory)
-        model, _ = archive_layout.load_detector(Path(directory))
-    model.set_images_per_pass(1)
+        model, _ = archive_layout.load_detector(Path(directory), images_per_pass=1)
     answers = {}
     with torch.inference_mode():
         for image in args.images:
