@@ -151,11 +151,6 @@ def cpu_model_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` does bf16 arithmetic natively here (elsewhere bf16 is emulated and slower)."""
-    return native_bf16_check(device_capabilities(device))[0]
-
-
 def forward_autocast(device_type: str, precision: str) -> AbstractContextManager:
     """The autocast region a whole forward runs in (disabled for fp32: nothing changes)."""
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=check_precision(precision) == "bf16")
