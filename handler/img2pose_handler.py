@@ -34,18 +34,14 @@ from img2pose_serve import archive_layout
 from img2pose_serve.deadline import DEADLINE_HEADER, ForwardClock
 from img2pose_serve.errors import RequestError, internal_error
 from img2pose_serve.facedicts import to_face_dicts
-from img2pose_serve.forward_plan import plan_forwards
 from img2pose_serve.handler_batch import Batch, RequestState, decode_batch_image, expire_late_requests, read_request
 from img2pose_serve.handler_config import HandlerConfig
-from img2pose_serve.precision import Bf16Unavailable, device_capabilities, resolve_precision
+from img2pose_serve.precision import Bf16Unavailable, device_capabilities
 from img2pose_serve.response_headers import DEMO_HEADER, PRECISION_HEADER
+from img2pose_serve.served_model import ServedModel
 
 logger = logging.getLogger(__name__)
 
-DEMO_NOTICE = (
-    "DEMO ARCHIVE: this model was built from a generated demo checkpoint, not the official img2pose "
-    f"weights. Its detections are MEANINGLESS. Build a real archive with `{archive_layout.REAL_ARCHIVE_COMMAND}`."
-)
 JSON = "application/json"
 # One forward's time, by the precision it ran in: a bf16 archive that fell back to fp32 shows in the first.
 FORWARD_METRIC = {"fp32": "Img2PoseForwardMs", "bf16": "Img2PoseForwardBf16Ms"}
@@ -54,48 +50,35 @@ FORWARD_METRIC = {"fp32": "Img2PoseForwardMs", "bf16": "Img2PoseForwardBf16Ms"}
 class Img2PoseHandler(BaseHandler):
     def initialize(self, context) -> None:
         properties = context.system_properties
-        self.config = HandlerConfig.from_mapping((context.model_yaml_config or {}).get("handler"))
-        self.device = self._select_device(properties.get("gpu_id"))
-        if self.config.torch_threads > 0:
-            torch.set_num_threads(self.config.torch_threads)
-        self.precision = self._resolve_precision()  # before loading: a refusal costs no model load
-        images_per_pass = self.config.resolved_images_per_pass(self.device.type)
+        config = HandlerConfig.from_mapping((context.model_yaml_config or {}).get("handler"))
+        device = self._select_device(properties.get("gpu_id"))
         try:
-            self.model, self.archive_info = archive_layout.load_detector(Path(properties["model_dir"]), self.device,
-                                                                         images_per_pass)
+            self.served = ServedModel.load(Path(properties["model_dir"]), config, device)
+        except Bf16Unavailable as error:
+            logger.critical("img2pose refuses to start: %s (checked: %s)", error, device_capabilities(device).as_dict())
+            raise
         except archive_layout.ArchiveIntegrityError as error:
             logger.critical("img2pose refuses to start: %s", error)
             raise
-        self.model.set_precision(self.precision["effective"], reversible=False)
+        self.config = config
         self.forward_clock = ForwardClock()
-        self.decode_pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="img2pose-decode")
+        self.decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="img2pose-decode")
         self.initialized = True
 
+        precision, info = self.served.precision, self.served.info
         logger.info("img2pose loaded on %s (precision %s, %d torch threads, %s images per pass); weights sha256 %s "
-                    "(pose stats: %s); %s", self.device, self.precision["effective"], torch.get_num_threads(),
-                    images_per_pass or "all", self.archive_info.weights_sha256, self.archive_info.pose_stats_source,
-                    self.config)
-        if self.archive_info.demo:
-            logger.warning(DEMO_NOTICE)
-        fell_back = self.precision["effective"] == "fp32" != self.precision["requested"]
-        (logger.warning if fell_back else logger.info)("img2pose precision %s: %s", self.precision["effective"],
-                                                       self.precision["reason"])
-
-    def _resolve_precision(self) -> dict:
-        """What runs for the ``precision`` setting on this device (also GET /models/<name>?customized=true)."""
-        capabilities = device_capabilities(self.device)
-        try:
-            effective, reason = resolve_precision(self.config.precision, capabilities)
-        except Bf16Unavailable as error:
-            logger.critical("img2pose refuses to start: %s (checked: %s)", error, capabilities.as_dict())
-            raise
-        return {"requested": self.config.precision, "effective": effective, "reason": reason,
-                "capabilities": capabilities.as_dict()}
+                    "(pose stats: %s); %s", device, precision.effective, torch.get_num_threads(),
+                    config.resolved_images_per_pass(device.type) or "all", info.weights_sha256,
+                    info.pose_stats_source, config)
+        if info.demo:
+            logger.warning(archive_layout.DEMO_NOTICE)
+        (logger.warning if precision.fell_back else logger.info)("img2pose precision %s: %s", precision.effective,
+                                                                 precision.reason)
 
     def describe_handle(self) -> str:
         """The ``customizedMetadata`` of ``GET /models/<name>?customized=true``."""
-        return json.dumps({"precision": self.precision, "device": str(self.device),
-                           "weights_sha256": self.archive_info.weights_sha256, "demo": self.archive_info.demo})
+        return json.dumps({"precision": self.served.precision.as_dict(), "device": str(self.served.device),
+                           "weights_sha256": self.served.info.weights_sha256, "demo": self.served.info.demo})
 
     @staticmethod
     def _select_device(gpu_id) -> torch.device:
@@ -134,8 +117,7 @@ class Img2PoseHandler(BaseHandler):
     def inference(self, data: Batch, *args, **kwargs) -> Batch:
         """Fill ``data.predictions``: one per image of every request that has not failed."""
         batch = data
-        plan = plan_forwards([(image.height, image.width) for image in batch.images],
-                             self.config.max_images_per_forward, self.config.max_pixels_per_forward)
+        plan = self.served.plan([(image.height, image.width) for image in batch.images])
         for group in plan:
             live = [i for i in group if batch.is_live(i)]
             expire_late_requests(batch.requests, {batch.images[i].request for i in live}, time.time(),
@@ -181,10 +163,10 @@ class Img2PoseHandler(BaseHandler):
             return
         started = time.perf_counter()
         try:
-            predictions = self.model.detect([tensors[i].to(self.device) for i in tensors], consume_inputs=True)
+            predictions = self.served.forward(list(tensors.values()))
         except Exception as error:  # noqa: BLE001 - any failure is retried smaller, then answered per image
             del tensors
-            if self.device.type == "cuda":
+            if self.served.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(group) == 1:
                 image = batch.images[group[0]]
@@ -199,7 +181,7 @@ class Img2PoseHandler(BaseHandler):
                     self._forward(live, batch)
             return
         self.forward_clock.record(time.perf_counter() - started, len(tensors))
-        self._record_time(FORWARD_METRIC[self.precision["effective"]], started)
+        self._record_time(FORWARD_METRIC[self.served.precision.effective], started)
         self._record("Img2PoseForwardBatchSize", len(tensors), "count")
         batch.predictions.update(zip(tensors, predictions))
 
@@ -218,8 +200,8 @@ class Img2PoseHandler(BaseHandler):
 
     def _respond(self, index: int, request: RequestState, predictions: list[dict]) -> str:
         self.context.set_response_content_type(index, JSON)
-        self.context.set_response_header(index, PRECISION_HEADER, self.precision["effective"])
-        if self.archive_info.demo:
+        self.context.set_response_header(index, PRECISION_HEADER, self.served.precision.effective)
+        if self.served.info.demo:
             self.context.set_response_header(index, DEMO_HEADER, "true; detections are meaningless (demo weights)")
         if request.error is not None:
             self.context.set_response_status(request.error.status, request.error.message, index)

@@ -136,7 +136,7 @@ def test_responses_are_json_and_marked_demo(mixed_batch):
 
 def test_forward_failure_is_retried_in_halves_then_reported_per_image(handler_and_context, alone, monkeypatch, caplog):
     handler, context = handler_and_context
-    real_detect = handler.model.detect
+    real_detect = handler.served.model.detect
     calls = []
 
     def flaky_detect(images, consume_inputs=False):
@@ -147,7 +147,7 @@ def test_forward_failure_is_retried_in_halves_then_reported_per_image(handler_an
             raise RuntimeError("simulated kernel failure")
         return real_detect(images, consume_inputs=consume_inputs)
 
-    monkeypatch.setattr(handler.model, "detect", flaky_detect)
+    monkeypatch.setattr(handler.served.model, "detect", flaky_detect)
     rows = [{"body": bytearray(IMAGES[name])} for name in ("rgb_640x480.jpg", "rgb_638x479.jpg", "palette_100x100.png")]
     with caplog.at_level(logging.ERROR):
         bodies, statuses, _ = _handle(handler, context, rows, [{}, {}, {}])
@@ -165,13 +165,13 @@ def test_a_forward_is_bounded_by_pixels(demo_model_dir, alone, monkeypatch):
     handler = Img2PoseHandler()
     handler.initialize(context)
     sizes = []
-    real_detect = handler.model.detect
+    real_detect = handler.served.model.detect
 
     def recording_detect(images, consume_inputs=False):
         sizes.append(len(images))
         return real_detect(images, consume_inputs=consume_inputs)
 
-    monkeypatch.setattr(handler.model, "detect", recording_detect)
+    monkeypatch.setattr(handler.served.model, "detect", recording_detect)
     rows = [{"body": bytearray(IMAGES[name])} for name in ("rgb_640x480.jpg", "rgb_638x479.jpg")]
     bodies, _, _ = _handle(handler, context, rows, [{}, {}])
     assert sizes == [1, 1]  # same canvas, but two would exceed the pixel budget
@@ -182,7 +182,7 @@ def test_requests_past_their_deadline_are_answered_504_without_being_run(handler
     handler, context = handler_and_context
     clock = [1_800_000_000.0]
     monkeypatch.setattr(time, "time", lambda: clock[0])
-    real_detect = handler.model.detect
+    real_detect = handler.served.model.detect
     forwards = []
 
     def ten_second_detect(images, consume_inputs=False):
@@ -190,7 +190,7 @@ def test_requests_past_their_deadline_are_answered_504_without_being_run(handler
         clock[0] += 10
         return real_detect(images, consume_inputs=consume_inputs)
 
-    monkeypatch.setattr(handler.model, "detect", ten_second_detect)
+    monkeypatch.setattr(handler.served.model, "detect", ten_second_detect)
     monkeypatch.setattr(handler, "forward_clock", ForwardClock())  # no forward measured yet
     names = ["rgb_640x480.jpg", "rgb_640x480.jpg", "palette_100x100.png", "gray_320x240.png", "palette_100x100.png"]
     rows = [{"body": bytearray(IMAGES[name])} for name in names]

@@ -13,7 +13,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 import img2pose_handler
 from img2pose_handler import PRECISION_HEADER, Img2PoseHandler
-from img2pose_serve import archive_layout
+from img2pose_serve import archive_layout, served_model
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.handler_config import HandlerConfig, HandlerConfigError
 from img2pose_serve.image_decoding import decode_tensor
@@ -233,6 +233,7 @@ def test_bf16_stages_hold_bf16_weights_once_and_fp32_gets_its_originals_back(dem
 def _start_worker(model_dir, settings: dict, capabilities: Bf16Capabilities, monkeypatch):
     """A handler initialised as a worker on a device with ``capabilities`` (whatever this machine has)."""
     monkeypatch.setattr(img2pose_handler, "device_capabilities", lambda device: capabilities)
+    monkeypatch.setattr(served_model, "device_capabilities", lambda device: capabilities)
     context = make_context(model_dir, settings)
     handler = Img2PoseHandler()
     handler.initialize(context)
@@ -252,7 +253,7 @@ def bf16_handler(demo_model_dir):
 
 def test_a_bf16_worker_where_bf16_is_native_runs_bf16_and_says_so(bf16_handler, caplog):
     handler, context = bf16_handler
-    assert handler.model.precision == "bf16"
+    assert handler.served.model.precision == "bf16"
     described = _describe(handler, context)
     assert described["precision"]["requested"] == "bf16" and described["precision"]["effective"] == "bf16"
     assert described["precision"]["capabilities"]["flags"]["avx512_bf16"] is True
@@ -264,7 +265,7 @@ def test_a_bf16_worker_where_bf16_is_native_runs_bf16_and_says_so(bf16_handler, 
 def test_a_bf16_worker_without_native_bf16_runs_fp32_exactly(demo_model_dir, demo_detector, monkeypatch, caplog):
     with caplog.at_level(logging.INFO):
         handler, context = _start_worker(demo_model_dir, {"precision": "bf16"}, AVX2_ONLY, monkeypatch)
-    assert handler.model.precision == "fp32"
+    assert handler.served.model.precision == "fp32"
     assert any(r.levelno == logging.WARNING and "precision fp32: bf16 requested; the CPU has no bf16 "
                "instructions (avx512_bf16=no, amx_bf16=no): running fp32 instead" in r.getMessage()
                for r in caplog.records)
@@ -292,14 +293,14 @@ def test_a_bf16_required_worker_without_native_bf16_refuses_to_start(demo_model_
 
 def test_bf16_handler_answers_each_request_what_it_gets_alone(bf16_handler, bf16_model):
     handler, context = bf16_handler
-    assert handler.model.precision == "bf16"
+    assert handler.served.model.precision == "bf16"
     with pytest.raises(RuntimeError, match="reversible=False"):  # the worker keeps no fp32 copies
-        handler.model.set_precision("fp32")
+        handler.served.model.set_precision("fp32")
     bodies = [_jpeg(320, 240, 0), _jpeg(320, 240, 2)]  # one padded canvas: they share a forward
     set_requests(context, [{}] * len(bodies))
     responses = [json.loads(r) for r in handler.handle([{"body": bytearray(b)} for b in bodies], context)]
 
-    assert handler.model is not bf16_model
+    assert handler.served.model is not bf16_model
     for body, faces in zip(bodies, responses, strict=True):
         prediction = bf16_model.detect([decode_tensor(body, 10**8)])[0]
         assert faces == to_face_dicts(prediction, 0.5, -1)

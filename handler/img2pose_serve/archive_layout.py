@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from .detector import build_detector
+from .handler_config import HandlerConfig
 from .model import FasterDoFRCNN
 
 HANDLER_FILE = "img2pose_handler.py"
@@ -28,9 +34,14 @@ POSE_MEAN_FILE = "pose_mean.npy"
 POSE_STDDEV_FILE = "pose_stddev.npy"
 INFO_FILE = "archive_info.json"
 MODEL_CONFIG_FILE = "model-config.yaml"
+# What a model needs of its archive outside TorchServe (the rest is the handler and its package).
+MODEL_FILES = (INFO_FILE, WEIGHTS_FILE, POSE_MEAN_FILE, POSE_STDDEV_FILE, MODEL_CONFIG_FILE)
 # How to build an archive with the official weights (told wherever a demo archive is built or served).
 REAL_ARCHIVE_COMMAND = ("python scripts/build_mar.py --checkpoint img2pose_v1.pth "
                         "--pose-mean WIDER_train_pose_mean_v1.npy --pose-stddev WIDER_train_pose_stddev_v1.npy")
+DEMO_NOTICE = (
+    "DEMO ARCHIVE: this model was built from a generated demo checkpoint, not the official img2pose "
+    f"weights. Its detections are MEANINGLESS. Build a real archive with `{REAL_ARCHIVE_COMMAND}`.")
 
 
 class ArchiveIntegrityError(RuntimeError):
@@ -105,3 +116,37 @@ def load_detector(directory: Path, device: str | torch.device = "cpu",
                            pose_stddev=np.load(directory / POSE_STDDEV_FILE, allow_pickle=False),
                            device=device, images_per_pass=images_per_pass)
     return model, info
+
+
+def read_handler_config(directory: Path) -> HandlerConfig:
+    """The settings of model-config.yaml's ``handler:`` section (what TorchServe hands the worker)."""
+    path = Path(directory) / MODEL_CONFIG_FILE
+    document = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return HandlerConfig.from_mapping((document or {}).get("handler"))
+
+
+@contextmanager
+def unpacked_archive(archive: str | Path) -> Iterator[Path]:
+    """The directory holding an archive's model files: ``archive`` itself when it is a directory (an
+    unpacked archive), else a temporary copy of a ``.mar``'s MODEL_FILES, removed afterwards.
+
+    Only those names are read from the zip, so its other members (and their paths) are never written.
+    """
+    archive = Path(archive)
+    if archive.is_dir():
+        yield archive
+        return
+    if not archive.is_file():
+        raise FileNotFoundError(f"no model archive at {archive}")
+    if not zipfile.is_zipfile(archive):
+        raise ArchiveIntegrityError(f"{archive} is not a model archive (.mar): it is not a zip file")
+    with zipfile.ZipFile(archive) as mar, tempfile.TemporaryDirectory(prefix="img2pose-archive-") as tmp:
+        names = set(mar.namelist())
+        missing = [name for name in MODEL_FILES if name not in names and name != MODEL_CONFIG_FILE]
+        if missing:
+            raise ArchiveIntegrityError(f"{archive} is not an img2pose archive: it has no {', '.join(missing)}")
+        for name in MODEL_FILES:
+            if name in names:
+                with mar.open(name) as source, open(Path(tmp) / name, "wb") as target:
+                    shutil.copyfileobj(source, target, 1 << 20)
+        yield Path(tmp)

@@ -37,7 +37,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import InvalidInput, PayloadTooLarge
 
-__all__ = ["image_size", "decode_image", "image_to_tensor", "decode_tensor"]
+__all__ = ["image_size", "decode_image", "to_rgb", "image_to_tensor", "decode_tensor"]
 
 Image.MAX_IMAGE_PIXELS = None
 
@@ -60,7 +60,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise PayloadTooLarge(f"the image is too large: {e}") from None
     except Exception as e:
         raise _undecodable(data, e) from None
-    return _to_rgb(img)
+    return to_rgb(img)
 
 
 def image_to_tensor(img: Image.Image) -> torch.Tensor:
@@ -106,7 +106,8 @@ def _check_pixels(img: Image.Image, max_pixels: int) -> None:
         raise InvalidInput(f"image is {width} x {height}: it has no pixels")
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
+    """The image in mode RGB, converted as the module docstring says (InvalidInput if it cannot be)."""
     if img.mode == "RGB":
         return img
     if img.mode in _SIXTEEN_BIT_MODES:

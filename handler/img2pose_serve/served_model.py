@@ -1,0 +1,85 @@
+"""An archive turned into the model a worker serves: its settings applied, its precision chosen.
+
+The one place where that happens: the TorchServe handler, the in-process API (``in_process``), the
+benchmark and the tools all start from :meth:`ServedModel.load`, so that a model runs with the same
+settings wherever it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import archive_layout
+from .forward_plan import plan_forwards
+from .handler_config import HandlerConfig
+from .model import FasterDoFRCNN
+from .precision import device_capabilities, resolve_precision
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What the ``precision`` setting asked for, what runs on this device, and why."""
+
+    requested: str
+    effective: str
+    reason: str
+    capabilities: dict[str, Any]
+
+    @classmethod
+    def for_device(cls, requested: str, device: torch.device) -> PrecisionChoice:
+        """Raises ``precision.Bf16Unavailable`` for ``bf16-required`` where bf16 is not native."""
+        capabilities = device_capabilities(device)
+        effective, reason = resolve_precision(requested, capabilities)
+        return cls(requested, effective, reason, capabilities.as_dict())
+
+    @property
+    def fell_back(self) -> bool:
+        return self.effective == "fp32" != self.requested
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requested": self.requested, "effective": self.effective, "reason": self.reason,
+                "capabilities": self.capabilities}
+
+
+@dataclass
+class ServedModel:
+    """The detector of one archive, configured by its ``handler:`` settings, on one device."""
+
+    model: FasterDoFRCNN
+    info: archive_layout.ArchiveInfo
+    config: HandlerConfig
+    device: torch.device
+    precision: PrecisionChoice
+
+    @classmethod
+    def load(cls, directory: str | Path, config: HandlerConfig | None = None,
+             device: str | torch.device = "cpu") -> ServedModel:
+        """The model of an unpacked archive (``config``: its model-config.yaml's settings when None).
+
+        Applies ``torch_threads`` (process-wide, as a worker does) and chooses the precision before the
+        weights are read, so a refusal (``Bf16Unavailable``) costs no model load. Raises
+        ``archive_layout.ArchiveIntegrityError`` when the weights are not the ones the archive recorded.
+        """
+        directory = Path(directory)
+        config = config if config is not None else archive_layout.read_handler_config(directory)
+        device = torch.device(device)
+        if config.torch_threads > 0:
+            torch.set_num_threads(config.torch_threads)
+        precision = PrecisionChoice.for_device(config.precision, device)
+        model, info = archive_layout.load_detector(directory, device, config.resolved_images_per_pass(device.type))
+        model.set_precision(precision.effective, reversible=False)
+        return cls(model, info, config, device, precision)
+
+    def plan(self, image_sizes: Sequence[tuple[int, int]]) -> list[list[int]]:
+        """Forwards whose results equal one-image-at-a-time results, within this model's limits."""
+        return plan_forwards(image_sizes, self.config.max_images_per_forward, self.config.max_pixels_per_forward)
+
+    def forward(self, tensors: list[Tensor]) -> list[dict[str, Tensor]]:
+        """One forward over images of one planned group; the tensors are consumed (hold garbage after)."""
+        return self.model.detect([tensor.to(self.device) for tensor in tensors], consume_inputs=True)
