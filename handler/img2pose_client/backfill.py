@@ -1,9 +1,14 @@
-"""Run a whole photo library through an img2pose TorchServe into a resumable JSON-lines file.
+"""Run a whole photo library through img2pose into a resumable JSON-lines file.
 
     backfill INPUT... --url http://127.0.0.1:8080 [--model img2pose]
         [--token KEY] [--token-file key_file.json] [--management-url http://127.0.0.1:8081]
         --output results.jsonl [--concurrency 16] [--score-threshold X] [--max-faces N]
         [--retry-errors] [--retries 5] [--worker-death-retries 2] [--timeout 300] [--shard I/N]
+    backfill INPUT... --archive img2pose.mar [--device cpu] --output results.jsonl [...]
+
+With --url the images go to a TorchServe; with --archive the archive's model runs in this process
+(img2pose_serve.in_process: the same answers, no server; files read in threads a chunk ahead, decoded
+in the archive's decode threads). Everything below holds for both, except what concerns the server.
 
 INPUT: image files, directories (recursive) or lists of paths (``*.txt``, ``*.lst`` or ``@FILE``);
 see img2pose_client.inputs. ``--shard I/N`` keeps only the inputs whose path hashes to shard I:
@@ -33,7 +38,7 @@ import argparse
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,13 +46,15 @@ from typing import Any
 
 from tqdm import tqdm
 
+from img2pose_serve.in_process import Img2Pose
+
 from .inference_key import InferenceKey
 from .inputs import Shard, iter_inputs
 from .key_file import DEFAULT_KEY_FILE, read_keys
+from .local_detection import LOCAL_ERROR, detect_files, open_detector, read_file
 from .predict_client import TRANSPORT_ERROR, FatalServerError, Outcome, PredictClient
 from .results_file import ResultWriter, ResumeIndex
 
-LOCAL_ERROR = "local"  # the status recorded when the file itself could not be read
 ABORT_AFTER_TRANSPORT_ERRORS = 20
 
 
@@ -59,7 +66,6 @@ class Tally:
     faces: int = 0
     errors: Counter = field(default_factory=Counter)  # str(status) -> count
     demo: bool = False
-    transport_errors_in_a_row: int = 0
     worker_deaths: int = 0  # requests sent again because the worker died under them
 
     def add(self, outcome: Outcome) -> None:
@@ -70,8 +76,6 @@ class Tally:
             self.faces += len(outcome.faces)
         else:
             self.errors[str(outcome.status)] += 1
-        self.transport_errors_in_a_row = (self.transport_errors_in_a_row + 1
-                                          if outcome.status == TRANSPORT_ERROR else 0)
 
     def postfix(self) -> dict[str, int]:
         return {"faces": self.faces, "errors": sum(self.errors.values()), "skipped": self.skipped}
@@ -85,27 +89,15 @@ def record_of(path: str, outcome: Outcome) -> dict[str, Any]:
 
 def process(client: PredictClient, path: str) -> Outcome:
     """Read one image and send it; runs in the thread pool."""
-    try:
-        image = Path(path).read_bytes()
-    except OSError as error:
-        return Outcome(error=f"cannot read: {error.strerror or error}", status=LOCAL_ERROR)
-    return client.predict(image)
+    read = read_file(path)
+    return read if isinstance(read, Outcome) else client.predict(read)
 
 
 def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
     """Backfill ``args.inputs`` into ``args.output``; returns the summary (see ``summary_text``)."""
-    key = InferenceKey(args.token, args.key_file, args.management_url)
-    client = PredictClient(args.url, args.model, key, timeout=args.timeout, retries=args.retries,
-                           backoff=args.backoff, options=args.options,
-                           worker_death_retries=args.worker_death_retries)
     tally = Tally()
-    aborted = None
     started = time.monotonic()
-    pending: dict[Future, str] = {}
-    with (client,  # closed last, once the pool has finished with it
-          ResultWriter(args.output) as writer,
-          ThreadPoolExecutor(args.concurrency, thread_name_prefix="backfill") as pool,
-          tqdm(unit="img", disable=not progress, smoothing=0.05) as bar):
+    with ResultWriter(args.output) as writer, tqdm(unit="img", disable=not progress, smoothing=0.05) as bar:
         index = ResumeIndex.load(args.output)  # read under the writer's lock
         writer.cut_after(index.end_offset)
 
@@ -114,43 +106,13 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
             tally.add(outcome)
             bar.update(1)
             bar.set_postfix(tally.postfix(), refresh=False)
-            if tally.transport_errors_in_a_row >= ABORT_AFTER_TRANSPORT_ERRORS:
-                raise FatalServerError(f"no answer from {client.endpoint} for {ABORT_AFTER_TRANSPORT_ERRORS} "
-                                       f"images in a row (last: {outcome.error})")
 
-        def collect(futures: Iterable[Future]) -> None:
-            fatal = None
-            for future in futures:  # record every answer that came, then abort if one said to
-                path = pending.pop(future)
-                try:
-                    outcome = future.result()
-                except FatalServerError as error:
-                    fatal = fatal or error
-                else:
-                    record(path, outcome)
-            if fatal is not None:
-                raise fatal
-
-        try:
-            for item in iter_inputs(args.inputs):
-                if args.shard is not None and not args.shard.owns(item.path):
-                    tally.other_shards += 1
-                elif index.should_skip(item.path, args.retry_errors):
-                    tally.skipped += 1
-                elif item.error is not None:
-                    record(item.path, Outcome(error=item.error, status=LOCAL_ERROR))
-                else:
-                    pending[pool.submit(process, client, item.path)] = item.path
-                    if len(pending) >= args.concurrency:  # keep N in flight, never more
-                        collect(wait(pending, return_when=FIRST_COMPLETED).done)
-            collect(wait(pending).done)
-        except FatalServerError as error:
-            aborted = str(error)
-            for future in pending:
-                future.cancel()
-            for future, path in pending.items():  # those already sent: keep the answers that come
-                if not future.cancelled() and future.exception() is None and future.result().faces is not None:
-                    record(path, future.result())
+        work = paths_to_process(args, index, tally, record)
+        if args.archive is not None:
+            detect_in_process(args, work, record)
+            aborted, key = None, None
+        else:
+            aborted, key = send_to_server(args, work, record)
     wall = time.monotonic() - started
     return {
         "output": str(args.output),
@@ -165,10 +127,81 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         "images_per_s": round(tally.processed / wall, 3) if wall > 0 else None,
         "demo_weights": tally.demo,
         "worker_death_retries": tally.worker_deaths,
-        "key_rereads": key.rereads,
-        "key_renewals": key.renewals,
+        "key_rereads": key.rereads if key else 0,
+        "key_renewals": key.renewals if key else 0,
         "aborted": aborted,
     }
+
+
+def paths_to_process(args: argparse.Namespace, index: ResumeIndex, tally: Tally,
+                     record: Callable[[str, Outcome], None]) -> Iterator[str]:
+    """The input paths this run must answer: not another shard's, not already done; an input that
+    could not even be listed is recorded as an error on the way."""
+    for item in iter_inputs(args.inputs):
+        if args.shard is not None and not args.shard.owns(item.path):
+            tally.other_shards += 1
+        elif index.should_skip(item.path, args.retry_errors):
+            tally.skipped += 1
+        elif item.error is not None:
+            record(item.path, Outcome(error=item.error, status=LOCAL_ERROR))
+        else:
+            yield item.path
+
+
+def detect_in_process(args: argparse.Namespace, paths: Iterable[str], record: Callable[[str, Outcome], None]) -> None:
+    """``--archive``: run the archive's model here, ``--concurrency`` images per call (local_detection)."""
+    with open_detector(lambda: Img2Pose(args.archive, device=args.device), "backfill") as detector:
+        for path, outcome in detect_files(detector, paths, args.concurrency, options=args.options):
+            record(path, outcome)
+
+
+def send_to_server(args: argparse.Namespace, paths: Iterable[str],
+                   record: Callable[[str, Outcome], None]) -> tuple[str | None, InferenceKey]:
+    """POST every path to the server, ``--concurrency`` in flight; (why the run aborted or None, the key)."""
+    key = InferenceKey(args.token, args.key_file, args.management_url)
+    client = PredictClient(args.url, args.model, key, timeout=args.timeout, retries=args.retries,
+                           backoff=args.backoff, options=args.options,
+                           worker_death_retries=args.worker_death_retries)
+    pending: dict[Future, str] = {}
+    unanswered_in_a_row = 0
+
+    def record_answer(path: str, outcome: Outcome) -> None:
+        nonlocal unanswered_in_a_row
+        record(path, outcome)
+        unanswered_in_a_row = unanswered_in_a_row + 1 if outcome.status == TRANSPORT_ERROR else 0
+        if unanswered_in_a_row >= ABORT_AFTER_TRANSPORT_ERRORS:
+            raise FatalServerError(f"no answer from {client.endpoint} for {ABORT_AFTER_TRANSPORT_ERRORS} "
+                                   f"images in a row (last: {outcome.error})")
+
+    with client, ThreadPoolExecutor(args.concurrency, thread_name_prefix="backfill") as pool:
+
+        def collect(futures: Iterable[Future]) -> None:
+            fatal = None
+            for future in futures:  # record every answer that came, then abort if one said to
+                path = pending.pop(future)
+                try:
+                    outcome = future.result()
+                except FatalServerError as error:
+                    fatal = fatal or error
+                else:
+                    record_answer(path, outcome)
+            if fatal is not None:
+                raise fatal
+
+        try:
+            for path in paths:
+                pending[pool.submit(process, client, path)] = path
+                if len(pending) >= args.concurrency:  # keep N in flight, never more
+                    collect(wait(pending, return_when=FIRST_COMPLETED).done)
+            collect(wait(pending).done)
+        except FatalServerError as error:
+            for future in pending:
+                future.cancel()
+            for future, path in pending.items():  # those already sent: keep the answers that come
+                if not future.cancelled() and future.exception() is None and future.result().faces is not None:
+                    record(path, future.result())
+            return str(error), key
+    return None, key
 
 
 def summary_text(summary: dict[str, Any]) -> str:
@@ -204,7 +237,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="backfill", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image file, directory (recursive) or list of paths (*.txt, *.lst, @FILE)")
-    parser.add_argument("--url", required=True, help="inference API, e.g. http://127.0.0.1:8080")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="inference API of a TorchServe, e.g. http://127.0.0.1:8080")
+    where.add_argument("--archive", type=Path,
+                       help="run the model of this archive (img2pose.mar) here, without a server; "
+                            "--concurrency images are read ahead and run per call")
+    parser.add_argument("--device", default="cpu", help="with --archive: cpu (default) or cuda[:N]")
     parser.add_argument("--model", default="img2pose")
     parser.add_argument("--token", help="inference key; alone, it is never replaced")
     parser.add_argument("--token-file", help=f"TorchServe's key_file.json, read again when the server rejects the "
@@ -238,11 +276,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             or args.backoff < 0):
         parser.error("need --concurrency >= 1, --retries >= 0, --worker-death-retries >= 0, --timeout > 0, "
                      "--backoff >= 0")
-    if not args.url.startswith(("http://", "https://")):
+    if args.url is not None and not args.url.startswith(("http://", "https://")):
         parser.error(f"--url must be an http:// or https:// URL, got {args.url!r}")
     if args.management_url is not None and not args.management_url.startswith(("http://", "https://")):
         parser.error(f"--management-url must be an http:// or https:// URL, got {args.management_url!r}")
-    args.key_file = key_file_of(args, parser)
+    args.key_file = key_file_of(args, parser) if args.url is not None else None
+    if args.archive is not None and not (args.archive.is_file() or args.archive.is_dir()):
+        parser.error(f"--archive {args.archive}: no such file (build one with img2pose-build-mar)")
     args.options = {name: value for name, value in
                     (("score_threshold", args.score_threshold), ("max_faces", args.max_faces)) if value is not None}
     return args

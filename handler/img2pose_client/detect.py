@@ -1,0 +1,93 @@
+"""Detect faces in your own photos with one command, in this process (no server).
+
+    img2pose-detect IMAGE... [--archive model_store/img2pose.mar] [--score-threshold X] [--max-faces N]
+    img2pose-detect IMAGE... --checkpoint img2pose_v1.pth [--pose-mean M.npy --pose-stddev S.npy]
+
+IMAGE: files, directories (recursive) or lists of paths, as backfill takes them. Prints one JSON line
+per image, in input order: ``{"path", "faces"}``, or ``{"path", "error", "status"}`` for an image that
+could not be read or decoded (the lines of backfill's results file; a directory that cannot be
+listed comes last). Exit status: 0 all answered,
+1 some were errors, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from img2pose_serve.in_process import DEFAULT_ARCHIVE, Img2Pose
+
+from .backfill import record_of
+from .inputs import iter_inputs
+from .local_detection import LOCAL_ERROR, detect_files, open_detector
+from .predict_client import Outcome
+
+IMAGES_PER_CALL = 8
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="img2pose-detect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image file, directory (recursive) or list of paths (*.txt, *.lst, @FILE)")
+    parser.add_argument("--archive", type=Path, help=f"model archive (default: ./{DEFAULT_ARCHIVE})")
+    parser.add_argument("--checkpoint", type=Path, help="an official-layout checkpoint instead of an archive")
+    parser.add_argument("--pose-mean", type=Path, help="with --checkpoint: the pose mean .npy (default: identity)")
+    parser.add_argument("--pose-stddev", type=Path, help="with --checkpoint: the pose stddev .npy")
+    parser.add_argument("--score-threshold", type=float, help="default: the archive's setting")
+    parser.add_argument("--max-faces", type=int, help="default: the archive's setting (-1: all, 0: none)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    args = parser.parse_args(argv)
+    if args.checkpoint is not None and args.archive is not None:
+        parser.error("give --archive or --checkpoint, not both")
+    if args.checkpoint is None and (args.pose_mean or args.pose_stddev):
+        parser.error("--pose-mean/--pose-stddev go with --checkpoint")
+    if args.checkpoint is None:
+        args.archive = args.archive or DEFAULT_ARCHIVE
+        if not args.archive.exists():
+            parser.error(f"no archive at {args.archive}: pass --archive, or build one with img2pose-build-mar "
+                         "(its --checkpoint for the official weights)")
+    elif not args.checkpoint.is_file():
+        parser.error(f"--checkpoint {args.checkpoint}: no such file")
+    args.options = {name: value for name, value in
+                    (("score_threshold", args.score_threshold), ("max_faces", args.max_faces)) if value is not None}
+    return args
+
+
+def make_detector(args: argparse.Namespace) -> Img2Pose:
+    if args.checkpoint is not None:
+        return Img2Pose.from_checkpoint(args.checkpoint, args.pose_mean, args.pose_stddev, device=args.device)
+    return Img2Pose(args.archive, device=args.device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        detector = open_detector(lambda: make_detector(args), "img2pose-detect")
+        detector.detect_each([], **args.options)  # a bad --score-threshold / --max-faces fails here, once
+    except (OSError, ValueError) as error:
+        print(f"img2pose-detect: {error}", file=sys.stderr)
+        return 2
+    errors = 0
+    with detector:
+        unlisted = []
+
+        def listed_paths():
+            for item in iter_inputs(args.images):
+                if item.error is None:
+                    yield item.path
+                else:
+                    unlisted.append(item)
+
+        for path, outcome in detect_files(detector, listed_paths(), IMAGES_PER_CALL, options=args.options):
+            errors += outcome.faces is None
+            print(json.dumps(record_of(path, outcome)), flush=True)
+        for item in unlisted:
+            errors += 1
+            print(json.dumps(record_of(item.path, Outcome(error=item.error, status=LOCAL_ERROR))), flush=True)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
