@@ -19,9 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from img2pose_serve.detector import build_detector
-from img2pose_serve.facedicts import to_face_dicts
-from img2pose_serve.image_decoding import decode_tensor
+from img2pose_serve.in_process import Img2Pose
 from img2pose_serve.model import resized_shape
 from img2pose_tools.torchserve_launcher import REPO
 
@@ -276,8 +274,9 @@ TORCH_THREADS = 2  # the thread count the reference outputs were made with
 
 
 class Detections:
-    """Our FaceDicts, one forward per image and pose-statistics setting, kept for the session (test_golden
-    compares them with the reference; test_handler compares the handler's answers with them, exactly)."""
+    """Our FaceDicts, from the in-process API (``Img2Pose.from_checkpoint``, one image per call), per image
+    and pose-statistics setting, kept for the session (test_golden compares them with the reference;
+    test_handler compares the handler's answers with them, exactly)."""
 
     def __init__(self, request: pytest.FixtureRequest):
         self._request = request
@@ -304,13 +303,12 @@ class Detections:
         if key not in self._detectors:
             checkpoint = self._request.getfixturevalue(golden.checkpoint_fixture)
             pose_stats = golden.alt_pose_stats() if stats == "alt" else ()
-            self._detectors[key] = build_detector(checkpoint, *pose_stats)
+            self._detectors[key] = Img2Pose.from_checkpoint(checkpoint, *pose_stats)
         return self._detectors[key]
 
 
-def _detect(detector, golden: GoldenSet, name: str, threshold: float) -> list[dict]:
-    prediction = detector.detect([decode_tensor(golden.image_path(name).read_bytes(), 10**9)])[0]
-    return to_face_dicts(prediction, threshold, -1)
+def _detect(detector: Img2Pose, golden: GoldenSet, name: str, threshold: float) -> list[dict]:
+    return detector.detect_faces(golden.image_path(name), score_threshold=threshold, max_faces=-1)
 
 
 @pytest.fixture(scope="session")

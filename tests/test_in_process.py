@@ -1,0 +1,163 @@
+"""The in-process API (img2pose_serve.in_process.Img2Pose): the server's answers without a server."""
+
+from __future__ import annotations
+
+import base64
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from img2pose_client import detect
+from img2pose_serve import Img2Pose
+from img2pose_serve.errors import InvalidInput, PayloadTooLarge
+from img2pose_serve.handler_config import HandlerConfigError
+from img2pose_serve.model import padded_canvas_shape
+from tests.backfill_support import backfill, lines
+from tests.golden_set import COMMITTED
+from tests.served_models import DEMO_MODEL
+
+RGB_JPEG = COMMITTED.image_path("01_rgb_640x480.jpg")
+RGBA_PNG = COMMITTED.image_path("02_rgba_480x640.png")
+GRAY_PNG = COMMITTED.image_path("04_gray_320x240.png")
+
+
+@pytest.fixture(scope="module")
+def demo_archive(served_archives) -> Path:
+    return served_archives[DEMO_MODEL]
+
+
+@pytest.fixture(scope="module")
+def detector(demo_archive):
+    with pytest.warns(UserWarning, match="DEMO ARCHIVE"), Img2Pose(demo_archive) as built:
+        yield built
+
+
+@pytest.fixture(scope="module")
+def alone(detector) -> dict[str, list[dict]]:
+    """Every committed golden image, one call each, threshold 0."""
+    return {name: detector.detect_faces(COMMITTED.image_path(name), score_threshold=0.0)
+            for name in COMMITTED.image_names()}
+
+
+def test_every_kind_of_image_gives_the_same_faces(detector, alone):
+    expected = alone[RGB_JPEG.name]
+    assert len(expected) > 5
+    with Image.open(RGB_JPEG) as opened:
+        as_array = np.array(opened.convert("RGB"))
+        given = [str(RGB_JPEG), RGB_JPEG, RGB_JPEG.read_bytes(), bytearray(RGB_JPEG.read_bytes()), opened, as_array]
+        for image in given:
+            assert detector.detect_faces(image, score_threshold=0.0) == expected, type(image).__name__
+    with Image.open(RGBA_PNG) as rgba:  # not RGB: converted as the server converts it
+        assert detector.detect_faces(rgba, score_threshold=0.0) == alone[RGBA_PNG.name]
+
+
+def test_a_list_is_planned_into_exact_forwards(detector, alone, monkeypatch):
+    names = [name for name in COMMITTED.image_names() if name[:2] in ("01", "04", "06", "09", "10", "11")]
+    forwards = []
+    real_forward = detector.served.forward
+    monkeypatch.setattr(detector.served, "forward", lambda tensors: forwards.append(len(tensors))
+                        or real_forward(tensors))
+    together = detector.detect_faces([COMMITTED.image_path(name) for name in names], score_threshold=0.0)
+    assert together == [alone[name] for name in names]
+    canvases = {padded_canvas_shape(*reversed(COMMITTED.image_size(name))) for name in names}
+    assert len(forwards) == len(canvases) < len(names), "images of one canvas share a forward"
+
+
+def test_parameters_and_their_defaults(detector, alone, demo_archive):
+    everything = alone[RGB_JPEG.name]
+    assert detector.detect_faces(RGB_JPEG) == [f for f in everything if f["confidence"] >= 0.5]  # archive default
+    assert detector.detect_faces(RGB_JPEG, score_threshold=0.0, max_faces=3) == everything[:3]
+    assert detector.detect_faces(RGB_JPEG, max_faces=0) == []
+    assert detector.detect_faces([]) == []
+    for bad in ({"score_threshold": 1.5}, {"max_faces": -2}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            detector.detect_faces(RGB_JPEG, **bad)
+    with pytest.warns(UserWarning), Img2Pose(demo_archive, score_threshold=0.2, max_faces=2) as configured:
+        assert configured.detect_faces(RGB_JPEG) == [f for f in everything if f["confidence"] >= 0.2][:2]
+    with pytest.raises(HandlerConfigError, match="unknown setting"):
+        Img2Pose(demo_archive, score_treshold=0.2)
+
+
+def test_a_bad_image_fails_alone_and_says_which(detector, alone, tmp_path):
+    huge = tmp_path / "huge.png"
+    Image.new("L", (20_000, 20_000)).save(huge)
+    missing = tmp_path / "missing.jpg"
+    results = detector.detect_each([RGB_JPEG, b"not an image", huge, missing, GRAY_PNG], score_threshold=0.0)
+    assert results[0] == alone[RGB_JPEG.name] and results[4] == alone[GRAY_PNG.name]
+    assert isinstance(results[1], InvalidInput) and results[1].message.startswith("images[1]: the data (12 bytes)")
+    assert isinstance(results[2], PayloadTooLarge) or "limit" in str(results[2])
+    assert isinstance(results[3], FileNotFoundError)
+    with pytest.raises(InvalidInput, match=r"^images\[1\]: the data"):
+        detector.detect_faces([RGB_JPEG, b"not an image"])
+    with pytest.raises(InvalidInput, match=r"^the data \(12 bytes\)"):
+        detector.detect_faces(b"not an image")
+    with pytest.raises(ValueError, match=r"HxWx3 uint8 RGB array, got shape \(4, 4\)"):
+        detector.detect_faces(np.zeros((4, 4), np.uint8))
+    with pytest.raises(TypeError, match="got int"):
+        detector.detect_faces(7)
+
+
+def test_from_a_checkpoint_as_its_archive_answers(demo_checkpoint_file, identity_pose_stats, alone):
+    with Img2Pose.from_checkpoint(demo_checkpoint_file, *identity_pose_stats) as from_npy:
+        assert from_npy.detect_faces(GRAY_PNG, score_threshold=0.0) == alone[GRAY_PNG.name]
+        assert not from_npy.demo
+    with Img2Pose.from_checkpoint(demo_checkpoint_file) as identity:  # the reference's model_path default
+        assert identity.served.info.pose_stats_source == "identity"
+        assert identity.detect_faces(GRAY_PNG, score_threshold=0.0) == alone[GRAY_PNG.name]
+    with pytest.raises(ValueError, match="both pose_mean and pose_stddev"):
+        Img2Pose.from_checkpoint(demo_checkpoint_file, pose_mean=[0, 0, 0, 0, 0, 1])
+
+
+@pytest.mark.server
+def test_in_process_answers_equal_the_servers_on_the_golden_images(torchserve_server, alone):
+    """What README promises: the same FaceDicts with or without the server."""
+    def served(name: str) -> list[dict]:
+        body = {"image": base64.b64encode(COMMITTED.image_path(name).read_bytes()).decode(), "score_threshold": 0.0}
+        answer = torchserve_server.predict(json.dumps(body), model=DEMO_MODEL,
+                                           headers={"Content-Type": "application/json"})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    names = COMMITTED.image_names()
+    with ThreadPoolExecutor(len(names)) as pool:
+        answers = dict(zip(names, pool.map(served, names)))
+    assert answers == alone
+    assert sum(map(len, answers.values())) > 100
+
+
+def test_img2pose_detect_prints_one_line_per_image(demo_archive, alone, tmp_path, capsys):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    status = detect.main([str(RGB_JPEG), str(bad), str(GRAY_PNG), "--archive", str(demo_archive),
+                          "--score-threshold", "0"])
+    out, err = capsys.readouterr()
+    records = [json.loads(line) for line in out.splitlines()]
+    assert status == 1 and "DEMO ARCHIVE" in err
+    assert records[0] == {"path": str(RGB_JPEG), "faces": alone[RGB_JPEG.name]}
+    assert records[1]["path"] == str(bad) and records[1]["status"] == 400 and "it is text" in records[1]["error"]
+    assert records[2] == {"path": str(GRAY_PNG), "faces": alone[GRAY_PNG.name]}
+    assert detect.main([str(RGB_JPEG), "--archive", str(demo_archive), "--max-faces", "-5"]) == 2
+    assert "max_faces must be >= -1" in capsys.readouterr().err
+
+
+def test_backfill_in_process_resumes_and_shards_like_the_server_run(demo_archive, library, direct, tmp_path):
+    """``backfill --archive``: the server run's result lines (``direct``), without a server."""
+    good, bad = library["good"], library["bad"]
+    root = good[0].parent
+    shards = [tmp_path / f"shard{i}.jsonl" for i in range(2)]
+    summaries = [backfill(root, "--archive", demo_archive, "--output", out, "--shard", f"{i}/2")
+                 for i, out in enumerate(shards)]
+    records = [record for out in shards for record in lines(out)]
+    assert sorted(r["path"] for r in records) == sorted(map(str, good + bad))
+    assert {r["path"]: r["faces"] for r in records if "faces" in r} == direct
+    assert {r["path"]: r["status"] for r in records if "error" in r} == {str(p): 400 for p in bad}
+    assert sum(s["processed"] for s in summaries) == len(good) + len(bad)
+    assert all(s["demo_weights"] for s in summaries)
+
+    again = backfill(root, "--archive", demo_archive, "--output", shards[0], "--shard", "0/2")
+    assert again["processed"] == 0 and again["skipped"] == summaries[0]["processed"]
+    assert len(lines(shards[0])) == summaries[0]["processed"]
