@@ -152,30 +152,13 @@ def run_cell(cell: Cell, endpoint: str, token: str, bodies: list[bytes], total: 
 # --- the compute bound: the same model in this process ---------------------------------------------
 
 
-def load_archive_model(archive: Path, scratch: Path):
-    """The detector an archive serves, built and configured the way the handler does it (CPU)."""
-    import yaml
-
+def load_archive_model(archive: Path):
+    """The detector an archive serves, configured as the worker configures it (CPU): served_model."""
     from img2pose_serve import archive_layout
-    from img2pose_serve.handler_config import HandlerConfig
+    from img2pose_serve.served_model import ServedModel
 
-    with zipfile.ZipFile(archive) as mar:
-        mar.extractall(scratch)
-    model_config = yaml.safe_load((scratch / archive_layout.MODEL_CONFIG_FILE).read_text()) or {}
-    config = HandlerConfig.from_mapping(model_config.get("handler"))
-    model, _ = archive_layout.load_detector(scratch, device="cpu",
-                                            images_per_pass=config.resolved_images_per_pass("cpu"))
-    model.set_precision(resolved_precision(config.precision))
-    return model
-
-
-def resolved_precision(requested: str) -> str:
-    """What a worker on this machine (and environment) runs for the ``precision`` setting ``requested``."""
-    import torch
-
-    from img2pose_serve.precision import device_capabilities, resolve_precision
-
-    return resolve_precision(requested, device_capabilities(torch.device("cpu")))[0]
+    with archive_layout.unpacked_archive(archive) as directory:
+        return ServedModel.load(directory).model
 
 
 def served_precision(management: str, model: str, key: str | None) -> str | None:
@@ -216,8 +199,7 @@ class InProcess:
     def __init__(self, archive: Path, sets: dict[str, list[bytes]], images: int, repeats: int) -> None:
         from img2pose_serve.image_decoding import decode_tensor
 
-        with tempfile.TemporaryDirectory() as scratch:
-            self.model = load_archive_model(archive, Path(scratch))
+        self.model = load_archive_model(archive)
         self.tensors = {name: [decode_tensor(body, 10**9) for body in bodies[:images]]
                         for name, bodies in sets.items()}
         self.repeats = repeats

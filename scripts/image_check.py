@@ -22,9 +22,7 @@ import json
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -77,24 +75,16 @@ def pod_spec(_args) -> int:
 
 
 def in_process(args) -> int:
-    """The detector the archive serves, run in this process as the tests run it (conftest's
-    demo_detector, golden_set's _detect): one image at a time, the worker's thread count."""
+    """The archive's answers from the in-process API (img2pose_serve.Img2Pose, as the tests use it), one
+    image per call, the worker's thread count."""
     import torch
 
-    from img2pose_serve import archive_layout
-    from img2pose_serve.facedicts import to_face_dicts
-    from img2pose_serve.image_decoding import decode_tensor
+    from img2pose_serve import Img2Pose
 
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as directory:
-        with zipfile.ZipFile(args.archive) as archive:
-            archive.extractall(directory)
-        model, _ = archive_layout.load_detector(Path(directory), images_per_pass=1)
-    answers = {}
-    with torch.inference_mode():
-        for image in args.images:
-            prediction = model.detect([decode_tensor(Path(image).read_bytes(), 10**9)])[0]
-            answers[Path(image).name] = to_face_dicts(prediction, THRESHOLD, -1)
+    with Img2Pose(args.archive) as detector:
+        answers = {Path(image).name: detector.detect_faces(image, score_threshold=THRESHOLD, max_faces=-1)
+                   for image in args.images}
     json.dump(answers, sys.stdout)
     return 0
 
