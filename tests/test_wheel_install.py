@@ -141,7 +141,7 @@ def test_the_wheel_holds_the_handler_packages_and_config_and_nothing_else(wheel,
 def test_the_wheel_declares_the_console_scripts(wheel):
     scripts = _entry_points(wheel)
     assert {"img2pose-build-mar", "img2pose-wait-ready", "img2pose-drain", "img2pose-write-config",
-            "backfill", "visualize"} <= set(scripts)
+            "backfill", "visualize", "img2pose-detect"} <= set(scripts)
 
 
 @dataclass(frozen=True)
@@ -255,3 +255,18 @@ def test_the_installed_launcher_serves_the_built_archive(venv, built_store, empt
     assert Path(report["metrics_config"]).resolve() == site_packages / "img2pose_tools" / "config" / "metrics.yaml"
     assert report["status"] == 200, report["answer"]
     assert json.loads(report["answer"]) == detections.identity_stats(COMMITTED, IMAGE)
+
+
+def test_the_installed_in_process_commands_answer_as_the_server(venv, built_store, empty_dir, tmp_path, detections):
+    """README's try-it-on-your-photos commands, from the empty directory: ``img2pose-detect`` (its default
+    archive, ./model_store/img2pose.mar) and ``backfill --archive``, no server."""
+    expected = detections.identity_stats(COMMITTED, IMAGE)
+    image = COMMITTED.image_path(IMAGE)
+    printed = _run([venv.root / "bin" / "img2pose-detect", image, "--score-threshold", "0"], cwd=empty_dir,
+                   env=venv.env).stdout
+    assert [json.loads(line) for line in printed.splitlines()] == [{"path": str(image), "faces": expected}]
+
+    results = tmp_path / "results.jsonl"
+    _run([venv.root / "bin" / "backfill", image, "--archive", built_store / "img2pose.mar", "--output", results,
+          "--score-threshold", "0", "--quiet"], cwd=empty_dir, env=venv.env)
+    assert [json.loads(line) for line in results.read_text().splitlines()] == [{"path": str(image), "faces": expected}]
