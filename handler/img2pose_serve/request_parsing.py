@@ -116,12 +116,13 @@ def parse_request(
         return _parse_multipart(row, defaults, max_images_per_request)
     if mime in _REFUSED_TYPES or mime.startswith(_REFUSED_TYPE_PREFIXES):
         raise UnsupportedMediaType(f"Content-Type {mime!r} cannot carry an image; {HOW_TO_SEND}")
-    body = single_body(row)
-    if body is None:
+    body_key = _raw_body_key(row)
+    if body_key is None:
         if mime:
             raise InvalidInput(f"the request has no body; {HOW_TO_SEND}")
         # No Content-Type and not a single body: TorchServe's shape for a form.
         return _parse_multipart(row, defaults, max_images_per_request)
+    body = row[body_key]
     if _is_json_type(mime) or isinstance(body, (dict, list)):
         return _parse_json(_load_json(body), defaults, max_images_per_request)
     return _parse_raw(body, defaults)
@@ -141,12 +142,18 @@ def _is_json_type(mime: str) -> bool:
         mime.startswith("application/") and mime.endswith("+json"))
 
 
-def single_body(row: Mapping[str, Any]) -> Any | None:
-    """The request's whole body, if the row is one ({"body"} or {"data"}; not a form); else None."""
+def _raw_body_key(row: Mapping[str, Any]) -> str | None:
+    """The key holding a whole raw body, if the row is one ({"body"} or {"data"})."""
     keys = [k for k in RAW_BODY_KEYS if k in row]
     if len(keys) == 1 and len(row) == 1:
-        return row[keys[0]]
+        return keys[0]
     return None
+
+
+def single_body(row: Mapping[str, Any]) -> Any | None:
+    """The request's whole body, if the row is one (not a form); else None (as for a JSON null body)."""
+    key = _raw_body_key(row)
+    return None if key is None else row[key]
 
 
 def _load_json(body: Any) -> Any:
