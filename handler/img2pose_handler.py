@@ -11,8 +11,12 @@ records HandlerTime, answers describe requests, runs the profiler when asked). T
    forward's images are decoded just before it runs and released right after, so memory follows one
    forward. A request whose deadline has passed when its forward is due, or is nearer than the forward
    would take, is dropped then (504). An image that fails to decode or run fails its request alone.
-3. ``postprocess(batch) -> list[str]``: predictions become FaceDicts per request; failed requests get
-   their own status code and a JSON error body, the others answer 200.
+3. ``postprocess(batch) -> list[str | bytes]``: predictions become FaceDicts per request; failed requests
+   get their own status code and a JSON error body, the others answer 200.
+
+A request in the Open Inference Protocol (KServe v2, Triton: ``img2pose_serve.open_inference``) takes
+the same path: preprocess recognises it before parsing it (so that its errors are answered in v2 too),
+its images join the batch like any other, and postprocess answers it in v2.
 
 Errors are raised as the types of ``img2pose_serve.errors`` and caught where a failure must stay with
 its request: once per request in preprocess, once per image when it is decoded or run.
@@ -30,7 +34,7 @@ import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from img2pose_serve import archive_layout
+from img2pose_serve import archive_layout, open_inference
 from img2pose_serve.deadline import DEADLINE_HEADER, ForwardClock
 from img2pose_serve.errors import RequestError, internal_error
 from img2pose_serve.facedicts import to_face_dicts
@@ -43,6 +47,7 @@ from img2pose_serve.served_model import ServedModel
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
+BINARY = "application/octet-stream"
 # One forward's time, by the precision it ran in: a bf16 archive that fell back to fp32 shows in the first.
 FORWARD_METRIC = {"fp32": "Img2PoseForwardMs", "bf16": "Img2PoseForwardBf16Ms"}
 
@@ -101,10 +106,11 @@ class Img2PoseHandler(BaseHandler):
     def _read_request(self, index: int, row: dict) -> RequestState:
         """The request, or its error: a bad request fails alone."""
         header = self._request_header
+        v2 = open_inference.recognise(row, header(index, open_inference.HEADER_LENGTH))
         try:
-            return read_request(row, header(index, "Content-Type"), self.config, header(index, DEADLINE_HEADER))
+            return read_request(row, header(index, "Content-Type"), self.config, header(index, DEADLINE_HEADER), v2)
         except RequestError as error:
-            return RequestState(error=error)
+            return RequestState(error=error, v2=None if v2 is None else open_inference.V2Spec())
 
     def _request_header(self, index: int, name: str) -> str | None:
         """A request header by case-insensitive name (a proxy that speaks HTTP/2 lowercases them)."""
@@ -187,7 +193,7 @@ class Img2PoseHandler(BaseHandler):
 
     # 3. postprocess -----------------------------------------------------------------------------
 
-    def postprocess(self, data: Batch) -> list[str]:
+    def postprocess(self, data: Batch) -> list[str | bytes]:
         started = time.perf_counter()
         batch = data
         per_request: list[list[dict]] = [[] for _ in batch.requests]
@@ -198,17 +204,28 @@ class Img2PoseHandler(BaseHandler):
         self._record_time("Img2PosePostprocessMs", started)
         return responses
 
-    def _respond(self, index: int, request: RequestState, predictions: list[dict]) -> str:
+    def _respond(self, index: int, request: RequestState, predictions: list[dict]) -> str | bytes:
         self.context.set_response_content_type(index, JSON)
         self.context.set_response_header(index, PRECISION_HEADER, self.served.precision.effective)
         if self.served.info.demo:
             self.context.set_response_header(index, DEMO_HEADER, "true; detections are meaningless (demo weights)")
         if request.error is not None:
             self.context.set_response_status(request.error.status, request.error.message, index)
+            if request.v2 is not None:
+                return open_inference.error_body(request.error)
             return json.dumps(request.error.to_json())
         params = request.parsed.params
         faces = [to_face_dicts(prediction, params.score_threshold, params.max_faces) for prediction in predictions]
+        if request.v2 is not None:
+            return self._respond_v2(index, request.v2, faces)
         return json.dumps(faces if request.parsed.answer_as_list else faces[0])
+
+    def _respond_v2(self, index: int, spec: open_inference.V2Spec, faces: list) -> bytes:
+        body, json_length = open_inference.response_body(spec, self.context.model_name, faces)
+        if json_length is not None:  # binary outputs follow the JSON part
+            self.context.set_response_content_type(index, BINARY)
+            self.context.set_response_header(index, open_inference.HEADER_LENGTH, str(json_length))
+        return body
 
     # metrics ------------------------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ GPU_CONFIG = DEPLOY / "k8s" / "overlays" / "gpu" / "config.properties"
 BASE_DEPLOYMENT = DEPLOY / "k8s" / "base" / "deployment.yaml"
 BACKFILL_JOB = DEPLOY / "k8s" / "backfill-job.yaml"
 INFERENCE_SERVICE = DEPLOY / "kserve" / "inferenceservice.yaml"
+# The same predictor for Open Inference Protocol (v2) clients: docs/open-inference.md.
+INFERENCE_SERVICE_V2 = DEPLOY / "kserve" / "inferenceservice-v2.yaml"
 OVERLAYS = {"cpu": DEPLOY / "k8s" / "overlays" / "cpu", "gpu": DEPLOY / "k8s" / "overlays" / "gpu"}
 IMAGE_HOME = "/home/model-server"  # the image's home (Dockerfile); the container-run test maps it
 

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.deploy_support import BACKFILL_JOB, DOCKERFILE, INFERENCE_SERVICE, render_overlay
+from tests.deploy_support import BACKFILL_JOB, DOCKERFILE, INFERENCE_SERVICE, INFERENCE_SERVICE_V2, render_overlay
 
 # Findings accepted on purpose, with the reason.
 ACCEPTED = {
@@ -27,7 +27,7 @@ def test_checkov_finds_nothing_beyond_the_accepted_findings(tmp_path):
         pytest.skip("checkov is not installed (optional: pipx install checkov)")
     for overlay in ("cpu", "gpu"):
         (tmp_path / f"{overlay}.yaml").write_text(yaml.safe_dump_all(render_overlay(overlay)))
-    for path in (BACKFILL_JOB, INFERENCE_SERVICE, DOCKERFILE):
+    for path in (BACKFILL_JOB, INFERENCE_SERVICE, INFERENCE_SERVICE_V2, DOCKERFILE):
         shutil.copy(path, tmp_path / path.name)
     result = subprocess.run([checkov, "--directory", str(tmp_path), "--framework", "kubernetes", "dockerfile",
                              "--skip-check", ",".join(ACCEPTED), "--skip-download", "--output", "json", "--quiet"],

@@ -17,6 +17,7 @@ from tests.deploy_support import (
     DEPLOY,
     GPU_CONFIG,
     INFERENCE_SERVICE,
+    INFERENCE_SERVICE_V2,
     METRICS_CONFIG,
     container_command,
     dockerfile,
@@ -102,11 +103,12 @@ def kserve_schema() -> dict:
     return schema
 
 
-def test_the_inference_service_validates_against_the_kserve_crd():
+@pytest.mark.parametrize("path", [INFERENCE_SERVICE, INFERENCE_SERVICE_V2], ids=lambda path: path.name)
+def test_the_inference_service_validates_against_the_kserve_crd(path):
     from openapi_schema_validator import OAS30Validator
 
     schema = kserve_schema()
-    [service] = load_yaml_documents(INFERENCE_SERVICE)
+    [service] = load_yaml_documents(path)
     assert service["apiVersion"] == "serving.kserve.io/v1beta1" and service["kind"] == "InferenceService"
     errors = [f"{list(e.path)}: {e.message}" for e in OAS30Validator(schema).iter_errors(service)]
     assert errors == []
@@ -321,3 +323,26 @@ def test_the_yaml_files_pass_yamllint():
     problems = [f"{path.relative_to(REPO)}:{p.line}: {p.message}" for path in files
                 for p in linter.run(path.read_text(), config) if p.level == "error"]
     assert problems == []
+
+
+def test_the_v2_inference_service_differs_only_by_name_and_the_open_inference_switch():
+    """The v2 variant turns on TorchServe's /v2/health routes and nothing else; readiness stays the worker's
+    (TorchServe answers /v2/health/ready before its worker is ready: docs/open-inference.md)."""
+    [service], [v2] = load_yaml_documents(INFERENCE_SERVICE), load_yaml_documents(INFERENCE_SERVICE_V2)
+    env = main_container(v2["spec"]["predictor"])["env"]
+    assert env[0] == {"name": "TS_OPEN_INFERENCE_PROTOCOL", "value": "oip"}
+    del env[0]
+    assert v2["metadata"].pop("name") == "img2pose-v2" and service["metadata"].pop("name") == "img2pose"
+    assert v2 == service
+
+
+def test_protocol_version_is_not_a_field_of_a_custom_container_predictor():
+    """Why the v2 variant has no protocolVersion: KServe's CRD has it on predictor.model (a ServingRuntime) only."""
+    from openapi_schema_validator import OAS30Validator
+
+    schema = kserve_schema()
+    [service] = load_yaml_documents(INFERENCE_SERVICE_V2)
+    service["spec"]["predictor"]["protocolVersion"] = "v2"
+    assert any("protocolVersion" in e.message for e in OAS30Validator(schema).iter_errors(service))
+    predictor_model = schema["properties"]["spec"]["properties"]["predictor"]["properties"]["model"]
+    assert "protocolVersion" in predictor_model["properties"]

@@ -8,10 +8,11 @@ import json
 import logging
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from img2pose_handler import DEMO_HEADER, Img2PoseHandler
+from img2pose_handler import DEMO_HEADER, PRECISION_HEADER, Img2PoseHandler
 from img2pose_serve.deadline import DEADLINE_HEADER, ForwardClock
 from img2pose_serve.facedicts import to_face_dicts
 from img2pose_serve.image_decoding import decode_tensor
@@ -244,3 +245,77 @@ def test_explanations_answer_what_predictions_do(handler_and_context, alone):
     bodies, statuses, _ = _handle(*handler_and_context, [{"body": bytearray(IMAGES["rgb_640x480.jpg"])}],
                                   [{"explain": "True"}])
     assert bodies == [_filtered(alone["rgb_640x480.jpg"])] and statuses[0] == (200, None)
+
+
+def _v2_binary_row(names: list[str], **request) -> tuple[dict, dict]:
+    """A binary-data v2 request as tritonclient sends it and TorchServe hands it over (measured): row, headers."""
+    tail = b"".join(len(IMAGES[n]).to_bytes(4, "little") + IMAGES[n] for n in names)
+    tensor = {"name": "image", "datatype": "BYTES", "shape": [len(names)],
+              "parameters": {"binary_data_size": len(tail)}}
+    head = json.dumps({"inputs": [tensor], **request}).encode()
+    return {"body": bytearray(head + tail)}, {"Inference-Header-Content-Length": str(len(head))}
+
+
+def test_v2_requests_join_the_batch_and_answer_the_facedicts_exactly(handler_and_context, alone):
+    """Open Inference Protocol requests in a batch with a REST one: each image's outputs are its FaceDicts
+    (float32 tensors: their rounding), errors are v2 bodies with their own status, and v2 answers keep
+    the demo and precision headers."""
+    handler, context = handler_and_context
+    names = ["rgb_640x480.jpg", "palette_100x100.png"]
+    json_v2 = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [_b64("gray_320x240.png")]}],
+               "parameters": {"score_threshold": 0.3, "max_faces": 2}, "id": "j1"}
+    truncated = base64.b64encode(IMAGES["rgb_640x480.jpg"][:2000]).decode()
+    bad_image = {"inputs": [{**json_v2["inputs"][0], "shape": [2], "data": [_b64("gray_320x240.png"), truncated]}]}
+    binary_row, binary_headers = _v2_binary_row(names, outputs=[{"name": "faces"}, {"name": "keypoints"}],
+                                                parameters={"binary_data_output": True})
+    rows = [binary_row, {"body": bytearray(json.dumps(json_v2).encode())}, {"body": {"image": _b64("rgb_640x480.jpg")}},
+            {"body": {"inputs": [{**json_v2["inputs"][0], "datatype": "FP32"}]}}, {"body": bad_image},
+            _v2_binary_row(names[:1])[0]]
+    headers = [binary_headers, {}, {"Content-Type": "application/json"}, {"Content-Type": "application/json"},
+               {"Content-Type": "application/json"}, {"Inference-Header-Content-Length": "4"}]
+    set_requests(context, headers)
+    bodies = handler.handle(rows, context)
+    statuses = [context.get_response_status(i)[0] for i in range(len(rows))]
+    answered = [context.get_response_headers(i) for i in range(len(rows))]
+    assert statuses == [200, 200, 200, 400, 400, 400]
+
+    # Binary outputs after the JSON part, as requested.
+    json_length = int(answered[0]["Inference-Header-Content-Length"])
+    assert answered[0]["content-type"] == "application/octet-stream"
+    head = json.loads(bodies[0][:json_length])
+    assert head["model_name"] == "img2pose" and [o["name"] for o in head["outputs"]] == ["faces", "keypoints"]
+    tail = bodies[0][json_length:]
+    faces_size = head["outputs"][0]["parameters"]["binary_data_size"]
+    faces, offset = [], 0
+    while offset < faces_size:
+        length = int.from_bytes(tail[offset:offset + 4], "little")
+        faces.append(json.loads(tail[offset + 4:offset + 4 + length]))
+        offset += 4 + length
+    expected = [_filtered(alone[n]) for n in names]
+    assert faces == expected and expected[0] != []
+    keypoints = np.frombuffer(tail[faces_size:], "<f4").reshape(head["outputs"][1]["shape"])
+    most = max(len(f) for f in expected)
+    assert keypoints.shape == (2, most, 5, 2)
+    for i, image in enumerate(expected):
+        assert np.array_equal(keypoints[i, :len(image)], np.float32([list(f["keypoints"].values()) for f in image]))
+        assert not keypoints[i, len(image):].any()
+
+    # JSON outputs (every one when none is named): float32 values of the FaceDicts, exactly.
+    head = json.loads(bodies[1])
+    outputs = {o["name"]: o for o in head["outputs"]}
+    expected = _filtered(alone["gray_320x240.png"], 0.3, 2)
+    assert head["id"] == "j1" and answered[1]["content-type"] == "application/json"
+    assert json.loads(outputs["faces"]["data"][0]) == expected and outputs["num_faces"]["data"] == [len(expected)]
+    boxes = np.float32(outputs["boxes"]["data"]).reshape(outputs["boxes"]["shape"])
+    assert np.array_equal(boxes[0], np.float32([f["box"] for f in expected]).reshape(len(expected), 4))
+    assert np.array_equal(np.float32(outputs["scores"]["data"]), np.float32([f["confidence"] for f in expected]))
+    assert json.loads(bodies[2]) == _filtered(alone["rgb_640x480.jpg"])  # the REST request beside them
+
+    assert json.loads(bodies[3]) == {"error": "input 'image' must have datatype BYTES, got FP32"}
+    # The truncated JPEG fails when its forward decodes it: its request alone, in v2.
+    assert list(json.loads(bodies[4])) == ["error"]
+    assert json.loads(bodies[4])["error"].startswith("image[1]: the data (2000 bytes) could not be decoded")
+    assert json.loads(bodies[5])["error"].startswith("the request's first 4 bytes (header "
+                                                     "Inference-Header-Content-Length) are not valid JSON")
+    for h in answered:
+        assert "meaningless" in h[DEMO_HEADER] and h[PRECISION_HEADER] == "fp32"

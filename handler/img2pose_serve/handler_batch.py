@@ -15,6 +15,8 @@ from .deadline import check_deadline, parse_deadline
 from .errors import RequestError
 from .handler_config import HandlerConfig
 from .image_decoding import decode_tensor, image_size
+from .open_inference import V2Message, V2Spec
+from .open_inference import parse as parse_v2
 from .request_parsing import ParsedRequest, parse_request
 
 
@@ -26,6 +28,7 @@ class RequestState:
     error: RequestError | None = None  # the first failure of the request; it then takes no further part
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) per image, from headers
     deadline: float | None = None  # Unix time after which its client no longer waits (see deadline.py)
+    v2: V2Spec | None = None  # how to answer it in the Open Inference Protocol; None: in the REST API
 
     def fail(self, error: RequestError) -> None:
         """Answer ``error`` unless the request has already failed (its first failure is answered)."""
@@ -65,18 +68,22 @@ class Batch:
 
 
 def read_request(row: Mapping[str, Any], content_type: str | None, config: HandlerConfig,
-                 deadline_header: str | None = None) -> RequestState:
-    """Parse one request and read its images' sizes from their headers; raises a RequestError for a bad
-    one (a request past its deadline is not even parsed).
+                 deadline_header: str | None = None, v2: V2Message | None = None) -> RequestState:
+    """Parse one request (``v2``: the row recognised as an Open Inference Protocol request) and read its
+    images' sizes from their headers; raises a RequestError for a bad one (a request past its deadline
+    is not even parsed).
 
     No pixel is decoded here: the images stay compressed until their forward, so a batch costs
     memory for one forward at a time, not for every image it carries.
     """
     deadline = parse_deadline(deadline_header)
     check_deadline(deadline, "it was parsed")
-    parsed = parse_request(row, config.detection_defaults, content_type,
-                           max_images_per_request=config.max_images_per_request)
-    request = RequestState(parsed=parsed, deadline=deadline)
+    if v2 is None:
+        parsed, spec = parse_request(row, config.detection_defaults, content_type,
+                                     max_images_per_request=config.max_images_per_request), None
+    else:
+        parsed, spec = parse_v2(v2, config.detection_defaults, config.max_images_per_request)
+    request = RequestState(parsed=parsed, deadline=deadline, v2=spec)
     for n, data in enumerate(parsed.images):
         try:
             width, height = image_size(data, config.max_image_pixels)

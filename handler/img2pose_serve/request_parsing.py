@@ -37,7 +37,8 @@ from typing import Any, TypeVar
 
 from .errors import InvalidInput, UnsupportedMediaType
 
-__all__ = ["DetectionParams", "ParsedRequest", "parse_request"]
+__all__ = ["DetectionParams", "ParsedRequest", "b64_image", "check_image_count", "params_from_json", "parse_request",
+           "single_body"]
 
 T = TypeVar("T")
 
@@ -149,6 +150,12 @@ def _raw_body_key(row: Mapping[str, Any]) -> str | None:
     return None
 
 
+def single_body(row: Mapping[str, Any]) -> Any | None:
+    """The request's whole body, if the row is one (not a form); else None (as for a JSON null body)."""
+    key = _raw_body_key(row)
+    return None if key is None else row[key]
+
+
 def _load_json(body: Any) -> Any:
     """Parse a JSON body TorchServe left as bytes; anything else is already parsed."""
     if not isinstance(body, (bytes, bytearray, memoryview)):
@@ -187,14 +194,11 @@ def _parse_json(
     if unknown:
         raise InvalidInput(f"unknown JSON key(s) {', '.join(map(repr, unknown))}; "
                            f"allowed keys are {', '.join(JSON_KEYS)}")
-    params = DetectionParams(
-        score_threshold=_json_param(doc, SCORE_THRESHOLD, _score_threshold_from_json,
-                                    defaults.score_threshold),
-        max_faces=_json_param(doc, MAX_FACES, _max_faces_from_json, defaults.max_faces))
+    params = params_from_json(doc, defaults)
     if "image" in doc and "images" in doc:
         raise InvalidInput('send either "image" or "images", not both')
     if "image" in doc:
-        return ParsedRequest([_b64_image(doc["image"], "image")], params, answer_as_list=False)
+        return ParsedRequest([b64_image(doc["image"], "image")], params, answer_as_list=False)
     if "images" in doc:
         images = _b64_images(doc["images"], max_images)
         return ParsedRequest(images, params, answer_as_list=True, labels=[f"images[{n}]" for n in range(len(images))])
@@ -202,7 +206,15 @@ def _parse_json(
     )
 
 
-def _json_param(doc: dict[str, Any], name: str, parse: Callable[[Any], T], default: T) -> T:
+def params_from_json(doc: Mapping[str, Any], defaults: DetectionParams) -> DetectionParams:
+    """The detection parameters of a JSON object (its other keys are not looked at); null or absent:
+    the default. InvalidInput for a value that is not a JSON number in range."""
+    return DetectionParams(
+        score_threshold=_json_param(doc, SCORE_THRESHOLD, _score_threshold_from_json, defaults.score_threshold),
+        max_faces=_json_param(doc, MAX_FACES, _max_faces_from_json, defaults.max_faces))
+
+
+def _json_param(doc: Mapping[str, Any], name: str, parse: Callable[[Any], T], default: T) -> T:
     value = doc.get(name)
     return default if value is None else parse(value)
 
@@ -212,11 +224,12 @@ def _b64_images(value: Any, max_images: int) -> list[bytes]:
         raise InvalidInput(f"images must be a list of base64 strings, got {_describe(value)}")
     if not value:
         raise InvalidInput("images must hold at least one base64 image, got []")
-    _check_count(len(value), max_images)
-    return [_b64_image(item, f"images[{i}]") for i, item in enumerate(value)]
+    check_image_count(len(value), max_images)
+    return [b64_image(item, f"images[{i}]") for i, item in enumerate(value)]
 
 
-def _b64_image(value: Any, field: str) -> bytes:
+def b64_image(value: Any, field: str) -> bytes:
+    """The image of a base64 string (or base64 data URL); ``field`` names it in the InvalidInput."""
     if not isinstance(value, str):
         raise InvalidInput(f"{field} must be a base64-encoded image string, got {_describe(value)}")
     match = _DATA_URL.match(value)
@@ -244,7 +257,7 @@ def _parse_multipart(
     row: Mapping[str, Any], defaults: DetectionParams, max_images: int
 ) -> ParsedRequest:
     image_fields = [name for name in row if name not in PARAM_FIELDS]
-    _check_count(len(image_fields), max_images)
+    check_image_count(len(image_fields), max_images)
     images = [_file_field(name, row[name]) for name in image_fields]
     params = DetectionParams(
         score_threshold=_form_param(row, SCORE_THRESHOLD, _score_threshold_from_text,
@@ -285,7 +298,7 @@ def _form_param(
     return json_parse(value)
 
 
-def _check_count(count: int, max_images: int) -> None:
+def check_image_count(count: int, max_images: int) -> None:
     if count > max_images:
         raise InvalidInput(f"too many images in one request: {count}; the limit is {max_images}; "
                            "split them over several requests")
