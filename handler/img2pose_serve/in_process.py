@@ -154,7 +154,7 @@ class Img2Pose:
         for n, future in futures.items():
             try:
                 tensors[n] = future.result()
-            except (RequestError, MemoryError) as error:
+            except (RequestError, MemoryError, OSError) as error:
                 outcomes[n] = error
         if not tensors:
             return outcomes
@@ -175,7 +175,11 @@ class Img2Pose:
     def _pending(self, image: ImageInput) -> _PendingImage:
         max_pixels = self.served.config.max_image_pixels
         if isinstance(image, (str, os.PathLike)):
-            image = Path(image).read_bytes()
+            # Read for its size now and again for its pixels at its forward: a long list of paths then
+            # costs memory for one forward's files, not for all of them.
+            path = Path(image)
+            width, height = image_size(path.read_bytes(), max_pixels)
+            return _PendingImage(height, width, lambda: decode_tensor(path.read_bytes(), max_pixels))
         if isinstance(image, (bytes, bytearray, memoryview)):
             data = bytes(image)
             width, height = image_size(data, max_pixels)
