@@ -11,7 +11,7 @@ Per set: 1) every image in its own ``detect_faces`` call, 2) one ``detect_faces(
 libraries alternate, the order flipping every round, and the median of ``--rounds`` is printed with the
 throughput ratio (here / reference), beside the machine's CPU and flags. It also prints whether each
 library's list answers equal its single-call answers, and faces and the largest box difference between
-the libraries' single calls. ``--memory``: each library's ``ru_maxrss`` growth for one list call of each
+the libraries' single calls. ``--memory``: each library's peak RSS growth for one list call of each
 set, each in a fresh process. ``--json`` writes everything to a file.
 
 Measure on a quiet machine: ratios from one run are what to compare, as the load changes over time.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -35,6 +35,7 @@ import torch
 from img2pose_client.inputs import is_image_name
 from img2pose_serve import Img2Pose
 from img2pose_tools.machine_facts import machine_facts, machine_line
+from img2pose_tools.worker_memory import PeakRss
 
 LIBRARIES = ("reference", "here")
 CALLS = ("single calls", "one list call")
@@ -100,12 +101,15 @@ def timings(args: argparse.Namespace, sets: dict[str, list[str]]) -> dict:
 
 
 def memory(args: argparse.Namespace, library: str, paths: list[str]) -> dict:
-    """In this (fresh) process: ru_maxrss growth of one list call over the built detector."""
+    """In a fresh process: the peak RSS of one list call above the RSS of the built detector.
+
+    (Not ``ru_maxrss``: a child process inherits its parent's, this script's, peak across exec.)
+    """
     detector = build(library, args)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    detector.detect_faces(list(paths))
-    return {"growth_mib": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, 1),
+    with PeakRss(os.getpid()) as peak:
+        detector.detect_faces(list(paths))
+    return {"growth_mib": round((peak.peak_bytes - peak.start_bytes) / 2**20, 1),
             "seconds": round(time.perf_counter() - started, 2)}
 
 
@@ -133,7 +137,8 @@ def report(facts: dict, sets: dict[str, list[str]], measured: dict) -> str:
             lines.append(f"| {name} ({len(paths)}) | {call} | {cells[0]} | {cells[1]} | "
                          f"{median['reference'] / median['here']:.2f}x |")
     for name, memory_figures in measured.get("memory", {}).items():
-        lines.append(f"memory {name}: +{memory_figures['growth_mib']} MiB ru_maxrss in {memory_figures['seconds']} s")
+        lines.append(f"memory {name}: peak RSS +{memory_figures['growth_mib']} MiB over the built detector, "
+                     f"{memory_figures['seconds']} s")
     lines.append(json.dumps(measured["agreement"], indent=1))
     return "\n".join(lines)
 

@@ -282,19 +282,16 @@ def our_outputs(images: list[Path], checkpoint: Path) -> dict:
     """This project's FaceDicts for ``images``, keyed as ``reference_outputs`` keys them."""
     import torch
 
-    from img2pose_serve.detector import build_detector
-    from img2pose_serve.facedicts import to_face_dicts
-    from img2pose_serve.image_decoding import decode_tensor
+    from img2pose_serve import Img2Pose
     from img2pose_serve.reference_data import published_pose_stats
 
     torch.set_num_threads(TORCH_THREADS)
 
-    def run(detector, threshold: float) -> dict[str, list]:
-        return {p.name: to_face_dicts(detector.detect([decode_tensor(p.read_bytes(), 10**9)])[0], threshold, -1)
-                for p in images}
+    def run(detector: Img2Pose, threshold: float) -> dict[str, list]:
+        return {p.name: detector.detect_faces(p, score_threshold=threshold, max_faces=-1) for p in images}
 
-    identity = run(build_detector(checkpoint), 0.0)
-    alt = run(build_detector(checkpoint, *published_pose_stats()), DEFAULT_THRESHOLD)
+    identity = run(Img2Pose.from_checkpoint(checkpoint), 0.0)
+    alt = run(Img2Pose.from_checkpoint(checkpoint, *published_pose_stats()), DEFAULT_THRESHOLD)
     return {
         "sequential": {name: [f for f in faces if f["confidence"] >= DEFAULT_THRESHOLD]
                        for name, faces in identity.items()},
