@@ -221,7 +221,7 @@ def summary_text(summary: dict[str, Any]) -> str:
         lines.append(f"inference key: {summary['key_renewals']} renewed, {summary['key_rereads']} picked up "
                      "from the key file (the server rejected the one in use)")
     if summary["demo_weights"]:
-        lines.append("note: the server runs demo weights; its detections are meaningless")
+        lines.append("note: the model runs demo weights; its detections are meaningless")
     if summary["aborted"]:
         lines.append(f"ABORTED: {summary['aborted']}; images without an answer were not recorded, re-run to resume")
     return "\n".join(lines)
