@@ -110,7 +110,8 @@ class Img2PoseHandler(BaseHandler):
         try:
             return read_request(row, header(index, "Content-Type"), self.config, header(index, DEADLINE_HEADER), v2)
         except RequestError as error:
-            return RequestState(error=error, v2=None if v2 is None else open_inference.V2Spec())
+            spec = None if v2 is None else open_inference.V2Spec(request_id=open_inference.request_id(v2))
+            return RequestState(error=error, v2=spec)
 
     def _request_header(self, index: int, name: str) -> str | None:
         """A request header by case-insensitive name (a proxy that speaks HTTP/2 lowercases them)."""
@@ -212,7 +213,7 @@ class Img2PoseHandler(BaseHandler):
         if request.error is not None:
             self.context.set_response_status(request.error.status, request.error.message, index)
             if request.v2 is not None:
-                return open_inference.error_body(request.error)
+                return open_inference.error_body(request.error, self._model_id(), request.v2.request_id)
             return json.dumps(request.error.to_json())
         params = request.parsed.params
         faces = [to_face_dicts(prediction, params.score_threshold, params.max_faces) for prediction in predictions]
@@ -221,11 +222,15 @@ class Img2PoseHandler(BaseHandler):
         return json.dumps(faces if request.parsed.answer_as_list else faces[0])
 
     def _respond_v2(self, index: int, spec: open_inference.V2Spec, faces: list) -> bytes:
-        body, json_length = open_inference.response_body(spec, self.context.model_name, faces)
+        body, json_length = open_inference.response_body(spec, self._model_id(), faces)
         if json_length is not None:  # binary outputs follow the JSON part
             self.context.set_response_content_type(index, BINARY)
             self.context.set_response_header(index, open_inference.HEADER_LENGTH, str(json_length))
         return body
+
+    def _model_id(self) -> open_inference.ModelId:
+        version = ((self.context.manifest or {}).get("model") or {}).get("modelVersion") or ""
+        return open_inference.ModelId(self.context.model_name, version)
 
     # metrics ------------------------------------------------------------------------------------
 

@@ -17,7 +17,9 @@ override it:
   tests/poison_handler.py, for the worker-death tests).
 * ``server_settings``: overrides of config/config.properties' batch size, batch delay and workers
   (img2pose_tools.torchserve_launcher.ServerSettings): batchSize 8 (SESSION_BATCH_SIZE), so that
-  requests are aggregated into batches; everything else is what operators run.
+  requests are aggregated into batches, and ``ts_open_inference_protocol=true`` as
+  deploy/kserve/inferenceservice-v2.yaml runs it (TorchServe's /v2 health routes and Open Inference
+  gRPC service; tests/test_open_inference_server.py); everything else is what operators run.
 * ``torchserve_server``: the running server (img2pose_tools.torchserve_launcher.TorchServeServer);
   skipped when java or torchserve is not on PATH.
 """
@@ -137,7 +139,7 @@ def demo_detector(demo_model_dir):
 
 @pytest.fixture(scope="session")
 def server_settings() -> ServerSettings:
-    return ServerSettings(batch_size=SESSION_BATCH_SIZE)
+    return ServerSettings(batch_size=SESSION_BATCH_SIZE, properties={"ts_open_inference_protocol": "true"})
 
 
 @pytest.fixture(scope="session")

@@ -311,9 +311,9 @@ def test_v2_requests_join_the_batch_and_answer_the_facedicts_exactly(handler_and
     assert np.array_equal(np.float32(outputs["scores"]["data"]), np.float32([f["confidence"] for f in expected]))
     assert json.loads(bodies[2]) == _filtered(alone["rgb_640x480.jpg"])  # the REST request beside them
 
-    assert json.loads(bodies[3]) == {"error": "input 'image' must have datatype BYTES, got FP32"}
+    assert json.loads(bodies[3])["error"] == "input 'image' must have datatype BYTES, got FP32"
     # The truncated JPEG fails when its forward decodes it: its request alone, in v2.
-    assert list(json.loads(bodies[4])) == ["error"]
+    assert "faces" not in json.loads(bodies[4])
     assert json.loads(bodies[4])["error"].startswith("image[1]: the data (2000 bytes) could not be decoded")
     assert json.loads(bodies[5])["error"].startswith("the request's first 4 bytes (header "
                                                      "Inference-Header-Content-Length) are not valid JSON")

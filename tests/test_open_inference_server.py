@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import requests
 
+from img2pose_tools.serve_config import ARCHIVE_VERSION
 from img2pose_tools.served_metrics import ForwardBatchMeter
 from tests.golden_set import COMMITTED
 
@@ -164,13 +165,13 @@ def test_bad_v2_requests_fail_alone_with_the_v2_error_body(torchserve_server):
     assert errors["not an image"].status() == "400"
     assert errors["not an image"].message().startswith("image[0]: the data (12 bytes) could not be decoded as an image")
     response = errors["unknown output"].response
-    assert response.status_code == 400 and response.json() == {
-        "error": "unknown output 'landmarks'; the outputs are 'num_faces', 'boxes', 'scores', 'poses', 'keypoints', "
-                 "'faces'"}
+    assert response.status_code == 400 and response.json()["error"] == (
+        "unknown output 'landmarks'; the outputs are 'num_faces', 'boxes', 'scores', 'poses', 'keypoints', 'faces'")
     missing = errors["missing input"]
     assert missing.status_code == 400 and missing.headers["Content-Type"] == "application/json"
-    assert missing.json() == {"error": "unknown input(s) 'img'; the only input is input 'image' (BYTES, shape [B]: "
-                                       "one encoded image per element)"}
+    assert missing.json()["error"] == ("unknown input(s) 'img'; the only input is input 'image' (BYTES, shape [B]: "
+                                       "one encoded image per element)")
+    assert (missing.json()["model_name"], missing.json()["model_version"]) == ("img2pose", ARCHIVE_VERSION)
     assert errors["good"]["num_faces"].tolist() == [len(_rest(server, [B])[0])]
 
 
@@ -183,12 +184,61 @@ def _triton_bytes(server):
     return client.infer(server.model_name, [tensor], headers=_auth(server))
 
 
-def test_health_routes_are_off_unless_the_server_enables_them(torchserve_server):
-    """TorchServe 0.12 answers /v2/health/* only with ts_open_inference_protocol=true (docs/open-inference.md):
-    the project's config leaves it off, so tritonclient's readiness checks fail against it, not its infer."""
+def test_health_routes_with_the_switch_the_v2_manifest_sets(torchserve_server):
+    """With ts_open_inference_protocol=true (the session server, inferenceservice-v2.yaml) /v2/health/* answer
+    and tritonclient's server checks pass; the per-model routes are not TorchServe's (docs/open-inference.md;
+    without the switch all of them are 404, measured by hand)."""
     server = torchserve_server
-    for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{server.model_name}/ready"):
+    routes = {"/v2/health/live": 200, "/v2/health/ready": 200, f"/v2/models/{server.model_name}/ready": 404}
+    for path, status in routes.items():
         answer = requests.get(server.inference_url + path, headers=_auth(server), timeout=30)
-        assert answer.status_code == 404, path
+        assert answer.status_code == status, path
     client = tritonclient_http.InferenceServerClient(server.inference_url.removeprefix("http://"))
-    assert client.is_server_ready(headers=_auth(server)) is False
+    assert client.is_server_ready(headers=_auth(server)) is True
+    assert client.is_model_ready(server.model_name, headers=_auth(server)) is False
+
+
+def test_torchserves_open_inference_grpc_service_answers_without_killing_the_worker(torchserve_server, tmp_path):
+    """TorchServe's own service (not the one Triton's and KServe's gRPC clients call) reaches the handler with
+    the images base64 in JSON and drops the request's parameters and its status: outputs equal REST v2's,
+    and a bad request comes back OK with an ``error`` output. Before the handler named the model version in
+    every v2 answer, TorchServe failed on each answer (NullPointerException) and restarted the worker."""
+    grpc = pytest.importorskip("grpc")
+    from img2pose_tools.grpc_inference import OPEN_INFERENCE_PROTO, load_stubs
+
+    server = torchserve_server
+    pb2, pb2_grpc = load_stubs(tmp_path, OPEN_INFERENCE_PROTO)
+    pids = _worker_pids(server)
+    with grpc.insecure_channel(server.grpc_inference_target) as channel:
+        stub = pb2_grpc.GRPCInferenceServiceStub(channel)
+        metadata = [("authorization", f"Bearer {server.inference_key}")]
+
+        def infer(*images: bytes, request_id: str = ""):
+            tensor = pb2.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[len(images)],
+                                                            contents=pb2.InferTensorContents(bytes_contents=images))
+            return stub.ModelInfer(pb2.ModelInferRequest(model_name=server.model_name, id=request_id, inputs=[tensor]),
+                                   metadata=metadata, timeout=600)
+
+        good = infer(_bytes(A), _bytes(B), request_id="g1")
+        bad = infer(b"not an image", request_id="b1")
+    assert (good.id, good.model_version) == ("g1", "1.0")
+    outputs = {output.name: output for output in good.outputs}
+
+    def as_array(name: str):
+        output = outputs[name]
+        if output.datatype == "BYTES":  # TorchServe hands each element over as a JSON string
+            return [json.loads(item) for item in output.contents.bytes_contents]
+        values = output.contents.int_contents if output.datatype == "INT32" else output.contents.fp32_contents
+        return np.array(values, np.int32 if output.datatype == "INT32" else np.float32).reshape(list(output.shape))
+
+    rest = _rest(server, [A, B])
+    assert sum(map(len, rest)) > 0
+    _assert_equal_to_facedicts({name: as_array(name) for name in OUTPUTS}, rest)
+    [error] = bad.outputs
+    assert error.name == "error" and json.loads(error.contents.bytes_contents[0]).startswith(
+        "image[0]: the data (12 bytes) could not be decoded as an image")
+    assert _worker_pids(server) == pids, "a worker was restarted"
+
+
+def _worker_pids(server) -> list:
+    return sorted(worker["pid"] for worker in server.describe()[0]["workers"])

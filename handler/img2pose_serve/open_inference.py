@@ -45,7 +45,8 @@ from .request_parsing import (
     single_body,
 )
 
-__all__ = ["HEADER_LENGTH", "V2Message", "V2Spec", "error_body", "parse", "recognise", "response_body"]
+__all__ = ["HEADER_LENGTH", "ModelId", "V2Message", "V2Spec", "error_body", "parse", "recognise", "request_id",
+           "response_body"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT = "image"
@@ -66,6 +67,19 @@ class V2Message:
 
     body: Any  # its JSON object already parsed, or the raw body
     header_length: str | None = None  # the Inference-Header-Content-Length header, if sent
+
+
+@dataclass(frozen=True)
+class ModelId:
+    """Who answers: every v2 answer names the model and its version (TorchServe's Open Inference gRPC
+    service reads both, and the request's id, from each answer and fails without them)."""
+
+    name: str
+    version: str
+
+    def fields(self, request_id: str | None) -> dict[str, str]:
+        named = {"model_name": self.name, "model_version": self.version}
+        return named if request_id is None else {**named, "id": request_id}
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,13 @@ def recognise(row: Mapping[str, Any], header_length: str | None) -> V2Message | 
             return None
         if isinstance(doc, dict) and "inputs" in doc:
             return V2Message(doc)
+    return None
+
+
+def request_id(message: V2Message) -> str | None:
+    """The request's "id" when it can be read without parsing the request (a failed one still echoes it)."""
+    if isinstance(message.body, Mapping) and isinstance(message.body.get("id"), str):
+        return message.body["id"]
     return None
 
 
@@ -299,7 +320,7 @@ def output_tensors(faces: list[list[FaceDict]]) -> dict[str, np.ndarray]:
     return tensors
 
 
-def response_body(spec: V2Spec, model_name: str, faces: list[list[FaceDict]]) -> tuple[bytes, int | None]:
+def response_body(spec: V2Spec, model: ModelId, faces: list[list[FaceDict]]) -> tuple[bytes, int | None]:
     """The answer's body, and the length of its JSON part when binary outputs follow it (for the
     Inference-Header-Content-Length response header); None when the body is JSON only."""
     tensors = output_tensors(faces)
@@ -314,10 +335,7 @@ def response_body(spec: V2Spec, model_name: str, faces: list[list[FaceDict]]) ->
         else:
             entry["data"] = [item.decode() for item in tensor] if tensor.dtype == object else tensor.ravel().tolist()
         outputs.append(entry)
-    doc: dict[str, Any] = {"model_name": model_name, "outputs": outputs}
-    if spec.request_id is not None:
-        doc["id"] = spec.request_id
-    head = json.dumps(doc).encode()
+    head = json.dumps({**model.fields(spec.request_id), "outputs": outputs}).encode()
     return (head + b"".join(binary), len(head)) if binary else (head, None)
 
 
@@ -328,7 +346,13 @@ def _raw(tensor: np.ndarray) -> bytes:
     return np.ascontiguousarray(tensor, tensor.dtype.newbyteorder("<")).tobytes()
 
 
-def error_body(error: RequestError) -> str:
-    """The protocol's error body; an internal error names the id it was logged under."""
+def error_body(error: RequestError, model: ModelId, request_id: str | None = None) -> str:
+    """The protocol's error body ``{"error": ...}``; an internal error names the id it was logged under.
+
+    It also carries what TorchServe's Open Inference gRPC service reads from every answer (the model,
+    its version, the request's id, outputs): without them that service fails on the answer and restarts
+    the worker. As that service drops the status, the message is also an ``error`` output there.
+    """
     message = f"{error.message} (request id {error.request_id})" if isinstance(error, InternalError) else error.message
-    return json.dumps({"error": message})
+    error_output = {"name": "error", "datatype": "BYTES", "shape": [1], "data": [message]}
+    return json.dumps({"error": message, **model.fields(request_id), "outputs": [error_output]})

@@ -1,8 +1,9 @@
 """A client of TorchServe's gRPC inference API (``inference.proto``, service ``InferenceAPIsService``).
 
-TorchServe's pip package ships no Python stubs, but its frontend jar carries ``inference.proto``;
-:func:`load_stubs` compiles it with grpcio-tools into a directory and imports the result, so the
-stubs always match the installed TorchServe. Needs ``pip install grpcio grpcio-tools
+TorchServe's pip package ships no Python stubs, but its frontend jar carries its ``.proto`` files;
+:func:`load_stubs` compiles one with grpcio-tools into a directory and imports the result, so the
+stubs always match the installed TorchServe (``open_inference_grpc.proto`` too: TorchServe's own Open
+Inference gRPC service, see docs/open-inference.md). Needs ``pip install grpcio grpcio-tools
 googleapis-common-protos`` (the project's ``grpc`` extra).
 
 TorchServe 0.12 answers gRPC status OK whatever status the handler set for a request: a rejected
@@ -21,29 +22,31 @@ from types import ModuleType
 
 import ts
 
-PROTO = "proto/inference.proto"
+INFERENCE_PROTO = "inference.proto"
+OPEN_INFERENCE_PROTO = "open_inference_grpc.proto"  # served with ts_open_inference_protocol=true
 
 
 def frontend_jar() -> Path:
     return Path(ts.__file__).resolve().parent / "frontend" / "model-server.jar"
 
 
-def load_stubs(directory: Path) -> tuple[ModuleType, ModuleType]:
-    """(inference_pb2, inference_pb2_grpc) compiled from the installed TorchServe's inference.proto."""
+def load_stubs(directory: Path, proto: str = INFERENCE_PROTO) -> tuple[ModuleType, ModuleType]:
+    """(X_pb2, X_pb2_grpc) compiled from the installed TorchServe's ``proto/X.proto``."""
     import google.rpc.status_pb2
     from grpc_tools import protoc
 
     directory.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(frontend_jar()) as jar:
-        (directory / "inference.proto").write_bytes(jar.read(PROTO))
+        (directory / proto).write_bytes(jar.read(f"proto/{proto}"))
     googleapis = Path(google.rpc.status_pb2.__file__).resolve().parents[2]  # holds google/rpc/status.proto
     well_known = Path(protoc.__file__).resolve().parent / "_proto"  # google/protobuf/empty.proto
     status = protoc.main(["protoc", f"-I{directory}", f"-I{googleapis}", f"-I{well_known}",
-                          f"--python_out={directory}", f"--grpc_python_out={directory}", "inference.proto"])
+                          f"--python_out={directory}", f"--grpc_python_out={directory}", proto])
     if status != 0:
-        raise RuntimeError(f"protoc could not compile {PROTO} from {frontend_jar()} (exit {status})")
-    # The generated grpc module imports its sibling by the top-level name "inference_pb2".
-    return _load_module("inference_pb2", directory), _load_module("inference_pb2_grpc", directory)
+        raise RuntimeError(f"protoc could not compile proto/{proto} from {frontend_jar()} (exit {status})")
+    # The generated grpc module imports its sibling by its top-level name ("inference_pb2").
+    stem = proto.removesuffix(".proto")
+    return _load_module(f"{stem}_pb2", directory), _load_module(f"{stem}_pb2_grpc", directory)
 
 
 def _load_module(name: str, directory: Path) -> ModuleType:
