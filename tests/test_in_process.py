@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from img2pose_client import detect
@@ -81,6 +82,8 @@ def test_parameters_and_their_defaults(detector, alone, demo_archive):
         assert configured.detect_faces(RGB_JPEG) == [f for f in everything if f["confidence"] >= 0.2][:2]
     with pytest.raises(HandlerConfigError, match="unknown setting"):
         Img2Pose(demo_archive, score_treshold=0.2)
+    with pytest.warns(UserWarning), Img2Pose(demo_archive, device="auto") as auto:  # the reference's default
+        assert auto.served.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_a_bad_image_fails_alone_and_says_which(detector, alone, tmp_path):

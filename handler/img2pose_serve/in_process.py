@@ -66,9 +66,12 @@ class Img2Pose:
 
     def __init__(self, archive: str | os.PathLike = DEFAULT_ARCHIVE, *, device: str | torch.device = "cpu",
                  **settings: Any) -> None:
-        """``archive``: a ``.mar`` (or an unpacked one). ``settings``: handler settings that replace the
+        """``archive``: a ``.mar`` (or an unpacked one). ``device``: ``cpu``, ``cuda[:N]``, or ``auto`` (CUDA
+        when there is one, as the reference's default). ``settings``: handler settings that replace the
         archive's (``score_threshold``, ``max_faces``, ``precision``, ``torch_threads``, ... see
         ``HandlerConfig``); an unknown one or a bad value raises ``HandlerConfigError``."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         with archive_layout.unpacked_archive(archive) as directory:
             config = archive_layout.read_handler_config(directory)
             if settings:
