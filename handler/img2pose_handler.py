@@ -66,6 +66,8 @@ class Img2PoseHandler(BaseHandler):
             logger.critical("img2pose refuses to start: %s", error)
             raise
         self.config = config
+        version = ((context.manifest or {}).get("model") or {}).get("modelVersion") or ""
+        self.model_id = open_inference.ModelId(context.model_name, version)  # named in every v2 answer
         self.forward_clock = ForwardClock()
         self.decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="img2pose-decode")
         self.initialized = True
@@ -213,7 +215,7 @@ class Img2PoseHandler(BaseHandler):
         if request.error is not None:
             self.context.set_response_status(request.error.status, request.error.message, index)
             if request.v2 is not None:
-                return open_inference.error_body(request.error, self._model_id(), request.v2.request_id)
+                return open_inference.error_body(request.error, self.model_id, request.v2.request_id)
             return json.dumps(request.error.to_json())
         params = request.parsed.params
         faces = [to_face_dicts(prediction, params.score_threshold, params.max_faces) for prediction in predictions]
@@ -222,15 +224,11 @@ class Img2PoseHandler(BaseHandler):
         return json.dumps(faces if request.parsed.answer_as_list else faces[0])
 
     def _respond_v2(self, index: int, spec: open_inference.V2Spec, faces: list) -> bytes:
-        body, json_length = open_inference.response_body(spec, self._model_id(), faces)
+        body, json_length = open_inference.response_body(spec, self.model_id, faces)
         if json_length is not None:  # binary outputs follow the JSON part
             self.context.set_response_content_type(index, BINARY)
             self.context.set_response_header(index, open_inference.HEADER_LENGTH, str(json_length))
         return body
-
-    def _model_id(self) -> open_inference.ModelId:
-        version = ((self.context.manifest or {}).get("model") or {}).get("modelVersion") or ""
-        return open_inference.ModelId(self.context.model_name, version)
 
     # metrics ------------------------------------------------------------------------------------
 
