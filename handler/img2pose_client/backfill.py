@@ -283,9 +283,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.key_file = key_file_of(args, parser) if args.url is not None else None
     if args.archive is not None and not (args.archive.is_file() or args.archive.is_dir()):
         parser.error(f"--archive {args.archive}: no such file (build one with img2pose-build-mar)")
-    args.options = {name: value for name, value in
-                    (("score_threshold", args.score_threshold), ("max_faces", args.max_faces)) if value is not None}
+    args.options = detection_options(args)
     return args
+
+
+def detection_options(args: argparse.Namespace) -> dict[str, float | int]:
+    """The ``--score-threshold`` / ``--max-faces`` given, as request options (the others: the model's defaults)."""
+    return {name: value for name, value in (("score_threshold", args.score_threshold), ("max_faces", args.max_faces))
+            if value is not None}
 
 
 def key_file_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from img2pose_serve.in_process import DEFAULT_ARCHIVE, Img2Pose
 
-from .backfill import record_of
+from .backfill import detection_options, record_of
 from .inputs import iter_inputs
 from .local_detection import LOCAL_ERROR, detect_files, open_detector
 from .predict_client import Outcome
@@ -50,8 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "(its --checkpoint for the official weights)")
     elif not args.checkpoint.is_file():
         parser.error(f"--checkpoint {args.checkpoint}: no such file")
-    args.options = {name: value for name, value in
-                    (("score_threshold", args.score_threshold), ("max_faces", args.max_faces)) if value is not None}
+    args.options = detection_options(args)
     return args
 
 
