@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from img2pose_client.visualize import visualize
-from img2pose_serve.pose import KEYPOINT_INDICES, camera_matrix, project_keypoints, project_points
-from img2pose_serve.reference_data import points_68
+from img2pose_serve.nn.pose import KEYPOINT_INDICES, camera_matrix, project_keypoints, project_points
+from img2pose_serve.nn.reference_data import points_68
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "visualize_example.png"
 

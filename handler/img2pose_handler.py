@@ -7,18 +7,18 @@ records HandlerTime, answers describe requests, runs the profiler when asked). T
    a bad request, or one past its deadline, keeps its error and takes no further part. Images stay
    compressed.
 2. ``inference(batch) -> Batch``: the good images go through FasterDoFRCNN in forwards planned so that
-   every image gets exactly the result it would get alone (see ``img2pose_serve.forward_plan``); each
+   every image gets exactly the result it would get alone (see ``img2pose_serve.runtime.forward_plan``); each
    forward's images are decoded just before it runs and released right after, so memory follows one
    forward. A request whose deadline has passed when its forward is due, or is nearer than the forward
    would take, is dropped then (504). An image that fails to decode or run fails its request alone.
 3. ``postprocess(batch) -> list[str | bytes]``: predictions become FaceDicts per request; failed requests
    get their own status code and a JSON error body, the others answer 200.
 
-A request in the Open Inference Protocol (KServe v2, Triton: ``img2pose_serve.open_inference``) takes
+A request in the Open Inference Protocol (KServe v2, Triton: ``img2pose_serve.protocol.open_inference``) takes
 the same path: preprocess recognises it before parsing it (so that its errors are answered in v2 too),
 its images join the batch like any other, and postprocess answers it in v2.
 
-Errors are raised as the types of ``img2pose_serve.errors`` and caught where a failure must stay with
+Errors are raised as the types of ``img2pose_serve.protocol.errors`` and caught where a failure must stay with
 its request: once per request in preprocess, once per image when it is decoded or run.
 """
 
@@ -34,15 +34,23 @@ import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from img2pose_serve import archive_layout, open_inference
-from img2pose_serve.deadline import DEADLINE_HEADER, ForwardClock
-from img2pose_serve.errors import RequestError, internal_error
-from img2pose_serve.facedicts import to_face_dicts
-from img2pose_serve.handler_batch import Batch, RequestState, decode_batch_image, expire_late_requests, read_request
-from img2pose_serve.handler_config import HandlerConfig
-from img2pose_serve.precision import Bf16Unavailable, device_capabilities
-from img2pose_serve.response_headers import DEMO_HEADER, PRECISION_HEADER
-from img2pose_serve.served_model import ServedModel
+from img2pose_serve.protocol import open_inference
+from img2pose_serve.protocol.deadline import DEADLINE_HEADER, ForwardClock
+from img2pose_serve.protocol.errors import RequestError, internal_error
+from img2pose_serve.protocol.facedicts import to_face_dicts
+from img2pose_serve.protocol.response_headers import DEMO_HEADER, PRECISION_HEADER
+from img2pose_serve.runtime import archive_layout, image_decoding
+from img2pose_serve.runtime.group_forward import run_group
+from img2pose_serve.runtime.handler_batch import (
+    Batch,
+    RequestState,
+    decode_batch_image,
+    expire_late_requests,
+    read_request,
+)
+from img2pose_serve.runtime.handler_config import HandlerConfig
+from img2pose_serve.runtime.precision_choice import Bf16Unavailable, device_capabilities
+from img2pose_serve.runtime.served_model import ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +65,10 @@ class Img2PoseHandler(BaseHandler):
         properties = context.system_properties
         config = HandlerConfig.from_mapping((context.model_yaml_config or {}).get("handler"))
         device = self._select_device(properties.get("gpu_id"))
+        # The worker process is ours: its thread count and Pillow's bomb guard are set here, never at import.
+        if config.torch_threads > 0:
+            torch.set_num_threads(config.torch_threads)
+        image_decoding.leave_bomb_checks_to_img2pose()
         try:
             self.served = ServedModel.load(Path(properties["model_dir"]), config, device)
         except Bf16Unavailable as error:
@@ -68,6 +80,7 @@ class Img2PoseHandler(BaseHandler):
         self.config = config
         version = ((context.manifest or {}).get("model") or {}).get("modelVersion") or ""
         self.model_id = open_inference.ModelId(context.model_name, version)  # named in every v2 answer
+        self.model, self.device = self.served.model, device  # what BaseHandler's tooling and subclasses expect
         self.forward_clock = ForwardClock()
         self.decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="img2pose-decode")
         self.initialized = True
@@ -142,57 +155,20 @@ class Img2PoseHandler(BaseHandler):
             error = internal_error(self.context.get_request_id(batch.images[image].request), error, logger)
         batch.request_of(image).fail(error)
 
-    def _decode(self, group: list[int], batch: Batch) -> dict[int, torch.Tensor]:
-        """The group's input tensors; an image that cannot be decoded fails its request."""
-        started = time.perf_counter()
-        max_pixels = self.config.max_image_pixels
-        pending = {i: self.decode_pool.submit(decode_batch_image, batch.images[i], batch.request_of(i), max_pixels)
-                   for i in group}
-        tensors = {}
-        for i, future in pending.items():
-            try:
-                tensor = future.result()
-            except Exception as error:  # noqa: BLE001 - the image's failure is answered to its request alone
-                if batch.is_live(i):
-                    self._fail(batch, i, error)
-                continue
-            if batch.is_live(i):
-                tensors[i] = tensor
-        self._record_time("Img2PoseDecodeMs", started)
-        return tensors
-
     def _forward(self, group: list[int], batch: Batch) -> None:
-        """Decode ``group`` and run it as one forward; if that fails (e.g. out of memory), retry in halves.
+        """Decode ``group`` and run it as one forward (``group_forward.run_group``: retried smaller on
+        failure); an image that fails fails its request alone."""
+        max_pixels = self.config.max_image_pixels
+        outcomes = run_group(
+            self.served, group, lambda i: decode_batch_image(batch.images[i], batch.request_of(i), max_pixels),
+            self.decode_pool, is_live=batch.is_live, on_error=lambda i, error: self._fail(batch, i, error),
+            on_decoded=lambda seconds: self._record_ms("Img2PoseDecodeMs", seconds), on_forward=self._forwarded)
+        batch.predictions.update({i: outcome for i, outcome in outcomes.items() if not isinstance(outcome, Exception)})
 
-        Tensors are made afresh for every attempt (the model normalises its input in place) and
-        dropped when the forward returns.
-        """
-        tensors = self._decode(group, batch)
-        if not tensors:
-            return
-        started = time.perf_counter()
-        try:
-            predictions = self.served.forward(list(tensors.values()))
-        except Exception as error:  # noqa: BLE001 - any failure is retried smaller, then answered per image
-            del tensors
-            if self.served.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if len(group) == 1:
-                image = batch.images[group[0]]
-                logger.exception("forward failed for one image (%dx%d)", image.width, image.height)
-                self._fail(batch, group[0], error)
-                return
-            logger.warning("forward of %d images failed (%s); retrying in halves", len(group), error)
-            half = len(group) // 2
-            for part in (group[:half], group[half:]):
-                live = [i for i in part if batch.is_live(i)]
-                if live:
-                    self._forward(live, batch)
-            return
-        self.forward_clock.record(time.perf_counter() - started, len(tensors))
-        self._record_time(FORWARD_METRIC[self.served.precision.effective], started)
-        self._record("Img2PoseForwardBatchSize", len(tensors), "count")
-        batch.predictions.update(zip(tensors, predictions))
+    def _forwarded(self, images: int, seconds: float) -> None:
+        self.forward_clock.record(seconds, images)
+        self._record_ms(FORWARD_METRIC[self.served.precision.effective], seconds)
+        self._record("Img2PoseForwardBatchSize", images, "count")
 
     # 3. postprocess -----------------------------------------------------------------------------
 
@@ -235,5 +211,8 @@ class Img2PoseHandler(BaseHandler):
     def _record(self, name: str, value: float, unit: str) -> None:
         self.context.metrics.add_metric(name, value, unit, metric_type=MetricTypes.HISTOGRAM)
 
+    def _record_ms(self, name: str, seconds: float) -> None:
+        self._record(name, round(seconds * 1000, 2), "ms")
+
     def _record_time(self, name: str, started: float) -> None:
-        self._record(name, round((time.perf_counter() - started) * 1000, 2), "ms")
+        self._record_ms(name, time.perf_counter() - started)

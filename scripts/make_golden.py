@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from img2pose_serve.archive_layout import sha256_of
+from img2pose_serve.runtime.archive_layout import sha256_of
 from img2pose_tools.demo_checkpoint import state_dict_sha256
+from img2pose_tools.exact_parity import exact_differences
 from img2pose_tools.torchserve_launcher import REPO
 
 DEFAULT_OUT = REPO / "tests" / "golden"
@@ -219,7 +220,7 @@ def reference_outputs(checkout: Path, commit: str, images: list[Path], checkpoin
     """Run the reference library on every image: the golden JSON document."""
     import torch
 
-    from img2pose_serve.reference_data import published_pose_stats
+    from img2pose_serve.nn.reference_data import published_pose_stats
 
     img2pose = _import_reference(checkout)
     torch.set_num_threads(TORCH_THREADS)
@@ -269,7 +270,7 @@ def reference_outputs(checkout: Path, commit: str, images: list[Path], checkpoin
             "how": "Img2Pose(model_path=CHECKPOINT, ...) as above, then on "
                    "detector._model.fpn_model.module.roi_heads: pose_mean = torch.tensor(pose_mean, "
                    "dtype=torch.float32), pose_stddev = torch.tensor(pose_stddev, dtype=torch.float32)",
-            "source": "handler/img2pose_serve/data/pose_stats_approx.json (published 4-decimal official stats)",
+            "source": "handler/img2pose_serve/nn/data/pose_stats_approx.json (published 4-decimal official stats)",
             "pose_mean": mean.tolist(),
             "pose_stddev": stddev.tolist(),
             "threshold": DEFAULT_THRESHOLD,
@@ -283,7 +284,7 @@ def our_outputs(images: list[Path], checkpoint: Path) -> dict:
     import torch
 
     from img2pose_serve import Img2Pose
-    from img2pose_serve.reference_data import published_pose_stats
+    from img2pose_serve.nn.reference_data import published_pose_stats
 
     torch.set_num_threads(TORCH_THREADS)
 
@@ -298,31 +299,6 @@ def our_outputs(images: list[Path], checkpoint: Path) -> dict:
         "sequential_threshold0": identity,
         "alt_pose_stats": {"sequential": alt},
     }
-
-
-def exact_differences(reference: dict, ours: dict) -> list[str]:
-    """Where ``ours`` is not bit for bit ``reference`` (both uncompacted): box, confidence and pose
-    as float32, keypoints as float64, face by face in order."""
-    def face_values(face: dict) -> tuple:
-        return (np.float32(face["box"]).tobytes(), np.float32(face["confidence"]).tobytes(),
-                np.float32(face["pose"]).tobytes(),
-                {name: np.float64(point).tobytes() for name, point in face["keypoints"].items()})
-
-    problems = []
-    for key, theirs_by_image, ours_by_image in (
-            ("sequential", reference["sequential"], ours["sequential"]),
-            ("sequential_threshold0", reference["sequential_threshold0"], ours["sequential_threshold0"]),
-            ("alt_pose_stats", reference["alt_pose_stats"]["sequential"], ours["alt_pose_stats"]["sequential"])):
-        for name, theirs in theirs_by_image.items():
-            mine = ours_by_image.get(name, [])
-            if len(mine) != len(theirs):
-                problems.append(f"{key} {name}: {len(mine)} faces, the reference {len(theirs)}")
-                continue
-            differing = [k for k, (a, b) in enumerate(zip(mine, theirs)) if face_values(a) != face_values(b)]
-            if differing:
-                problems.append(f"{key} {name}: {len(differing)} of {len(theirs)} faces differ, first #{differing[0]}: "
-                                f"{mine[differing[0]]} vs {theirs[differing[0]]}")
-    return problems
 
 
 def _compact_face(face: dict) -> dict:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from img2pose_serve.detector import build_detector
-from img2pose_serve.handler_config import HandlerConfig
+from img2pose_serve.nn.faster_dof_rcnn import build_detector
+from img2pose_serve.runtime.handler_config import HandlerConfig
 from img2pose_tools.demo_checkpoint import build_demo_state_dict
 from img2pose_tools.synthetic_images import photo_like_tensors
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from img2pose_serve.deadline import DEADLINE_HEADER
+from img2pose_serve.protocol.deadline import DEADLINE_HEADER
 from img2pose_tools import request_driver
 from img2pose_tools.machine_facts import machine_facts, machine_line
 from img2pose_tools.synthetic_images import photo_like_jpeg

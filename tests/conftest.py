@@ -14,7 +14,7 @@ override it:
   exactly what README's serve command builds) and ``img2pose_trusted`` (the code-running checkpoint,
   built with ``trust_checkpoint``; its marker is removed after the build, so a worker that unpickled
   the file again would re-create it), and ``img2pose_poison`` (the demo weights behind
-  tests/poison_handler.py, for the worker-death tests).
+  tests/support/poison_handler.py, for the worker-death tests).
 * ``server_settings``: overrides of config/config.properties' batch size, batch delay and workers
   (img2pose_tools.torchserve_launcher.ServerSettings): batchSize 8 (SESSION_BATCH_SIZE), so that
   requests are aggregated into batches, and ``ts_open_inference_protocol=true`` as
@@ -37,15 +37,15 @@ import numpy as np
 import pytest
 import torch
 
-from img2pose_serve import reference_data
-from img2pose_serve.handler_config import TORCH_THREADS_ENV
+from img2pose_serve.nn import reference_data
+from img2pose_serve.runtime.handler_config import TORCH_THREADS_ENV
 from img2pose_tools.torchserve_launcher import REPO, ServerSettings, start_torchserve, stop_torchserve
-from tests.served_models import DEMO_MODEL, POISON_MODEL, PRIMARY_MODEL, SESSION_BATCH_SIZE, TRUSTED_MODEL
+from tests.support.served_models import DEMO_MODEL, POISON_MODEL, PRIMARY_MODEL, SESSION_BATCH_SIZE, TRUSTED_MODEL
 
 pytest_plugins = [
-    "tests.backfill_support",  # the photo library the backfill tests share
-    "tests.golden_set",  # our detections of the golden images, shared by test_golden and test_handler
-    "tests.token_stand_in",  # a server with TorchServe's token rules: the backfill's and wait_ready's tests
+    "tests.support.photo_library",  # the photo library the backfill tests share
+    "tests.support.golden_set",  # our detections of the golden images, shared by test_golden and test_handler
+    "tests.support.token_stand_in",  # a server with TorchServe's token rules: the backfill's and wait_ready's tests
 ]
 
 SHARED = REPO.parent / "shared" / "img2pose"
@@ -112,7 +112,7 @@ def served_archives(tmp_path_factory, code_running_checkpoint, identity_pose_sta
         TRUSTED_MODEL: build_archive(checkpoint, *identity_pose_stats, export_path=store, model_name=TRUSTED_MODEL,
                                      trust_checkpoint=True, quiet=True),
         POISON_MODEL: build_archive(None, export_path=store, model_name=POISON_MODEL, quiet=True,
-                                    handler=Path(__file__).with_name("poison_handler.py")),
+                                    handler=Path(__file__).parent / "support" / "poison_handler.py"),
     }
     assert marker.exists(), "the trusted build should have unpickled the checkpoint (and run its code)"
     marker.unlink()
@@ -129,12 +129,17 @@ def demo_model_dir(tmp_path_factory, served_archives) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_detector(demo_model_dir):
-    """The detector the demo archive serves, in this process (CPU, the handler's images per pass)."""
-    from img2pose_serve import archive_layout
+def demo_served(demo_model_dir):
+    """The demo archive's model as its worker loads it (``ServedModel.load``), in this process, on CPU."""
+    from img2pose_serve.runtime.served_model import ServedModel
 
-    model, _ = archive_layout.load_detector(demo_model_dir, images_per_pass=1)
-    return model
+    return ServedModel.load(demo_model_dir)
+
+
+@pytest.fixture(scope="session")
+def demo_detector(demo_served):
+    """The network the demo archive serves (FasterDoFRCNN, the worker's images per pass)."""
+    return demo_served.model
 
 
 @pytest.fixture(scope="session")
@@ -153,7 +158,7 @@ def torchserve_server(tmp_path_factory, served_archives, server_settings):
         raise ValueError(f"served_archives must share one model store, got {sorted(map(str, stores))}")
     # The worker computes with the thread count of the in-process detections its answers are compared
     # with exactly (the low bits of a float sum depend on how it is split between threads).
-    from tests.golden_set import TORCH_THREADS  # a plugin module: imported once pytest registered it
+    from tests.support.golden_set import TORCH_THREADS  # a plugin module: imported once pytest registered it
 
     saved = os.environ.get(TORCH_THREADS_ENV)
     os.environ[TORCH_THREADS_ENV] = str(TORCH_THREADS)

@@ -15,9 +15,9 @@ import pytest
 from img2pose_client import backfill as backfill_module
 from img2pose_client.backfill import exit_status, main
 from img2pose_tools.torchserve_launcher import REPO
-from tests.backfill_support import backfill, image_bytes, lines
-from tests.served_models import DEMO_MODEL
-from tests.stand_in_http import JsonHandler, start, stop
+from tests.support.photo_library import backfill, image_bytes, lines
+from tests.support.served_models import DEMO_MODEL
+from tests.support.stand_in_http import JsonHandler, start, stop
 
 FACE = {"box": [1.0, 2.0, 30.0, 40.0], "confidence": 0.9, "pose": [0, 0, 0, 0, 0, 5.0],
         "keypoints": {"nose": [10.0, 20.0]}}

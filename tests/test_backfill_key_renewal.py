@@ -21,9 +21,9 @@ from img2pose_client.key_file import read_keys, renew_key
 from img2pose_client.predict_client import MAX_KEY_RECOVERIES
 from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import ServerSettings, start_torchserve, stop_torchserve
-from tests.backfill_support import image_bytes, lines
-from tests.served_models import DEMO_MODEL
-from tests.token_stand_in import digest
+from tests.support.photo_library import image_bytes, lines
+from tests.support.served_models import DEMO_MODEL
+from tests.support.token_stand_in import digest
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import pytest
 from img2pose_client.backfill import parse_args, run
 from img2pose_client.inputs import Shard, shard_of
 from img2pose_tools.torchserve_launcher import REPO
-from tests.backfill_support import lines
-from tests.served_models import DEMO_MODEL
+from tests.support.photo_library import lines
+from tests.support.served_models import DEMO_MODEL
 
 SHARDS = 3
 

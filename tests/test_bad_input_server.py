@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from img2pose_serve.errors import RequestError
-from img2pose_serve.handler_batch import batch_images, decode_batch_image, read_request
-from img2pose_serve.handler_config import HandlerConfig
+from img2pose_serve.protocol.errors import RequestError
+from img2pose_serve.runtime.handler_batch import batch_images, decode_batch_image, read_request
+from img2pose_serve.runtime.handler_config import HandlerConfig
 from img2pose_tools.bad_inputs import CASES, BadCase
 from img2pose_tools.synthetic_images import photo_like_pil
 from img2pose_tools.wait_ready import worker_pid

@@ -9,8 +9,8 @@ import json
 import pytest
 from PIL import Image
 
-from scripts import benchmark
-from tests.served_models import DEMO_MODEL
+from img2pose_tools import benchmark
+from tests.support.served_models import DEMO_MODEL
 
 
 def test_image_sets_are_deterministic_jpegs_of_the_promised_sizes():

@@ -17,8 +17,9 @@ import pytest
 import torch
 import yaml
 
-from img2pose_serve import archive_layout, reference_data
-from img2pose_serve.handler_config import HandlerConfig
+from img2pose_serve.nn import reference_data
+from img2pose_serve.runtime import archive_layout
+from img2pose_serve.runtime.handler_config import HandlerConfig
 from img2pose_tools.build_mar import (
     FRONTEND_KEYS,
     SOURCE_DEMO,
@@ -30,7 +31,7 @@ from img2pose_tools.build_mar import (
     staged_archive,
 )
 from img2pose_tools.demo_checkpoint import build_demo_state_dict, state_dict_manifest, write_demo_checkpoint
-from tests.served_models import PRIMARY_MODEL
+from tests.support.served_models import PRIMARY_MODEL
 
 DTYPES = {"float32": torch.float32, "int64": torch.int64}
 
@@ -87,7 +88,7 @@ def test_demo_state_dict_conditioning(demo_state):
 
 
 def test_demo_checkpoint_loads_strictly(tmp_path):
-    from img2pose_serve.checkpoint import read_checkpoint
+    from img2pose_serve.nn.checkpoint import read_checkpoint
 
     path = write_demo_checkpoint(tmp_path / "demo.pth", seed=3)
     state = read_checkpoint(path)
@@ -262,7 +263,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_its_code_never_runs(cod
 
 
 def test_trusted_checkpoint_ships_its_tensors_only(served_archives, code_running_checkpoint, demo_state, tmp_path):
-    from tests.served_models import TRUSTED_MODEL
+    from tests.support.served_models import TRUSTED_MODEL
 
     checkpoint, marker = code_running_checkpoint
     with zipfile.ZipFile(served_archives[TRUSTED_MODEL]) as archive:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from img2pose_serve import reference_data
-from img2pose_serve.checkpoint import CheckpointError, canonical_state_dict, load_into, read_checkpoint
-from img2pose_serve.model import FasterDoFRCNN
-from img2pose_serve.pose import PoseDecoder
+from img2pose_serve.nn import reference_data
+from img2pose_serve.nn.checkpoint import CheckpointError, canonical_state_dict, load_into, read_checkpoint
+from img2pose_serve.nn.faster_dof_rcnn import FasterDoFRCNN
+from img2pose_serve.nn.pose import PoseDecoder
 from img2pose_tools.demo_checkpoint import state_dict_manifest
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from scripts import compare_precision
+from img2pose_tools import compare_precision
 
 
 def _face(box, confidence=0.9, pose=(0.1, 0.2, 0.3, 1.0, 2.0, 10.0), shift=0.0):

@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
-from scripts import compare_reference
-from tests.backfill_support import image_bytes
+from img2pose_tools import compare_reference
+from tests.support.photo_library import image_bytes
 
 STAND_IN = textwrap.dedent('''
     """The reference's constructor and call, answered by this project's Img2Pose, shifted by one pixel."""

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.deploy_support import BACKFILL_JOB, DOCKERFILE, INFERENCE_SERVICE, INFERENCE_SERVICE_V2, render_overlay
+from tests.support.deploy_files import BACKFILL_JOB, DOCKERFILE, INFERENCE_SERVICE, INFERENCE_SERVICE_V2, render_overlay
 
 # Findings accepted on purpose, with the reason.
 ACCEPTED = {

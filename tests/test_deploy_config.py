@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from tests.deploy_support import CLUSTER_CONFIG, GPU_CONFIG, IMAGE_HOME, LOCAL_CONFIG, models_block, read_properties
+from tests.support.deploy_files import (
+    CLUSTER_CONFIG,
+    GPU_CONFIG,
+    IMAGE_HOME,
+    LOCAL_CONFIG,
+    models_block,
+    read_properties,
+)
 
 # Every other key must be present in both files with the same value.
 INTENDED_DIFFERENCES = {

@@ -26,9 +26,7 @@ import pytest
 import requests
 
 from img2pose_tools.torchserve_launcher import REPO, free_port
-from tests.backfill_support import image_bytes
-from tests.conftest import PRIMARY_MODEL
-from tests.deploy_support import (
+from tests.support.deploy_files import (
     CLUSTER_CONFIG,
     IMAGE_HOME,
     METRICS_CONFIG,
@@ -38,6 +36,8 @@ from tests.deploy_support import (
     main_container,
     read_properties,
 )
+from tests.support.photo_library import image_bytes
+from tests.support.served_models import PRIMARY_MODEL
 
 pytestmark = pytest.mark.server
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from img2pose_tools import drain
-from tests.stand_in_http import JsonHandler, serving
+from tests.support.stand_in_http import JsonHandler, serving
 
 
 @pytest.fixture

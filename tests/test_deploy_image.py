@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
 from img2pose_tools.torchserve_launcher import REPO
-from tests.deploy_support import (
+from tests.support.deploy_files import (
     CLUSTER_CONFIG,
     DOCKERIGNORE,
     IMAGE_HOME,
@@ -76,7 +76,7 @@ def test_the_command_runs_torchserve_in_the_foreground_under_tini_with_the_clust
 
 def test_the_docker_healthcheck_is_the_readiness_probe():
     """`docker run` users get the same "worker READY" health as the pods' readiness probe."""
-    from tests.deploy_support import base_deployment, main_container
+    from tests.support.deploy_files import base_deployment, main_container
 
     [healthcheck] = [e["value"] for e in dockerfile().structure if e["instruction"] == "HEALTHCHECK"]
     command = json.loads(healthcheck.split(" CMD ", 1)[1])

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from img2pose_tools.torchserve_launcher import REPO
-from tests.deploy_support import (
+from tests.support.deploy_files import (
     BACKFILL_JOB,
     CLUSTER_CONFIG,
     DEPLOY,

@@ -1,5 +1,5 @@
-from img2pose_serve.forward_plan import plan_forwards
-from img2pose_serve.model import padded_canvas_shape, resized_shape
+from img2pose_serve.nn.faster_dof_rcnn import padded_canvas_shape, resized_shape
+from img2pose_serve.runtime.forward_plan import plan_forwards
 
 
 def test_resized_shapes_match_torchvision_measurements():

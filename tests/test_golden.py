@@ -11,7 +11,7 @@ import hashlib
 
 import pytest
 
-from tests.golden_set import COMMITTED, DEFAULT_THRESHOLD, SHARED, compare_faces
+from tests.support.golden_set import COMMITTED, DEFAULT_THRESHOLD, SHARED, compare_faces
 
 GOLDEN_SETS = [COMMITTED, SHARED]
 PRESENT = [COMMITTED, *([SHARED] if SHARED.present else [])]  # the committed set must never go missing

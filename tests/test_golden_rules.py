@@ -1,4 +1,4 @@
-"""The golden comparison rules (tests/golden_set.py) on the committed reference outputs, no model run.
+"""The golden comparison rules (tests/support/golden_set.py) on the committed reference outputs, no model run.
 
 What another CPU's last bits do must pass (tolerances measured under AVX2 kernels, see golden_set);
 every perturbation a regression would cause must fail. Image 05 (1500x1000, resized to 960x640: one
@@ -11,7 +11,7 @@ import copy
 
 import pytest
 
-from tests.golden_set import COMMITTED, SCORE_FLOOR, Camera, compare_faces
+from tests.support.golden_set import COMMITTED, SCORE_FLOOR, Camera, compare_faces
 
 IMAGE = "05_rgb_1500x1000.png"
 SIZE = COMMITTED.image_size(IMAGE)
@@ -187,7 +187,7 @@ def test_exact_parity_check_reports_one_ulp():
     """make_golden --check-exact: bit for bit, so one float32 ulp or one lost face is a difference."""
     import numpy as np
 
-    from scripts.make_golden import exact_differences
+    from img2pose_tools.exact_parity import exact_differences
 
     reference = COMMITTED.reference
     ours = copy.deepcopy({key: reference[key] for key in ("sequential", "sequential_threshold0", "alt_pose_stats")})

@@ -13,12 +13,11 @@ import pytest
 from PIL import Image
 
 from img2pose_handler import DEMO_HEADER, PRECISION_HEADER, Img2PoseHandler
-from img2pose_serve.deadline import DEADLINE_HEADER, ForwardClock
-from img2pose_serve.facedicts import to_face_dicts
-from img2pose_serve.image_decoding import decode_tensor
+from img2pose_serve.protocol.deadline import DEADLINE_HEADER, ForwardClock
 from img2pose_tools.synthetic_images import photo_like_pil
-from tests.fake_context import make_context, set_requests
-from tests.golden_set import COMMITTED, compare_faces
+from tests.support.alone import faces_alone
+from tests.support.golden_set import COMMITTED, compare_faces
+from tests.support.torchserve_context import make_context, set_requests
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
@@ -47,12 +46,12 @@ def handler_and_context(demo_model_dir):
 
 
 @pytest.fixture(scope="module")
-def alone(demo_detector, detections):
+def alone(demo_served, detections):
     """Each test image run on its own, at threshold 0 (FaceDicts); the golden images' come from the
     session's golden detections (the same weights and statistics: test_golden checks them)."""
     faces = {name: detections.identity_stats(COMMITTED, golden) for name, golden in GOLDEN_NAMES.items()}
     data = IMAGES["rgb_638x479.jpg"]
-    faces["rgb_638x479.jpg"] = to_face_dicts(demo_detector.detect([decode_tensor(data, 10**8)])[0], 0.0, -1)
+    faces["rgb_638x479.jpg"] = faces_alone(demo_served, data)
     return faces
 
 

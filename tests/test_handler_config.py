@@ -1,7 +1,7 @@
 import pytest
 
-from img2pose_serve.handler_config import TORCH_THREADS_ENV, HandlerConfig, HandlerConfigError
-from img2pose_serve.request_parsing import DetectionParams
+from img2pose_serve.protocol.request_parsing import DetectionParams
+from img2pose_serve.runtime.handler_config import TORCH_THREADS_ENV, HandlerConfig, HandlerConfigError
 
 
 def test_defaults_and_overrides_from_the_yaml_section():

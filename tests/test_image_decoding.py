@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import zlib
 from io import BytesIO
 
@@ -9,9 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from img2pose_serve import image_decoding
-from img2pose_serve.errors import InvalidInput, PayloadTooLarge, RequestError
-from img2pose_serve.image_decoding import decode_image, decode_tensor, image_size, image_to_tensor
+from img2pose_serve.protocol.errors import InvalidInput, PayloadTooLarge, RequestError
+from img2pose_serve.runtime import image_decoding
+from img2pose_serve.runtime.image_decoding import (
+    decode_image,
+    decode_tensor,
+    image_size,
+    image_to_tensor,
+    leave_bomb_checks_to_img2pose,
+)
 
 LIMIT = 10_000_000
 
@@ -210,9 +218,13 @@ def test_empty_data_is_400() -> None:
     assert (error.status, error.message) == (400, "the image is empty (0 bytes)")
 
 
-def test_bomb_header_is_413_before_decoding() -> None:
+PILLOWS_DEFAULT_GUARD = 89_478_485
+
+
+@pytest.mark.parametrize("pillow_guard", [PILLOWS_DEFAULT_GUARD, None], ids=["in-process", "worker"])
+def test_bomb_header_is_413_before_decoding(pillow_guard, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillow_guard)
     data = png_with_declared_size(100_000, 100_000)
-    assert Image.open(BytesIO(data)).size == (100_000, 100_000)
     error = decode_error(data, max_pixels=LIMIT)
     assert error.status == 413
     assert error.message == (
@@ -227,14 +239,25 @@ def test_limit_is_inclusive() -> None:
     assert decode_error(data, max_pixels=49).status == 413
 
 
-def test_pil_global_guard_is_replaced_by_ours() -> None:
+def test_importing_the_package_leaves_pillows_guard_to_its_owner() -> None:
+    probe = ("from PIL import Image; Image.MAX_IMAGE_PIXELS = 12345; "
+             "import img2pose_handler, img2pose_serve, img2pose_client.backfill, img2pose_tools.build_mar; "
+             "from img2pose_serve import Img2Pose; print(Image.MAX_IMAGE_PIXELS)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["12345"]
+
+
+def test_the_worker_switches_pillows_guard_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", PILLOWS_DEFAULT_GUARD)
+    leave_bomb_checks_to_img2pose()
     assert Image.MAX_IMAGE_PIXELS is None
 
 
-def test_pil_bomb_error_becomes_413(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_image_pillows_guard_refuses_under_our_limit_is_413_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
     error = decode_error(encode(Image.new("RGB", (10, 10)), "PNG"), max_pixels=LIMIT)
     assert error.status == 413
+    assert "PIL.Image.MAX_IMAGE_PIXELS = 10" in error.message
 
 
 # --- tensor -----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The in-process API (img2pose_serve.in_process.Img2Pose): the server's answers without a server."""
+"""The in-process API (img2pose_serve.runtime.in_process.Img2Pose): the server's answers without a server."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from PIL import Image
 
 from img2pose_client import detect
 from img2pose_serve import Img2Pose
-from img2pose_serve.errors import InvalidInput, PayloadTooLarge
-from img2pose_serve.handler_config import HandlerConfigError
-from img2pose_serve.model import padded_canvas_shape
-from tests.backfill_support import backfill, lines
-from tests.golden_set import COMMITTED
-from tests.served_models import DEMO_MODEL
+from img2pose_serve.nn.faster_dof_rcnn import padded_canvas_shape
+from img2pose_serve.protocol.errors import InvalidInput, PayloadTooLarge
+from img2pose_serve.runtime.handler_config import HandlerConfigError
+from tests.support.golden_set import COMMITTED
+from tests.support.photo_library import backfill, lines
+from tests.support.served_models import DEMO_MODEL
 
 RGB_JPEG = COMMITTED.image_path("01_rgb_640x480.jpg")
 RGBA_PNG = COMMITTED.image_path("02_rgba_480x640.png")

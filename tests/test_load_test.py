@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
+from img2pose_tools import load_test
 from img2pose_tools.wait_ready import worker_pid
-from scripts import load_test
-from tests.stand_in_http import JsonHandler, serving
+from tests.support.stand_in_http import JsonHandler, serving
 
 
 @pytest.mark.server

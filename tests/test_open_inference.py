@@ -1,4 +1,4 @@
-"""The Open Inference Protocol's requests and answers (img2pose_serve.open_inference), offline: the bodies
+"""The Open Inference Protocol's requests and answers (img2pose_serve.protocol.open_inference), offline: the bodies
 tritonclient and kserve's client make are recognised and parsed, bad ones fail with a precise 400, and
 answers decode in both clients to the FaceDicts' values."""
 
@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from img2pose_serve import open_inference
-from img2pose_serve.errors import InternalError, InvalidInput, PayloadTooLarge
-from img2pose_serve.open_inference import HEADER_LENGTH, ModelId, Output, V2Message, V2Spec
-from img2pose_serve.request_parsing import DetectionParams
+from img2pose_serve.protocol import open_inference
+from img2pose_serve.protocol.errors import InternalError, InvalidInput, PayloadTooLarge
+from img2pose_serve.protocol.open_inference import HEADER_LENGTH, ModelId, Output, V2Message, V2Spec
+from img2pose_serve.protocol.request_parsing import DetectionParams
 
 DEFAULTS = DetectionParams(score_threshold=0.5, max_faces=-1)
 JPEG = b"\xff\xd8\xff\xe0fake-jpeg"

@@ -15,7 +15,7 @@ import requests
 
 from img2pose_tools.serve_config import ARCHIVE_VERSION
 from img2pose_tools.served_metrics import ForwardBatchMeter
-from tests.golden_set import COMMITTED
+from tests.support.golden_set import COMMITTED
 
 pytestmark = pytest.mark.server
 tritonclient_http = pytest.importorskip("tritonclient.http", reason="pip install tritonclient[http]")

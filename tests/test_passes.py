@@ -7,13 +7,14 @@ import threading
 import pytest
 import torch
 
-from img2pose_serve import archive_layout, reference_data
-from img2pose_serve.facedicts import to_face_dicts
-from img2pose_serve.image_decoding import decode_tensor
-from img2pose_serve.model import FasterDoFRCNN
-from img2pose_serve.passes import pass_slices
-from img2pose_serve.pose import PoseDecoder
-from tests.golden_set import COMMITTED
+from img2pose_serve.nn import reference_data
+from img2pose_serve.nn.faster_dof_rcnn import FasterDoFRCNN
+from img2pose_serve.nn.passes import pass_slices
+from img2pose_serve.nn.pose import PoseDecoder
+from img2pose_serve.protocol.facedicts import to_face_dicts
+from img2pose_serve.runtime import archive_layout
+from img2pose_serve.runtime.image_decoding import decode_tensor
+from tests.support.golden_set import COMMITTED
 
 
 @pytest.mark.parametrize("batch, per_pass, expected", [

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from img2pose_serve import reference_data
-from img2pose_serve.pose import (
+from img2pose_serve.nn import reference_data
+from img2pose_serve.nn.pose import (
     BOX_SCALE,
     KEYPOINT_INDICES,
     PoseDecoder,
     camera_matrix,
+    checked_pose_stats,
     project_keypoints,
     project_points,
 )
@@ -101,8 +102,20 @@ def test_empty_input_gives_empty_output():
     assert project_keypoints(reference_data.points_68(), poses, W, H).shape == (0, 5, 2)
 
 
-def test_decoder_rejects_bad_statistics():
-    with pytest.raises(ValueError, match="6 values"):
-        PoseDecoder.create([0] * 5, [1] * 6, reference_data.points_68())
-    with pytest.raises(ValueError, match="finite"):
-        PoseDecoder.create([0, 0, 0, 0, 0, np.nan], [1] * 6, reference_data.points_68())
+@pytest.mark.parametrize(("mean", "stddev", "message"), [
+    ([0] * 5, [1] * 6, "pose mean must be 6 numbers"),
+    ([0] * 6, [[1] * 6], None),  # any shape of 6 numbers is taken
+    ([0, 0, 0, 0, 0, np.nan], [1] * 6, "pose mean must be finite"),
+    ([0] * 6, [1, 1, 1, 1, 1, np.inf], "pose stddev must be finite"),
+    ([0] * 6, [1, 1, 1, 0, 1, 1], "pose stddev must be positive"),
+    ([0] * 6, [1, 1, 1, 1, -2, 1], "pose stddev must be positive"),
+    (["a"] * 6, [1] * 6, "pose mean must be 6 numbers"),
+])
+def test_decoder_takes_pose_statistics_through_the_one_check(mean, stddev, message):
+    if message is None:
+        assert PoseDecoder.create(mean, stddev, reference_data.points_68()).pose_stddev.shape == (6,)
+        return
+    with pytest.raises(ValueError, match=message):
+        PoseDecoder.create(mean, stddev, reference_data.points_68())
+    with pytest.raises(ValueError, match=message):
+        checked_pose_stats(mean, stddev)

@@ -13,23 +13,24 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 import img2pose_handler
 from img2pose_handler import PRECISION_HEADER, Img2PoseHandler
-from img2pose_serve import archive_layout, served_model
-from img2pose_serve.facedicts import to_face_dicts
-from img2pose_serve.handler_config import HandlerConfig, HandlerConfigError
-from img2pose_serve.image_decoding import decode_tensor
-from img2pose_serve.model import BF16_STAGES
-from img2pose_serve.precision import (
+from img2pose_serve.nn.bf16 import fold_frozen_batch_norms
+from img2pose_serve.nn.faster_dof_rcnn import BF16_STAGES
+from img2pose_serve.protocol.facedicts import to_face_dicts
+from img2pose_serve.runtime import archive_layout, served_model
+from img2pose_serve.runtime.handler_config import HandlerConfig, HandlerConfigError
+from img2pose_serve.runtime.image_decoding import decode_tensor
+from img2pose_serve.runtime.precision_choice import (
     Bf16Capabilities,
     Bf16Unavailable,
     device_capabilities,
-    fold_frozen_batch_norms,
     native_bf16_check,
     resolve_precision,
 )
 from img2pose_tools.build_mar import BuildError, main, staged_archive
 from img2pose_tools.synthetic_images import photo_like_jpeg as _jpeg
 from img2pose_tools.synthetic_images import photo_like_tensors as synthetic_images
-from tests.fake_context import make_context, set_requests
+from tests.support.alone import faces_alone
+from tests.support.torchserve_context import make_context, set_requests
 
 
 def _assert_identical(first: dict, second: dict) -> None:
@@ -262,7 +263,7 @@ def test_a_bf16_worker_where_bf16_is_native_runs_bf16_and_says_so(bf16_handler, 
     assert context.get_response_headers(0)[PRECISION_HEADER] == "bf16"
 
 
-def test_a_bf16_worker_without_native_bf16_runs_fp32_exactly(demo_model_dir, demo_detector, monkeypatch, caplog):
+def test_a_bf16_worker_without_native_bf16_runs_fp32_exactly(demo_model_dir, demo_served, monkeypatch, caplog):
     with caplog.at_level(logging.INFO):
         handler, context = _start_worker(demo_model_dir, {"precision": "bf16"}, AVX2_ONLY, monkeypatch)
     assert handler.served.model.precision == "fp32"
@@ -276,7 +277,7 @@ def test_a_bf16_worker_without_native_bf16_runs_fp32_exactly(demo_model_dir, dem
     responses = [json.loads(r) for r in handler.handle([{"body": bytearray(b)} for b in bodies], context)]
     for index, (body, faces) in enumerate(zip(bodies, responses, strict=True)):
         assert context.get_response_headers(index)[PRECISION_HEADER] == "fp32"
-        assert faces == to_face_dicts(demo_detector.detect([decode_tensor(body, 10**8)])[0], 0.5, -1)
+        assert faces == faces_alone(demo_served, body, 0.5)
     assert sum(map(len, responses)) > 0, "no faces: the comparison would be vacuous"
 
 

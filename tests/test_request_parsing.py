@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from img2pose_serve.errors import (
+from img2pose_serve.protocol.errors import (
     DeadlineExceeded,
     InternalError,
     InvalidInput,
@@ -13,8 +13,8 @@ from img2pose_serve.errors import (
     RequestError,
     UnsupportedMediaType,
 )
-from img2pose_serve.handler_config import HandlerConfig
-from img2pose_serve.request_parsing import DetectionParams, ParsedRequest, parse_request
+from img2pose_serve.protocol.request_parsing import DetectionParams, ParsedRequest, parse_request
+from img2pose_serve.runtime.handler_config import HandlerConfig
 
 DEFAULTS = DetectionParams(score_threshold=0.5, max_faces=-1)
 JPEG = b"\xff\xd8\xff\xe0fake-jpeg-bytes"

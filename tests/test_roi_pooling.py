@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign
 
-from img2pose_serve.roi_pooling import MIN_ROIS_PER_CHUNK, ThreadedMultiScaleRoIAlign
+from img2pose_serve.nn.roi_pooling import MIN_ROIS_PER_CHUNK, ThreadedMultiScaleRoIAlign
 
 LEVELS = {"0": 4, "1": 8, "2": 16, "3": 32}  # FPN strides
 

@@ -10,12 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
-from img2pose_serve.facedicts import to_face_dicts
-from img2pose_serve.image_decoding import decode_tensor
 from img2pose_tools.served_metrics import ForwardBatchMeter
 from img2pose_tools.torchserve_launcher import BASE_CONFIG, model_settings, read_properties
-from tests.golden_set import COMMITTED, compare_faces
-from tests.served_models import DEMO_MODEL, SESSION_BATCH_SIZE, TRUSTED_MODEL
+from tests.support.alone import faces_alone
+from tests.support.golden_set import COMMITTED, compare_faces
+from tests.support.served_models import DEMO_MODEL, SESSION_BATCH_SIZE, TRUSTED_MODEL
 
 pytestmark = pytest.mark.server
 
@@ -50,13 +49,12 @@ def _ok_json(response) -> list:
 
 
 @pytest.fixture(scope="module")
-def sequential(detections, demo_detector) -> dict[str, list]:
+def sequential(detections, demo_served) -> dict[str, list]:
     """Each input run alone, at threshold 0: the ground truth for batching. In-process (the golden
     detections; the session's demo detector for the crop): ``test_served_alone_equals_in_process``
     shows a request served alone gets exactly these."""
     faces = {name: detections.identity_stats(COMMITTED, name) for name in IMAGES}
-    crop = demo_detector.detect([decode_tensor(_cropped_01(), 10**8)])[0]
-    faces["01_cropped_638x479.png"] = to_face_dicts(crop, 0.0, -1)
+    faces["01_cropped_638x479.png"] = faces_alone(demo_served, _cropped_01())
     return faces
 
 

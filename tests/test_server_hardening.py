@@ -9,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from img2pose_serve.deadline import DEADLINE_HEADER
-from img2pose_serve.handler_config import HandlerConfig
+from img2pose_serve.protocol.deadline import DEADLINE_HEADER
+from img2pose_serve.runtime.handler_config import HandlerConfig
 from img2pose_tools.synthetic_images import compressible_png, photo_like_jpeg
 from img2pose_tools.wait_ready import worker_pid
 from img2pose_tools.worker_memory import PeakRss
-from tests.served_models import PRIMARY_MODEL, TRUSTED_MODEL
+from tests.support.served_models import PRIMARY_MODEL, TRUSTED_MODEL
 
 pytestmark = pytest.mark.server
 

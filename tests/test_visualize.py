@@ -20,8 +20,8 @@ from img2pose_client.visualize import (
     output_name,
     pose_axes,
 )
-from img2pose_serve.pose import KEYPOINT_INDICES, project_keypoints
-from img2pose_serve.reference_data import points_68
+from img2pose_serve.nn.pose import KEYPOINT_INDICES, project_keypoints
+from img2pose_serve.nn.reference_data import points_68
 
 WIDTH, HEIGHT = 400, 300
 GREY = (128, 128, 128)

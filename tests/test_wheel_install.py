@@ -49,10 +49,10 @@ from pathlib import Path
 
 import pytest
 
-from img2pose_serve import archive_layout
-from img2pose_serve.handler_config import TORCH_THREADS_ENV
+from img2pose_serve.runtime import archive_layout
+from img2pose_serve.runtime.handler_config import TORCH_THREADS_ENV
 from img2pose_tools.torchserve_launcher import REPO
-from tests.golden_set import COMMITTED, TORCH_THREADS
+from tests.support.golden_set import COMMITTED, TORCH_THREADS
 
 pytestmark = pytest.mark.server
 
@@ -132,7 +132,7 @@ def test_the_wheel_holds_the_handler_packages_and_config_and_nothing_else(wheel,
     expected = {name.removeprefix("handler/"): (REPO / name).read_bytes() for name in checkout_files
                 if name.startswith("handler/") and (name.endswith(".py") or "/data/" in name)}
     expected.update({f"img2pose_tools/config/{name}": (REPO / "config" / name).read_bytes() for name in CONFIG_FILES})
-    assert archive_layout.HANDLER_FILE in expected and "img2pose_serve/data/pose_stats_approx.json" in expected
+    assert archive_layout.HANDLER_FILE in expected and "img2pose_serve/nn/data/pose_stats_approx.json" in expected
     assert {"missing": sorted(set(expected) - set(contents)), "unexpected": sorted(set(contents) - set(expected))} \
         == {"missing": [], "unexpected": []}
     assert [name for name in expected if contents[name] != expected[name]] == []
@@ -234,7 +234,7 @@ def test_the_installed_builder_packs_the_checkouts_code(built_store, checkout_fi
     from_checkpoint = _archive_info(built_store / "from_checkpoint.mar")
     assert demo["demo"] and not from_checkpoint["demo"]
     assert from_checkpoint["weights_sha256"] == demo["weights_sha256"]  # the demo checkpoint holds the demo weights
-    assert from_checkpoint["pose_stats_source"].startswith("published")  # img2pose_serve/data's statistics
+    assert from_checkpoint["pose_stats_source"].startswith("published")  # img2pose_serve/nn/data's statistics
 
 
 def test_the_installed_launcher_serves_the_built_archive(venv, built_store, empty_dir, tmp_path, detections):

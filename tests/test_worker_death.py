@@ -2,7 +2,7 @@
 again, each alone, and an image that kills the worker every time ends as one error line.
 
 Against a stand-in server (exact control of who dies when) and against the session's TorchServe,
-whose ``img2pose_poison`` model (tests/poison_handler.py) is the demo model except that a marked
+whose ``img2pose_poison`` model (tests/support/poison_handler.py) is the demo model except that a marked
 image SIGKILLs its worker; the test kills that model's worker from outside too.
 """
 
@@ -20,10 +20,10 @@ import pytest
 from img2pose_client.backfill import exit_status
 from img2pose_client.predict_client import PredictClient, SoloGate
 from img2pose_tools.wait_ready import wait_ready, worker_pid
-from tests.backfill_support import backfill, image_bytes, lines
-from tests.poison_handler import POISON
-from tests.served_models import DEMO_MODEL, POISON_MODEL
-from tests.stand_in_http import JsonHandler, serving
+from tests.support.photo_library import backfill, image_bytes, lines
+from tests.support.poison_handler import POISON
+from tests.support.served_models import DEMO_MODEL, POISON_MODEL
+from tests.support.stand_in_http import JsonHandler, serving
 
 WORKER_DIED = {"code": 507, "type": "InternalServerException", "message": "Worker died."}
 

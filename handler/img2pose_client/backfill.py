@@ -7,7 +7,7 @@
     backfill INPUT... --archive img2pose.mar [--device cpu] --output results.jsonl [...]
 
 With --url the images go to a TorchServe; with --archive the archive's model runs in this process
-(img2pose_serve.in_process: the same answers, no server; files read in threads a chunk ahead, decoded
+(img2pose_serve.runtime.in_process: the same answers, no server; files read in threads a chunk ahead, decoded
 in the archive's decode threads). Everything below holds for both, except what concerns the server.
 
 INPUT: image files, directories (recursive) or lists of paths (``*.txt``, ``*.lst`` or ``@FILE``);
@@ -46,7 +46,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from img2pose_serve.in_process import Img2Pose
+from img2pose_serve.runtime.in_process import Img2Pose
 
 from .inference_key import InferenceKey
 from .inputs import Shard, iter_inputs

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from img2pose_serve.in_process import DEFAULT_ARCHIVE, Img2Pose
+from img2pose_serve.runtime.in_process import DEFAULT_ARCHIVE, Img2Pose
 
 from .backfill import detection_options, record_of
 from .inputs import iter_inputs

@@ -14,9 +14,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
 
-from img2pose_serve.archive_layout import DEMO_NOTICE
-from img2pose_serve.errors import RequestError
-from img2pose_serve.in_process import Img2Pose
+from img2pose_serve.protocol.errors import RequestError
+from img2pose_serve.runtime.archive_layout import DEMO_NOTICE
+from img2pose_serve.runtime.in_process import Img2Pose
 
 from .predict_client import Outcome
 

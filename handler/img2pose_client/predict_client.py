@@ -29,8 +29,8 @@ from typing import Any
 
 import requests
 
-from img2pose_serve.deadline import DEADLINE_HEADER
-from img2pose_serve.response_headers import DEMO_HEADER
+from img2pose_serve.protocol.deadline import DEADLINE_HEADER
+from img2pose_serve.protocol.response_headers import DEMO_HEADER
 
 from .inference_key import InferenceKey, KeyRecoveryFailed
 from .key_file import is_key_rejection, response_excerpt, response_json

@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy.spatial.transform import Rotation
 
-from img2pose_serve.pose import original_image_camera, project_points
-from img2pose_serve.reference_data import points_68
+from img2pose_serve.nn.pose import original_image_camera, project_points
+from img2pose_serve.nn.reference_data import points_68
 
 from .results_file import iter_records
 

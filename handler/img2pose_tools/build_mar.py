@@ -4,7 +4,7 @@
     python scripts/build_mar.py --checkpoint img2pose_v1.pth \\
         --pose-mean WIDER_train_pose_mean_v1.npy --pose-stddev WIDER_train_pose_stddev_v1.npy
 
-(``img2pose-build-mar`` is the same command.) What the archive holds is ``img2pose_serve.archive_layout``'s
+(``img2pose-build-mar`` is the same command.) What the archive holds is ``img2pose_serve.runtime.archive_layout``'s
 business: the handler, the ``img2pose_serve`` package, the weights as a tensors-only safetensors file
 (never the operator's checkpoint itself), the pose statistics, ``archive_info.json`` and a
 ``model-config.yaml`` with the handler's settings plus ``responseTimeout``.
@@ -41,11 +41,13 @@ import numpy as np
 import yaml
 
 import img2pose_serve
-from img2pose_serve import archive_layout, reference_data
-from img2pose_serve.checkpoint import CheckpointError, read_checkpoint
-from img2pose_serve.detector import build_detector
-from img2pose_serve.handler_config import HandlerConfig
-from img2pose_serve.precision import PRECISION_SETTINGS
+from img2pose_serve.nn import reference_data
+from img2pose_serve.nn.checkpoint import CheckpointError, read_checkpoint
+from img2pose_serve.nn.faster_dof_rcnn import build_detector
+from img2pose_serve.nn.pose import checked_pose_stats
+from img2pose_serve.runtime import archive_layout
+from img2pose_serve.runtime.handler_config import HandlerConfig
+from img2pose_serve.runtime.precision_choice import PRECISION_SETTINGS
 from img2pose_tools.demo_checkpoint import build_demo_state_dict
 from img2pose_tools.serve_config import ARCHIVE_VERSION
 
@@ -120,10 +122,7 @@ def load_pose_stat(path: str | Path, what: str) -> np.ndarray:
         raise BuildError(
             f"{what} file {path} must hold 6 numbers (rx, ry, rz, tx, ty, tz); "
             f"found dtype {array.dtype}, shape {array.shape}")
-    array = np.asarray(array, dtype=np.float32).reshape(6)
-    if not np.all(np.isfinite(array)):
-        raise BuildError(f"{what} file {path} holds non-finite values: {array.tolist()}")
-    return array
+    return np.asarray(array, dtype=np.float32).reshape(6)
 
 
 def resolve_pose_stats(checkpoint, pose_mean, pose_stddev) -> tuple[np.ndarray, np.ndarray, str]:
@@ -139,10 +138,11 @@ def resolve_pose_stats(checkpoint, pose_mean, pose_stddev) -> tuple[np.ndarray, 
     if pose_mean is None:
         mean, stddev = reference_data.published_pose_stats()
         return (np.asarray(mean, np.float32), np.asarray(stddev, np.float32), SOURCE_PUBLISHED)
-    mean = load_pose_stat(pose_mean, "--pose-mean")
-    stddev = load_pose_stat(pose_stddev, "--pose-stddev")
-    if np.any(stddev <= 0):
-        raise BuildError(f"--pose-stddev {pose_stddev} must be positive, got {stddev.tolist()}")
+    try:
+        mean, stddev = checked_pose_stats(load_pose_stat(pose_mean, "--pose-mean"),
+                                          load_pose_stat(pose_stddev, "--pose-stddev"))
+    except ValueError as error:
+        raise BuildError(f"--pose-mean {pose_mean} / --pose-stddev {pose_stddev}: {error}") from None
     return mean, stddev, SOURCE_NPY
 
 
@@ -224,7 +224,7 @@ def staged_archive(
     ``checkpoint=None`` stages the DEMO archive (generated weights, identity pose statistics).
     ``handler_overrides`` replace HandlerConfig's defaults in the archive's handler settings, e.g.
     ``{"precision": "bf16"}`` (the setting's one home: the worker reads it there and decides at start
-    what runs, precision.resolve_precision).
+    what runs, precision_choice.resolve_precision).
     Raises BuildError for unusable inputs.
     """
     mean, stddev, stats_source = resolve_pose_stats(checkpoint, pose_mean, pose_stddev)
@@ -235,7 +235,7 @@ def staged_archive(
     if demo:
         if not quiet:
             print(DEMO_BANNER, file=sys.stderr)
-        state, source_sha256 = build_demo_state_dict(demo_seed), None
+        state = build_demo_state_dict(demo_seed)
     else:
         checkpoint = Path(checkpoint)
         if trust_checkpoint and not quiet:
@@ -243,29 +243,21 @@ def staged_archive(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore" if trust_checkpoint else "default")
             state = validated_state_dict(checkpoint, trust=trust_checkpoint)
-        source_sha256 = archive_layout.sha256_of(checkpoint)
         if stats_source == SOURCE_PUBLISHED and not quiet:
             print(APPROX_STATS_WARNING, file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="img2pose-mar-") as tmp:
         tmp = Path(tmp)
-        weights, weights_sha256 = archive_layout.write_weights(state, tmp)
         # The archiver copies a directory's *contents* to the archive root (one level flattened),
         # so the package must sit one level down to arrive as img2pose_serve/.
         extra = tmp / "extra"
         shutil.copytree(PACKAGE_DIR, extra / archive_layout.PACKAGE_DIR,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
-        archive_layout.write_pose_stats(mean, stddev, extra)
-        info = archive_layout.ArchiveInfo(
-            demo=demo,
-            weights_sha256=weights_sha256,
-            source_checkpoint_sha256=source_sha256,
-            pose_stats_source=stats_source,
-            pose_mean=[float(v) for v in mean],
-            pose_stddev=[float(v) for v in stddev],
-            built_by=f"img2pose-serve {project_version()}",
-        )
-        info.write(extra)
+        info = archive_layout.stage_model_files(extra, state, mean, stddev, demo=demo, pose_stats_source=stats_source,
+                                                built_by=f"img2pose-serve {project_version()}",
+                                                source_checkpoint=None if demo else checkpoint)
+        # The weights go in as the archiver's serialized file, beside the extra files.
+        weights = Path(shutil.move(extra / archive_layout.WEIGHTS_FILE, tmp / archive_layout.WEIGHTS_FILE))
         config_file = tmp / archive_layout.MODEL_CONFIG_FILE
         config_file.write_text(
             "# Batch size, batch delay and workers live in config.properties (values here would\n"

@@ -11,7 +11,7 @@ import platform
 def machine_facts() -> dict:
     import torch
 
-    from img2pose_serve.precision import device_capabilities, native_bf16_check
+    from img2pose_serve.runtime.precision_choice import device_capabilities, native_bf16_check
 
     capabilities = device_capabilities(torch.device("cpu"))
     return {"cpu": platform.processor() or platform.machine(), "cpu_model": capabilities.cpu_model,

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.stand_in_http import JsonHandler, start, stop
+from tests.support.stand_in_http import JsonHandler, start, stop
 
 INVALID_KEY = {"code": 400, "type": "InvalidKeyException",
                "message": "Token Authorization failed. Token either incorrect, expired, or not provided correctly"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .model import padded_canvas_shape
+from ..nn.faster_dof_rcnn import padded_canvas_shape
 
 
 def plan_forwards(image_sizes: Sequence[tuple[int, int]], max_images_per_forward: int,

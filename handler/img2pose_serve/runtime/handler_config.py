@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from .precision import check_precision_setting
-from .request_parsing import DetectionParams
+from ..protocol.request_parsing import DetectionParams
+from .precision_choice import check_precision_setting
 
 # Fills torch_threads when the archive leaves it at 0; Kubernetes sets it to the pod's CPU limit.
 TORCH_THREADS_ENV = "IMG2POSE_TORCH_THREADS"
@@ -32,11 +32,11 @@ class HandlerConfig:
     max_images_per_request: int = 16  # with batchSize 8, bounds one handler call (responseTimeout)
     decode_threads: int = 2
     torch_threads: int = 0  # 0 = $IMG2POSE_TORCH_THREADS if set, else torch's default (one per core)
-    # Images per pass through backbone / RPN head / RoI heads inside one forward (see passes.py).
+    # Images per pass through backbone / RPN head / RoI heads inside one forward (see nn/passes.py).
     # 0 = automatic: 1 on CPU, the whole forward at once on CUDA.
     images_per_pass: int = 0
     # "fp32": exact (equal to the reference library); "bf16": the heavy layers in bfloat16, faster
-    # where the hardware has bf16 arithmetic, with slightly different numbers (see precision.py);
+    # where the hardware has bf16 arithmetic, with slightly different numbers (see nn/bf16.py);
     # where it has not, the worker runs fp32 instead. "bf16-required": bf16, or the worker refuses
     # to start where bf16 is not native.
     precision: str = "fp32"

@@ -11,13 +11,13 @@ from typing import Any
 
 import torch
 
-from .deadline import check_deadline, parse_deadline
-from .errors import RequestError
+from ..protocol.deadline import check_deadline, parse_deadline
+from ..protocol.errors import RequestError
+from ..protocol.open_inference import V2Message, V2Spec
+from ..protocol.open_inference import parse as parse_v2
+from ..protocol.request_parsing import ParsedRequest, parse_request
 from .handler_config import HandlerConfig
 from .image_decoding import decode_tensor, image_size
-from .open_inference import V2Message, V2Spec
-from .open_inference import parse as parse_v2
-from .request_parsing import ParsedRequest, parse_request
 
 
 @dataclass

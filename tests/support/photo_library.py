@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from img2pose_client.backfill import parse_args, run
-from tests.served_models import DEMO_MODEL
+from tests.support.served_models import DEMO_MODEL
 
 
 def image_bytes(seed: int, fmt: str = "JPEG", size: tuple[int, int] = (160, 120)) -> bytes:

@@ -1,20 +1,25 @@
-"""FasterDoFRCNN: img2pose's Faster R-CNN with a 6DoF head, assembled from torchvision parts."""
+"""FasterDoFRCNN: img2pose's Faster R-CNN with a 6DoF head, assembled from torchvision parts, and
+:func:`build_detector`, which makes one ready to run from a checkpoint and pose statistics."""
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
 from contextvars import ContextVar
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from . import reference_data
+from .bf16 import bf16_stage, check_precision, forward_autocast
+from .checkpoint import load_into, read_checkpoint
 from .passes import cat_feature_maps, pass_slices
 from .pose import PoseDecoder
-from .precision import bf16_stage, check_precision, forward_autocast
 from .roi_heads import DoFRoIHeads
 from .rpn import LogitRankedRPN, SingleConvRPNHead, img2pose_anchor_generator
 
@@ -173,3 +178,24 @@ def padded_canvas_shape(height: int, width: int) -> tuple[int, int]:
     """The zero-padded canvas an image is run on alone; images sharing it batch bit-exactly."""
     h, w = resized_shape(height, width)
     return (math.ceil(h / SIZE_DIVISIBLE) * SIZE_DIVISIBLE, math.ceil(w / SIZE_DIVISIBLE) * SIZE_DIVISIBLE)
+
+
+def build_detector(
+    checkpoint: str | Path | dict,
+    pose_mean=reference_data.IDENTITY_POSE_MEAN,
+    pose_stddev=reference_data.IDENTITY_POSE_STDDEV,
+    device: str | torch.device = "cpu",
+    points_68: np.ndarray | None = None,
+    images_per_pass: int | None = None,
+) -> FasterDoFRCNN:
+    """A FasterDoFRCNN in eval mode on ``device`` with the checkpoint's weights (strict).
+
+    ``checkpoint`` is a path to an official-layout file or an already-read ``fpn_model`` state dict.
+    The default pose statistics are the identity ones the reference uses for a bare checkpoint path.
+    ``images_per_pass``: see ``FasterDoFRCNN``.
+    """
+    decoder = PoseDecoder.create(pose_mean, pose_stddev, reference_data.points_68() if points_68 is None else points_68)
+    model = FasterDoFRCNN(decoder, images_per_pass)
+    state = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
+    load_into(model, state)
+    return model.eval().to(device)

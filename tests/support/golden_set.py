@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from img2pose_serve.in_process import Img2Pose
-from img2pose_serve.model import resized_shape
+from img2pose_serve.nn.faster_dof_rcnn import resized_shape
+from img2pose_serve.runtime.in_process import Img2Pose
 from img2pose_tools.torchserve_launcher import REPO
 
 # Tolerances between a matched pair of faces (../shared/img2pose/README.md), any x86-64 CPU. The

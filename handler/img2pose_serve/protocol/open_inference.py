@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from ..nn.pose import KEYPOINT_INDICES
 from .errors import InternalError, InvalidInput, RequestError
 from .facedicts import FaceDict
-from .pose import KEYPOINT_INDICES
 from .request_parsing import (
     MAX_FACES,
     SCORE_THRESHOLD,

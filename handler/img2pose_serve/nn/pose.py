@@ -44,6 +44,27 @@ def project_points(points: np.ndarray, poses: np.ndarray, intrinsics: np.ndarray
     return homogeneous[..., :2] / homogeneous[..., 2:3]
 
 
+def checked_pose_stats(pose_mean, pose_stddev) -> tuple[np.ndarray, np.ndarray]:
+    """The pose statistics as float32[6] each; ValueError naming what is wrong: not 6 numbers, not
+    finite, or a stddev that is not positive (it scales the network's output, so 0 erases a pose and a
+    negative value mirrors it). The one check of pose statistics, wherever they come from."""
+    arrays = []
+    for name, value in (("pose mean", pose_mean), ("pose stddev", pose_stddev)):
+        try:
+            array = np.asarray(value, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{name} must be 6 numbers (rx, ry, rz, tx, ty, tz): {error}") from None
+        if array.size != 6:
+            raise ValueError(f"{name} must be 6 numbers (rx, ry, rz, tx, ty, tz), got {array.size}")
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name} must be finite numbers, got {array.tolist()}")
+        arrays.append(array)
+    mean, stddev = arrays
+    if (stddev <= 0).any():
+        raise ValueError(f"pose stddev must be positive, got {stddev.tolist()}")
+    return mean, stddev
+
+
 @dataclass(frozen=True)
 class PoseDecoder:
     """Turns the 6DoF head's normalised, box-relative output into global poses and face boxes.
@@ -58,15 +79,10 @@ class PoseDecoder:
 
     @classmethod
     def create(cls, pose_mean, pose_stddev, points_68) -> PoseDecoder:
-        mean = np.asarray(pose_mean, dtype=np.float32).reshape(-1)
-        std = np.asarray(pose_stddev, dtype=np.float32).reshape(-1)
+        mean, std = checked_pose_stats(pose_mean, pose_stddev)
         points = np.asarray(points_68, dtype=np.float32)
-        if mean.shape != (6,) or std.shape != (6,):
-            raise ValueError(f"pose mean and stddev need 6 values each, got {mean.size} and {std.size}")
         if points.shape != (68, 3):
             raise ValueError(f"the 3D reference face needs 68x3 points, got {points.shape}")
-        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
-            raise ValueError("pose mean and stddev must be finite numbers")
         return cls(mean, std, points)
 
     def keypoints(self, poses: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -9,8 +9,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import boxes as box_ops
 
+from .bf16 import run_fp32
 from .passes import cat_levels, pass_slices
-from .precision import run_fp32
 
 # img2pose declares a sixth anchor size (512) for five feature maps; only the first five are ever
 # used, and torchvision's AnchorGenerator rightly refuses the mismatch.
@@ -44,7 +44,7 @@ class SingleConvRPNHead(RPNHead):
 
     def __init__(self, in_channels: int, num_anchors: int, images_per_pass: int | None = None) -> None:
         super().__init__(in_channels, num_anchors)
-        self.images_per_pass = images_per_pass  # see passes.py
+        self.images_per_pass = images_per_pass  # see ``passes``
         self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1)
         nn.init.normal_(self.conv.weight, std=0.01)
         nn.init.constant_(self.conv.bias, 0)

@@ -17,11 +17,12 @@ path bit for bit, with these documented choices:
   without compositing, L and 1 are replicated, P goes through its palette,
   CMYK uses PIL's conversion.
 * Decompression bombs are refused from the header, before any pixel is
-  decoded (413).  PIL's process-wide ``Image.MAX_IMAGE_PIXELS`` guard is
-  switched off at import because its threshold cannot follow the per-call
-  ``max_pixels`` (it would warn-and-accept some images over our limit and
-  refuse others under it); should something turn it back on, its
-  error/warning still becomes our 413.
+  decoded (413).  Pillow's own guard, ``Image.MAX_IMAGE_PIXELS``, is
+  process-wide and cannot follow the per-call ``max_pixels`` (it warns about
+  some images under our limit and refuses others).  The TorchServe worker
+  switches it off (:func:`leave_bomb_checks_to_img2pose`, at its start:
+  that process is ours); in anyone else's process it stays as its owner set
+  it, and an image it refuses is answered 413 like ours.
 * Truncated files are errors (400): ``ImageFile.LOAD_TRUNCATED_IMAGES`` is
   left off.
 """
@@ -35,11 +36,16 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InvalidInput, PayloadTooLarge
+from ..protocol.errors import InvalidInput, PayloadTooLarge
 
-__all__ = ["image_size", "decode_image", "to_rgb", "image_to_tensor", "decode_tensor"]
+__all__ = ["image_size", "decode_image", "to_rgb", "image_to_tensor", "decode_tensor",
+           "leave_bomb_checks_to_img2pose"]
 
-Image.MAX_IMAGE_PIXELS = None
+
+def leave_bomb_checks_to_img2pose() -> None:
+    """Switch Pillow's process-wide decompression-bomb guard off, for a process whose every image is
+    checked against ``max_pixels`` here (the TorchServe worker). Never called at import."""
+    Image.MAX_IMAGE_PIXELS = None
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
@@ -90,7 +96,13 @@ def _open_header(data: bytes, max_pixels: int) -> Image.Image:
     try:
         img = Image.open(BytesIO(data))  # lazy: reads the header only
     except _BOMB_ERRORS as e:
-        raise PayloadTooLarge(f"the image is too large: {e}") from None
+        # Pillow's own guard (on in any process but the worker): our limit's words where it is ours too.
+        plugin = _signature_plugin(data)
+        declared = plugin[1] if plugin is not None and not isinstance(plugin[1], Exception) else None
+        if declared is not None:
+            _check_pixels(declared, max_pixels)
+        raise PayloadTooLarge(f"the image is too large for Pillow's decompression-bomb guard "
+                              f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}): {e}") from None
     except Exception as e:
         raise _undecodable(data, e) from None
     _check_pixels(img, max_pixels)
@@ -149,16 +161,24 @@ def _header_problem(data: bytes) -> str | None:
     header, so a PNG with a broken checksum is reported like random bytes; asking the plugin
     that accepts the signature gives the client the real reason.
     """
+    plugin = _signature_plugin(data)
+    if plugin is None or not isinstance(plugin[1], Exception):
+        return None
+    return f"it has a {plugin[0]} signature, but {_plugin_reason(plugin[1])}"
+
+
+def _signature_plugin(data: bytes) -> tuple[str, Image.Image | Exception] | None:
+    """(format, its header opened or the error it raised) for the first Pillow plugin that accepts the
+    data's signature, without ``Image.open``'s own checks; None when no plugin accepts it."""
     Image.init()
     prefix = data[:16]
     for name, (factory, accept) in Image.OPEN.items():
         if accept is None or not _accepts(accept, prefix):
             continue
         try:
-            factory(BytesIO(data), "")
+            return name, factory(BytesIO(data), "")
         except Exception as e:  # noqa: BLE001 - any plugin error is the reason we report
-            return f"it has a {name} signature, but {_plugin_reason(e)}"
-        return None
+            return name, e
     return None
 
 

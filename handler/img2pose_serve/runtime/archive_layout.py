@@ -23,9 +23,9 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from .detector import build_detector
+from ..nn.faster_dof_rcnn import FasterDoFRCNN, build_detector
+from ..nn.pose import checked_pose_stats
 from .handler_config import HandlerConfig
-from .model import FasterDoFRCNN
 
 HANDLER_FILE = "img2pose_handler.py"
 PACKAGE_DIR = "img2pose_serve"
@@ -92,6 +92,23 @@ def write_weights(state: Mapping[str, torch.Tensor], directory: Path) -> tuple[P
 def write_pose_stats(mean: np.ndarray, stddev: np.ndarray, directory: Path) -> None:
     np.save(Path(directory) / POSE_MEAN_FILE, np.asarray(mean, np.float32))
     np.save(Path(directory) / POSE_STDDEV_FILE, np.asarray(stddev, np.float32))
+
+
+def stage_model_files(directory: Path, state: Mapping[str, torch.Tensor], pose_mean: np.ndarray,
+                      pose_stddev: np.ndarray, *, demo: bool, pose_stats_source: str, built_by: str,
+                      source_checkpoint: Path | None = None) -> ArchiveInfo:
+    """Write the model files an archive carries into ``directory``: the weights (tensors only), the pose
+    statistics (checked: 6 finite numbers each, stddev > 0) and ``archive_info.json``, which records
+    the weights' sha256. The one way an archive's model files are made (``build_mar``,
+    ``Img2Pose.from_checkpoint``)."""
+    mean, stddev = checked_pose_stats(pose_mean, pose_stddev)
+    _, weights_sha256 = write_weights(state, directory)
+    write_pose_stats(mean, stddev, directory)
+    info = ArchiveInfo(demo=demo, weights_sha256=weights_sha256, pose_stats_source=pose_stats_source,
+                       pose_mean=mean.tolist(), pose_stddev=stddev.tolist(), built_by=built_by,
+                       source_checkpoint_sha256=None if source_checkpoint is None else sha256_of(source_checkpoint))
+    info.write(directory)
+    return info
 
 
 def read_weights(directory: Path, expected_sha256: str) -> dict[str, torch.Tensor]:

@@ -34,13 +34,15 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from . import archive_layout, reference_data
-from .checkpoint import read_checkpoint
-from .errors import RequestError
-from .facedicts import FaceDict, to_face_dicts
+from ..nn import reference_data
+from ..nn.checkpoint import read_checkpoint
+from ..protocol.errors import RequestError
+from ..protocol.facedicts import FaceDict, to_face_dicts
+from ..protocol.request_parsing import DetectionParams
+from . import archive_layout
+from .group_forward import run_group
 from .handler_config import HandlerConfig
 from .image_decoding import decode_tensor, image_size, image_to_tensor, to_rgb
-from .request_parsing import DetectionParams
 from .served_model import ServedModel
 
 __all__ = ["Img2Pose", "ImageInput", "DEFAULT_ARCHIVE"]
@@ -68,8 +70,9 @@ class Img2Pose:
                  **settings: Any) -> None:
         """``archive``: a ``.mar`` (or an unpacked one). ``device``: ``cpu``, ``cuda[:N]``, or ``auto`` (CUDA
         when there is one, as the reference's default). ``settings``: handler settings that replace the
-        archive's (``score_threshold``, ``max_faces``, ``precision``, ``torch_threads``, ... see
-        ``HandlerConfig``); an unknown one or a bad value raises ``HandlerConfigError``."""
+        archive's (``score_threshold``, ``max_faces``, ``precision``, ... see ``HandlerConfig``); an unknown one
+        or a bad value raises ``HandlerConfigError``. ``torch_threads=N`` sets torch's thread count for the
+        whole process; without it (the archive's setting included) the process's count is left alone."""
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         with archive_layout.unpacked_archive(archive) as directory:
@@ -77,6 +80,8 @@ class Img2Pose:
             if settings:
                 config = HandlerConfig.from_mapping({**dataclasses.asdict(config), **settings})
             self.served = ServedModel.load(directory, config, device)
+        if "torch_threads" in settings and config.torch_threads > 0:
+            torch.set_num_threads(config.torch_threads)  # process-wide, so only when asked for by name
         self._decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="img2pose-decode")
         if self.served.info.demo:
             warnings.warn(archive_layout.DEMO_NOTICE, stacklevel=2)
@@ -93,18 +98,14 @@ class Img2Pose:
         """
         if (pose_mean is None) != (pose_stddev is None):
             raise ValueError("give both pose_mean and pose_stddev, or neither (identity statistics)")
-        mean = _pose_stat(reference_data.IDENTITY_POSE_MEAN if pose_mean is None else pose_mean, "pose_mean")
-        stddev = _pose_stat(reference_data.IDENTITY_POSE_STDDEV if pose_stddev is None else pose_stddev, "pose_stddev")
+        mean = _pose_stat(reference_data.IDENTITY_POSE_MEAN if pose_mean is None else pose_mean)
+        stddev = _pose_stat(reference_data.IDENTITY_POSE_STDDEV if pose_stddev is None else pose_stddev)
         with tempfile.TemporaryDirectory(prefix="img2pose-checkpoint-") as tmp:
             directory = Path(tmp)
-            _, weights_sha256 = archive_layout.write_weights(read_checkpoint(checkpoint, trust=trust), directory)
-            archive_layout.write_pose_stats(mean, stddev, directory)
-            archive_layout.ArchiveInfo(
-                demo=False, weights_sha256=weights_sha256,
+            archive_layout.stage_model_files(
+                directory, read_checkpoint(checkpoint, trust=trust), mean, stddev, demo=False,
                 pose_stats_source="identity" if pose_mean is None else "given",
-                pose_mean=mean.tolist(), pose_stddev=stddev.tolist(), built_by="img2pose_serve.in_process",
-                source_checkpoint_sha256=archive_layout.sha256_of(Path(checkpoint)),
-            ).write(directory)
+                built_by="img2pose_serve.runtime.in_process", source_checkpoint=Path(checkpoint))
             return cls(directory, device=device, **settings)
 
     # --- the reference library's call -------------------------------------------------------
@@ -137,43 +138,12 @@ class Img2Pose:
                 results[n] = _labelled(error, n, labels)
         order = list(pending)
         for group in self.served.plan([(pending[n].height, pending[n].width) for n in order]):
-            members = [order[i] for i in group]
-            for n, outcome in self._run(members, pending).items():
-                results[n] = (to_face_dicts(outcome, params.score_threshold, params.max_faces)
-                              if isinstance(outcome, dict) else _labelled(outcome, n, labels))
+            outcomes = run_group(self.served, [order[i] for i in group], lambda n: pending[n].tensor(),
+                                 self._decode_pool)
+            for n, outcome in outcomes.items():
+                results[n] = (_labelled(outcome, n, labels) if isinstance(outcome, Exception)
+                              else to_face_dicts(outcome, params.score_threshold, params.max_faces))
         return [results[n] for n in range(len(images))]
-
-    # --- one planned group --------------------------------------------------------------------
-
-    def _run(self, members: list[int], pending: dict[int, _PendingImage]) -> dict[int, dict | Exception]:
-        """Decode the group (in the decode threads) and run it as one forward.
-
-        A forward that fails (out of memory, say) is run again image by image, so that only the image
-        that fails alone is answered with its error.
-        """
-        futures = {n: self._decode_pool.submit(pending[n].tensor) for n in members}
-        outcomes: dict[int, dict | Exception] = {}
-        tensors: dict[int, Tensor] = {}
-        for n, future in futures.items():
-            try:
-                tensors[n] = future.result()
-            except (RequestError, MemoryError, OSError) as error:
-                outcomes[n] = error
-        if not tensors:
-            return outcomes
-        try:
-            outcomes.update(zip(tensors, self.served.forward(list(tensors.values()))))
-        except Exception as error:  # noqa: BLE001 - answered per image below
-            if len(tensors) == 1:
-                logger.exception("img2pose forward failed for one image")
-                outcomes[next(iter(tensors))] = error
-            else:
-                del tensors  # consumed; each image is decoded again for its own forward
-                logger.warning("forward of %d images failed (%s); running them one by one", len(futures), error)
-                for n in futures:
-                    if n not in outcomes:
-                        outcomes.update(self._run([n], pending))
-        return outcomes
 
     def _pending(self, image: ImageInput) -> _PendingImage:
         max_pixels = self.served.config.max_image_pixels
@@ -223,12 +193,9 @@ class Img2Pose:
         self.close()
 
 
-def _pose_stat(value: PoseStat, name: str) -> np.ndarray:
-    array = np.load(value, allow_pickle=False) if isinstance(value, (str, os.PathLike)) else value
-    array = np.asarray(array, dtype=np.float32).reshape(-1)
-    if array.size != 6 or not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} must be 6 finite numbers (rx, ry, rz, tx, ty, tz), got {array.tolist()}")
-    return array
+def _pose_stat(value: PoseStat) -> np.ndarray | Sequence[float]:
+    """6 numbers, or their .npy file read (checked with the other statistic by ``stage_model_files``)."""
+    return np.load(value, allow_pickle=False) if isinstance(value, (str, os.PathLike)) else value
 
 
 def _labelled(error: Exception, n: int, labels: bool) -> Exception:

@@ -10,41 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..nn.faster_dof_rcnn import FasterDoFRCNN
 from . import archive_layout
 from .forward_plan import plan_forwards
 from .handler_config import HandlerConfig
-from .model import FasterDoFRCNN
-from .precision import device_capabilities, resolve_precision
-
-
-@dataclass(frozen=True)
-class PrecisionChoice:
-    """What the ``precision`` setting asked for, what runs on this device, and why."""
-
-    requested: str
-    effective: str
-    reason: str
-    capabilities: dict[str, Any]
-
-    @classmethod
-    def for_device(cls, requested: str, device: torch.device) -> PrecisionChoice:
-        """Raises ``precision.Bf16Unavailable`` for ``bf16-required`` where bf16 is not native."""
-        capabilities = device_capabilities(device)
-        effective, reason = resolve_precision(requested, capabilities)
-        return cls(requested, effective, reason, capabilities.as_dict())
-
-    @property
-    def fell_back(self) -> bool:
-        return self.effective == "fp32" != self.requested
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"requested": self.requested, "effective": self.effective, "reason": self.reason,
-                "capabilities": self.capabilities}
+from .precision_choice import PrecisionChoice
 
 
 @dataclass
@@ -62,15 +36,14 @@ class ServedModel:
              device: str | torch.device = "cpu") -> ServedModel:
         """The model of an unpacked archive (``config``: its model-config.yaml's settings when None).
 
-        Applies ``torch_threads`` (process-wide, as a worker does) and chooses the precision before the
-        weights are read, so a refusal (``Bf16Unavailable``) costs no model load. Raises
+        Chooses the precision before the weights are read, so a refusal (``Bf16Unavailable``) costs no
+        model load. Process-wide settings (``torch_threads``) are the caller's: the worker applies them,
+        the in-process API only when asked. Raises
         ``archive_layout.ArchiveIntegrityError`` when the weights are not the ones the archive recorded.
         """
         directory = Path(directory)
         config = config if config is not None else archive_layout.read_handler_config(directory)
         device = torch.device(device)
-        if config.torch_threads > 0:
-            torch.set_num_threads(config.torch_threads)
         precision = PrecisionChoice.for_device(config.precision, device)
         model, info = archive_layout.load_detector(directory, device, config.resolved_images_per_pass(device.type))
         model.set_precision(precision.effective, reversible=False)

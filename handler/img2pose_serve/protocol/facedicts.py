@@ -7,7 +7,7 @@ from typing import TypedDict
 import numpy as np
 from torch import Tensor
 
-from .pose import KEYPOINT_INDICES
+from ..nn.pose import KEYPOINT_INDICES
 
 
 class FaceDict(TypedDict):

@@ -12,9 +12,9 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 
+from .bf16 import run_fp32
 from .passes import pass_slices
 from .pose import PoseDecoder
-from .precision import run_fp32
 from .roi_pooling import ThreadedMultiScaleRoIAlign
 
 FACE = 1
@@ -72,7 +72,7 @@ class DoFRoIHeads(RoIHeads):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 1000,
-        images_per_pass: int | None = None,  # see passes.py
+        images_per_pass: int | None = None,  # see ``passes``
     ) -> None:
         pooler = roi_pooler()
         pooled_size = out_channels * pooler.output_size[0] ** 2

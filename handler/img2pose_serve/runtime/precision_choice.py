@@ -1,33 +1,21 @@
-"""Numeric precision of a forward: exact fp32 (the default), or bf16 for the heavy layers.
-
-In ``bf16`` the backbone, the FPN, the RPN head's 3x3 conv and the RoI heads' two-layer MLPs run
-under ``torch.autocast`` in bfloat16 (these hold almost all of the arithmetic), as bf16 copies of
-those stages (:func:`bf16_stage`). Everything that ranks, selects or decodes stays float32: the RPN's
-objectness and box-delta convs, anchor decoding, proposal ranking and NMS, RoI align, the class and
-6DoF predictors, softmax and pose decoding. The tensors are cast back to float32 where they cross
-into those parts (:func:`run_fp32`).
+"""Which precision a worker runs: what the ``precision`` handler setting asks for, against the device.
 
 bf16 is only fast where the device computes in bf16 natively; elsewhere it is emulated, several
 times slower than fp32 (measurements in docs/precision.md). The handler setting therefore
 asks for a precision (:data:`PRECISION_SETTINGS`) and the worker decides at start what runs, from
 what the device does natively (:func:`resolve_precision`, a pure function of
-:class:`Bf16Capabilities`; :func:`device_capabilities` reads them).
+:class:`Bf16Capabilities`; :func:`device_capabilities` reads them). The network's side of bf16 is
+``nn.bf16``.
 """
 
 from __future__ import annotations
 
-import copy
 import os
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from itertools import pairwise
+from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights
-from torchvision.ops.misc import FrozenBatchNorm2d
 
-PRECISIONS = ("fp32", "bf16")  # what a forward runs in
 # What the ``precision`` handler setting may ask for: "bf16" runs bf16 where the device has it
 # natively and fp32 elsewhere; "bf16-required" runs bf16 or refuses to start.
 PRECISION_SETTINGS = ("fp32", "bf16", "bf16-required")
@@ -43,13 +31,6 @@ ONEDNN_BF16_ISAS = ("ALL", "DEFAULT", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "A
 
 class Bf16Unavailable(RuntimeError):
     """``precision: bf16-required`` on a device without native bf16; the message names what was checked."""
-
-
-def check_precision(precision: str) -> str:
-    """A precision a forward can run in (``fp32`` or ``bf16``)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    return precision
 
 
 def check_precision_setting(precision: str) -> str:
@@ -151,45 +132,26 @@ def cpu_model_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def forward_autocast(device_type: str, precision: str) -> AbstractContextManager:
-    """The autocast region a whole forward runs in (disabled for fp32: nothing changes)."""
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=check_precision(precision) == "bf16")
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What the ``precision`` setting asked for, what runs on this device, and why."""
 
+    requested: str
+    effective: str
+    reason: str
+    capabilities: dict[str, Any]
 
-def run_fp32(module: nn.Module, x: Tensor) -> Tensor:
-    """``module(x)`` in float32 even inside a bf16 autocast region (a no-op cast for fp32 inputs)."""
-    with torch.autocast(x.device.type, enabled=False):
-        return module(x.float())
+    @classmethod
+    def for_device(cls, requested: str, device: torch.device) -> PrecisionChoice:
+        """Raises :class:`Bf16Unavailable` for ``bf16-required`` where bf16 is not native."""
+        capabilities = device_capabilities(device)
+        effective, reason = resolve_precision(requested, capabilities)
+        return cls(requested, effective, reason, capabilities.as_dict())
 
+    @property
+    def fell_back(self) -> bool:
+        return self.effective == "fp32" != self.requested
 
-def bf16_stage(stage: nn.Module) -> nn.Module:
-    """A bf16 copy of ``stage`` (the original is left as it is, for fp32).
-
-    Its weights are cast once here instead of by autocast at every forward, 4-D ones channels_last
-    (what the bf16 convolution kernels run fastest on). Frozen batch norms are folded into the
-    convolutions before them first: left alone they promote each bf16 activation to float32 (their
-    statistics are float32), a full-size cast and an fp32 multiply-add per convolution.
-    Both show in the speed of a bf16 forward (docs/precision.md, "Speed").
-    """
-    stage = copy.deepcopy(stage)
-    fold_frozen_batch_norms(stage)
-    return stage.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-
-
-def fold_frozen_batch_norms(module: nn.Module) -> None:
-    """In place: every ``Conv2d`` directly followed by a ``FrozenBatchNorm2d`` absorbs it, and the norm
-    becomes ``Identity``. "Followed" as torchvision's ResNet writes it: ``convN`` then ``bnN`` in a
-    block, or consecutive entries of a ``Sequential`` (the downsample branch)."""
-    for child in module.children():
-        fold_frozen_batch_norms(child)
-    names = [name for name, _ in module.named_children()]
-    if isinstance(module, nn.Sequential):
-        pairs = list(pairwise(names))
-    else:
-        pairs = [(name, "bn" + name[len("conv"):]) for name in names if name.startswith("conv")]
-    for conv_name, norm_name in pairs:
-        conv, norm = getattr(module, conv_name), getattr(module, norm_name, None)
-        if isinstance(conv, nn.Conv2d) and isinstance(norm, FrozenBatchNorm2d):
-            conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean,
-                                                          norm.running_var, norm.eps, norm.weight, norm.bias)
-            setattr(module, norm_name, nn.Identity())
+    def as_dict(self) -> dict[str, Any]:
+        return {"requested": self.requested, "effective": self.effective, "reason": self.reason,
+                "capabilities": self.capabilities}

@@ -1,0 +1,1 @@
+"""What the tests share: fixture plugins, stand-ins for TorchServe, the golden set, the deployment files."""
