@@ -1,0 +1,332 @@
+"""Archives built before the package was split (commit 6899c44, the flat ``img2pose_serve``) keep loading
+and answering while the current package is installed, because a worker imports the archive's own copy.
+
+Every archive carries ``img2pose_handler.py`` and the ``img2pose_serve`` package at its root. An archive
+built at 6899c44 holds the flat package (``img2pose_serve/served_model.py``, ``archive_layout.py``, ...),
+modules the installed package no longer has: its handler can only run if the worker imports the
+archive's copy.
+
+Why a worker imports the archive's copy (measured on TorchServe 0.12, docs/configuration.md, "Which copy
+of the code a worker runs"): the frontend starts each worker as
+``python .../ts/model_service_worker.py --sock-type unix --sock-name <tmp>/.ts.sock.<port> --metrics-config
+<metrics.yaml>`` with the unpacked archive as its working directory and ``PYTHONPATH=<unpacked archive>:``
+(``EnvironmentUtils.getEnvString``: the frontend's own PYTHONPATH first, if it has one, then the archive).
+PYTHONPATH entries come before site-packages on ``sys.path``, so ``PathFinder`` finds the archive's
+``img2pose_handler`` and ``img2pose_serve`` first; a regular install lives in site-packages, after them,
+and setuptools' editable finder is appended to ``sys.meta_path`` after ``PathFinder``: it is asked only
+for names nothing on ``sys.path`` has. Submodules are then looked up in the package's ``__path__``, the
+archive's directory, never in the installed copy.
+
+How it is tested without starting TorchServe (its Java frontend and a second server cost 15-20 s): the
+real worker, TorchServe's own ``ts/model_service_worker.py``, is started here exactly as the frontend
+starts it (the same interpreter, arguments, working directory and environment: ``worker_environment``)
+and spoken to over its Unix socket in TorchServe's binary protocol (``ts.protocol.otf_message_handler``):
+a load command with the fields the frontend sends for this archive (its manifest's handler, CPU: gpu -1),
+then one prediction with an image as the REST API passes it (parameter ``body``). Everything that decides
+which files are imported happens inside that unchanged worker process; the frontend's part is only
+argv, environment and working directory, and ``test_session_worker_environment_is_the_one_used_here``
+compares those with a real worker of the session's TorchServe.
+
+Which files were imported is read from the bytecode cache: the worker runs with bytecode writing on (the
+image sets PYTHONDONTWRITEBYTECODE=1, which decides only whether .pyc files are written, never where a
+module is imported from), so every module it imported from the freshly unpacked archive leaves its .pyc
+beside the source there.
+
+The old package comes from git (``git archive 6899c44 handler``): without that commit (a shallow clone,
+an sdist) the tests skip.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import ts
+
+from img2pose_tools.serve_config import CONFIG_DIR
+from img2pose_tools.synthetic_images import photo_like_jpeg
+from img2pose_tools.torchserve_launcher import REPO
+from img2pose_tools.wait_ready import ready_workers
+
+OLD_COMMIT = "6899c44"  # the last commit with the flat package (the split is 5e6c66e)
+# Modules of the flat package that the split removed; the old handler imports each of them.
+OLD_ONLY_MODULES = ("served_model", "archive_layout", "handler_config", "precision", "model")
+WORKER_SCRIPT = Path(ts.__file__).resolve().parent / "model_service_worker.py"
+METRICS_CONFIG = CONFIG_DIR / "metrics.yaml"
+# What the frontend adds from its own settings (ConfigManager.getBackendConfiguration, 0.12's defaults).
+BACKEND_ENVIRONMENT = {"TS_DECODE_INPUT_REQUEST": "true", "TS_IPEX_ENABLE": "false", "TS_IPEX_GPU_ENABLE": "false"}
+WORKER_TIMEOUT_S = 180.0
+
+
+def frontend_pythonpath(model_dir: Path, inherited: str | None) -> str:
+    """The worker's PYTHONPATH as TorchServe 0.12's frontend writes it (``EnvironmentUtils.getEnvString``):
+    the frontend's own PYTHONPATH (when set), then the unpacked archive, each followed by ``:``. (Its third
+    part, TorchServe's home directory, is left out whenever that path contains site-packages or
+    dist-packages, as in every pip install; the empty entry the trailing ``:`` leaves is dropped by Python.)"""
+    return os.pathsep.join([*([inherited] if inherited else []), str(model_dir.resolve()), ""])
+
+
+def worker_environment(model_dir: Path) -> dict[str, str]:
+    """The environment a deployed worker gets: the frontend's (here: this process's) without PYTHONPATH, as
+    the image runs it, plus the worker's PYTHONPATH and the backend settings."""
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
+    return {**env, **BACKEND_ENVIRONMENT, "PYTHONPATH": frontend_pythonpath(model_dir, None)}
+
+
+# --- TorchServe's frontend <-> worker protocol (ts/protocol/otf_message_handler.py, 0.12) ------------------
+
+def _int(value: int) -> bytes:
+    return struct.pack("!i", value)
+
+
+def _buffer(value: str | bytes) -> bytes:
+    data = value.encode() if isinstance(value, str) else value
+    return _int(len(data)) + data
+
+
+def load_message(model_name: str, model_dir: Path, handler: str, batch_size: int = 1) -> bytes:
+    """The frontend's load command: name, path, batch size, handler, gpu (-1: CPU), envelope, limitMaxImagePixels."""
+    return (b"L" + _buffer(model_name) + _buffer(str(model_dir)) + _int(batch_size) + _buffer(handler)
+            + _int(-1) + _buffer("") + struct.pack("!?", True))
+
+
+def predict_message(body: bytes, content_type: str) -> bytes:
+    """One REST request (POST /predictions/<model> with a raw body) as the frontend forwards it."""
+    headers = _buffer("Content-Type") + _buffer(content_type) + _int(-1)
+    parameters = _buffer("body") + _buffer(content_type) + _buffer(body) + _int(-1)
+    return b"I" + _buffer("request-0") + headers + parameters + _int(-1)
+
+
+class _Reader:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def bytes(self, length: int) -> bytes:
+        data = bytearray()
+        while len(data) < length:
+            chunk = self.sock.recv(length - len(data))
+            if not chunk:
+                raise ConnectionError("the worker closed the connection")
+            data += chunk
+        return bytes(data)
+
+    def int(self) -> int:
+        return struct.unpack("!i", self.bytes(4))[0]
+
+    def buffer(self) -> bytes:
+        return self.bytes(self.int())
+
+
+@dataclass
+class Answer:
+    status: int
+    content_type: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def read_load_response(reader: _Reader) -> tuple[int, str]:
+    code, message = reader.int(), reader.buffer().decode()
+    assert reader.int() == -1
+    return code, message
+
+
+def read_predict_response(reader: _Reader) -> list[Answer]:
+    code, message = reader.int(), reader.buffer().decode()
+    answers = []
+    while (length := reader.int()) != -1:
+        reader.bytes(length)  # the request id
+        content_type = reader.buffer().decode()
+        status = reader.int()
+        reader.buffer()  # reason phrase
+        headers = {reader.buffer().decode(): reader.buffer().decode() for _ in range(reader.int())}
+        answers.append(Answer(status, content_type, headers, reader.buffer()))
+    assert answers, f"the worker answered the batch with {code} {message} and no per-request answers"
+    return answers
+
+
+@dataclass
+class WorkerRun:
+    load: tuple[int, str]
+    answer: Answer | None
+    log: str
+
+
+def run_worker(model_dir: Path, model_name: str, image: bytes | None, scratch: Path) -> WorkerRun:
+    """Start TorchServe's worker on ``model_dir`` as the frontend does, load the model, send ``image`` (None:
+    load only)."""
+    manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
+    # The socket's path must fit a sockaddr_un (108 bytes): pytest's tmp_path may not.
+    sock_dir = Path(tempfile.mkdtemp(prefix="ts-sock-"))
+    sock_name = sock_dir / ".ts.sock.9000"
+    log_path = scratch / f"{model_name}-worker.log"
+    command = [sys.executable, str(WORKER_SCRIPT), "--sock-type", "unix", "--sock-name", str(sock_name),
+               "--metrics-config", str(METRICS_CONFIG)]
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(command, cwd=model_dir, env=worker_environment(model_dir), stdin=subprocess.DEVNULL,
+                                  stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + WORKER_TIMEOUT_S
+        while not sock_name.exists():
+            assert worker.poll() is None, f"the worker exited with {worker.returncode}:\n{log_path.read_text()}"
+            assert time.monotonic() < deadline, f"the worker did not listen:\n{log_path.read_text()}"
+            time.sleep(0.05)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(WORKER_TIMEOUT_S)
+            sock.connect(str(sock_name))
+            reader = _Reader(sock)
+            sock.sendall(load_message(model_name, model_dir, manifest["model"]["handler"]))
+            load = read_load_response(reader)
+            answer = None
+            if load[0] == 200 and image is not None:
+                sock.sendall(predict_message(image, "image/jpeg"))
+                [answer] = read_predict_response(reader)
+        worker.wait(timeout=60)  # the frontend disconnected: the worker exits
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=30)
+        for leftover in sock_dir.iterdir():
+            leftover.unlink()
+        sock_dir.rmdir()
+    return WorkerRun(load, answer, log_path.read_text(errors="replace"))
+
+
+# --- the archives ------------------------------------------------------------------------------------------
+
+def unpack(mar: Path, directory: Path) -> Path:
+    """The archive unpacked as the frontend unpacks it for its workers (``<TEMP>/models/<id>``)."""
+    with zipfile.ZipFile(mar) as archive:
+        archive.extractall(directory)
+    return directory
+
+
+def imported_from(directory: Path, *modules: str) -> dict[str, bool]:
+    """{module: whether the interpreter's .pyc of ``directory/<module>.py`` exists} (written on import)."""
+    return {module: Path(importlib.util.cache_from_source(str(directory / f"{module}.py"))).is_file()
+            for module in modules}
+
+
+def assert_face_dicts(answer: Answer) -> list[dict]:
+    assert answer.status == 200, answer.body[:2000]
+    faces = json.loads(answer.body)
+    assert isinstance(faces, list) and faces, faces  # the demo weights find "faces" in the photo-like image
+    for face in faces:
+        assert set(face) >= {"box", "confidence", "pose", "keypoints"}, face
+        assert len(face["box"]) == 4 and len(face["pose"]) == 6
+    return faces
+
+
+@pytest.fixture(scope="module")
+def old_handler_tree(tmp_path_factory) -> Path:
+    """``handler/`` of commit 6899c44 (the flat package and its tools), extracted from git."""
+    found = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{OLD_COMMIT}^{{commit}}"],
+                           capture_output=True) if (REPO / ".git").exists() else None
+    if found is None or found.returncode != 0:
+        pytest.skip(f"the repository has no commit {OLD_COMMIT} (a shallow clone or an sdist): "
+                    "the pre-split package cannot be extracted")
+    tar = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", OLD_COMMIT, "handler"],
+                         capture_output=True, check=True).stdout
+    root = tmp_path_factory.mktemp("old_tree")
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(root, filter="data")
+    return root / "handler"
+
+
+@pytest.fixture(scope="module")
+def old_archive(tmp_path_factory, old_handler_tree) -> Path:
+    """The demo archive as 6899c44's builder wrote it, run with 6899c44's package (checked below)."""
+    store = tmp_path_factory.mktemp("old_store")
+    build = ("import sys, img2pose_serve; print('PACKAGE', img2pose_serve.__file__)\n"
+             "from img2pose_tools.build_mar import main\n"
+             f"sys.exit(main(['--export-path', {str(store)!r}, '--model-name', 'old', '--force']))")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", build], cwd=store, env={**env, "PYTHONPATH": str(old_handler_tree)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    package = Path(done.stdout.split("PACKAGE ", 1)[1].split()[0])
+    assert package == old_handler_tree / "img2pose_serve" / "__init__.py", package
+    return store / "old.mar"
+
+
+@pytest.fixture(scope="module")
+def installed_package(tmp_path_factory) -> Path:
+    """The installed ``img2pose_serve`` (wheel or editable) a process without PYTHONPATH imports."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    found = subprocess.run([sys.executable, "-c", "import importlib.util as u; s = u.find_spec('img2pose_serve'); "
+                            "print(s.origin if s else '')"], cwd=tmp_path_factory.mktemp("elsewhere"), env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    if not found:
+        pytest.skip("img2pose-serve is not installed (pip install -e .): nothing competes with the archive's copy")
+    return Path(found).parent
+
+
+def test_old_archive_loads_and_answers_with_its_own_code(old_archive, installed_package, tmp_path):
+    # The premise: the installed package is the split one, without the modules the old handler imports.
+    assert (installed_package / "runtime" / "served_model.py").is_file()
+    assert not [m for m in OLD_ONLY_MODULES if (installed_package / f"{m}.py").exists()]
+
+    model_dir = unpack(old_archive, tmp_path / "models" / "old")
+    assert (model_dir / "img2pose_serve" / "served_model.py").is_file()  # the flat package travelled
+    run = run_worker(model_dir, "old", photo_like_jpeg(320, 240, seed=1), tmp_path)
+
+    assert run.load[0] == 200, f"{run.load}\n{run.log[-6000:]}"
+    assert_face_dicts(run.answer)
+    assert "img2pose loaded on cpu" in run.log, run.log[-6000:]
+    # The worker compiled, so imported, the archive's handler and flat modules from the archive's files.
+    assert imported_from(model_dir, "img2pose_handler") == {"img2pose_handler": True}
+    package = model_dir / "img2pose_serve"
+    assert imported_from(package, "__init__", *OLD_ONLY_MODULES) == dict.fromkeys(("__init__", *OLD_ONLY_MODULES), True)
+
+
+@pytest.fixture(scope="module")
+def new_archive(tmp_path_factory) -> Path:
+    from img2pose_tools.build_mar import build_archive
+
+    return build_archive(None, export_path=tmp_path_factory.mktemp("new_store"), model_name="new", quiet=True)
+
+
+def test_new_archive_worker_imports_its_own_copy_too(new_archive, installed_package, tmp_path):
+    """The control: the same worker loads an archive of the current code from the archive's files too (the
+    installed copy holds the same modules and would serve as well: only the .pyc files tell which one was
+    imported). Load only: the session server's tests send new archives every kind of request."""
+    model_dir = unpack(new_archive, tmp_path / "models" / "new")
+    run = run_worker(model_dir, "new", None, tmp_path)
+
+    assert run.load[0] == 200, f"{run.load}\n{run.log[-6000:]}"
+    assert imported_from(model_dir, "img2pose_handler") == {"img2pose_handler": True}
+    runtime = model_dir / "img2pose_serve" / "runtime"
+    assert imported_from(runtime, "served_model", "archive_layout") == {"served_model": True, "archive_layout": True}
+
+
+@pytest.mark.server
+def test_session_worker_environment_is_the_one_used_here(torchserve_server):
+    """A real worker of the session's TorchServe runs as ``run_worker`` runs its worker: same script and
+    arguments, the unpacked archive as working directory, the PYTHONPATH ``frontend_pythonpath`` writes."""
+    if not Path("/proc/self/environ").exists():
+        pytest.skip("no /proc: a worker's environment cannot be read")
+    pid = ready_workers(torchserve_server.describe())[0]["pid"]
+    cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    env = dict(item.split("=", 1) for item in raw if "=" in item)
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+    assert (cwd / "MAR-INF" / "MANIFEST.json").is_file() and (cwd / "img2pose_serve").is_dir(), cwd
+    assert env["PYTHONPATH"] == frontend_pythonpath(cwd, os.environ.get("PYTHONPATH")), env["PYTHONPATH"]
+    assert {key: env.get(key) for key in BACKEND_ENVIRONMENT} == BACKEND_ENVIRONMENT
+    assert Path(argv[1]).resolve() == WORKER_SCRIPT, argv
+    assert [argv[2:5], argv[6]] == [["--sock-type", "unix", "--sock-name"], "--metrics-config"], argv
+    assert len(argv) == 8 and Path(argv[7]).resolve() == METRICS_CONFIG.resolve(), argv
