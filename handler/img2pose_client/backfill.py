@@ -46,8 +46,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from img2pose_serve.runtime.in_process import Img2Pose
-
 from .inference_key import InferenceKey
 from .inputs import Shard, iter_inputs
 from .key_file import DEFAULT_KEY_FILE, read_keys
@@ -150,6 +148,10 @@ def paths_to_process(args: argparse.Namespace, index: ResumeIndex, tally: Tally,
 
 def detect_in_process(args: argparse.Namespace, paths: Iterable[str], record: Callable[[str, Outcome], None]) -> None:
     """``--archive``: run the archive's model here, ``--concurrency`` images per call (local_detection)."""
+    # Imported here, not at the top: a --url run is a plain HTTP client and never loads torch
+    # (tests/test_client_imports.py).
+    from img2pose_serve.runtime.in_process import Img2Pose
+
     with open_detector(lambda: Img2Pose(args.archive, device=args.device), "backfill") as detector:
         for path, outcome in detect_files(detector, paths, args.concurrency, options=args.options):
             record(path, outcome)

@@ -13,12 +13,14 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from img2pose_serve.protocol.errors import RequestError
-from img2pose_serve.runtime.archive_layout import DEMO_NOTICE
-from img2pose_serve.runtime.in_process import Img2Pose
 
 from .predict_client import Outcome
+
+if TYPE_CHECKING:  # the runtime (torch) is imported by whoever makes the detector, not by this module
+    from img2pose_serve.runtime.in_process import Img2Pose
 
 LOCAL_ERROR = "local"  # the status recorded when the file itself could not be read
 INTERNAL_ERROR = 500
@@ -26,6 +28,8 @@ INTERNAL_ERROR = 500
 
 def open_detector(make: Callable[[], Img2Pose], program: str) -> Img2Pose:
     """``make()``, with a demo archive's notice printed once to stderr as ``program``'s (not as a warning)."""
+    from img2pose_serve.runtime.archive_layout import DEMO_NOTICE  # imports torch: only when a detector is made
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=DEMO_NOTICE[:20])
         detector = make()
