@@ -181,8 +181,8 @@ def test_a_backfill_runs_through_several_key_expiries(short_key_server, tmp_path
     seconds_per_image = (time.monotonic() - started) / len(originals)
     # TorchServe checks the key when a request arrives, and a key is renewed only when a request is
     # refused, so each renewal lands up to a request's time after the expiry it answers: requests must
-    # keep arriving well past two lifetimes plus those delays. Three lifetimes' worth of images was too
-    # few (a 17 s run whose last requests arrived before the second key expired); five leaves margin.
+    # keep arriving well past two lifetimes plus those delays: five lifetimes' worth of images (three
+    # were seen to end before the second key expired).
     count = max(5, min(2000, math.ceil(5 * KEY_LIFETIME_S / seconds_per_image)))
     folder = tmp_path / "library"
     folder.mkdir()

@@ -22,6 +22,7 @@ from img2pose_serve.runtime import archive_layout
 from img2pose_serve.runtime.handler_config import HandlerConfig
 from img2pose_tools.build_mar import (
     FRONTEND_KEYS,
+    HANDLER_PATH,
     SOURCE_DEMO,
     SOURCE_NPY,
     SOURCE_PUBLISHED,
@@ -31,7 +32,7 @@ from img2pose_tools.build_mar import (
     staged_archive,
 )
 from img2pose_tools.demo_checkpoint import build_demo_state_dict, state_dict_manifest, write_demo_checkpoint
-from tests.support.served_models import PRIMARY_MODEL
+from tests.support.served_models import POISON_MODEL, PRIMARY_MODEL
 
 DTYPES = {"float32": torch.float32, "int64": torch.int64}
 
@@ -196,8 +197,8 @@ def test_existing_archive_needs_force(tmp_path):
     ([1, 2, 3], [1] * 6, "must hold 6 numbers"),
     ([1] * 6, [1] * 7, "must hold 6 numbers"),
     (["a"] * 6, [1] * 6, "must hold 6 numbers"),
-    ([1] * 6, [1, 1, 1, 0, 1, 1], "must be positive"),
-    ([np.nan] * 6, [1] * 6, "non-finite"),
+    ([1] * 6, [1, 1, 1, 0, 1, 1], "pose stddev must be positive"),
+    ([np.nan] * 6, [1] * 6, "pose mean must be finite"),
 ])
 def test_bad_pose_stats(tmp_path, mean, stddev, message):
     checkpoint = tmp_path / "c.pth"
@@ -294,3 +295,14 @@ def test_an_archive_that_recorded_its_precision_in_archive_info_still_loads(tmp_
     recorded = json.loads(info.write(tmp_path).read_text())
     (tmp_path / archive_layout.INFO_FILE).write_text(json.dumps({**recorded, "precision": "bf16"}))
     assert archive_layout.ArchiveInfo.read(tmp_path) == info
+
+
+def test_an_archive_with_its_own_handler_carries_the_handler_it_subclasses(served_archives):
+    """The poison handler subclasses img2pose_handler.Img2PoseHandler: the worker must import the one that
+    matches the archive's package (docs/configuration.md), so the archive carries it too."""
+    with zipfile.ZipFile(served_archives[POISON_MODEL]) as archive:
+        names = set(archive.namelist())
+        assert {"poison_handler.py", archive_layout.HANDLER_FILE} <= names
+        assert archive.read(archive_layout.HANDLER_FILE) == HANDLER_PATH.read_bytes()
+    with zipfile.ZipFile(served_archives[PRIMARY_MODEL]) as archive:
+        assert archive.read(archive_layout.HANDLER_FILE) == HANDLER_PATH.read_bytes()

@@ -148,6 +148,7 @@ def test_img2pose_detect_prints_one_line_per_image(demo_archive, alone, tmp_path
     assert "max_faces must be >= -1" in capsys.readouterr().err
 
 
+@pytest.mark.server
 def test_backfill_in_process_resumes_and_shards_like_the_server_run(demo_archive, library, direct, tmp_path):
     """``backfill --archive``: the server run's result lines (``direct``), without a server."""
     good, bad = library["good"], library["bad"]

@@ -16,7 +16,7 @@ from img2pose_handler import PRECISION_HEADER, Img2PoseHandler
 from img2pose_serve.nn.bf16 import fold_frozen_batch_norms
 from img2pose_serve.nn.faster_dof_rcnn import BF16_STAGES
 from img2pose_serve.protocol.facedicts import to_face_dicts
-from img2pose_serve.runtime import archive_layout, served_model
+from img2pose_serve.runtime import archive_layout, precision_choice
 from img2pose_serve.runtime.handler_config import HandlerConfig, HandlerConfigError
 from img2pose_serve.runtime.image_decoding import decode_tensor
 from img2pose_serve.runtime.precision_choice import (
@@ -234,7 +234,7 @@ def test_bf16_stages_hold_bf16_weights_once_and_fp32_gets_its_originals_back(dem
 def _start_worker(model_dir, settings: dict, capabilities: Bf16Capabilities, monkeypatch):
     """A handler initialised as a worker on a device with ``capabilities`` (whatever this machine has)."""
     monkeypatch.setattr(img2pose_handler, "device_capabilities", lambda device: capabilities)
-    monkeypatch.setattr(served_model, "device_capabilities", lambda device: capabilities)
+    monkeypatch.setattr(precision_choice, "device_capabilities", lambda device: capabilities)
     context = make_context(model_dir, settings)
     handler = Img2PoseHandler()
     handler.initialize(context)

@@ -63,8 +63,8 @@ def test_a_request_of_huge_images_costs_one_forward_of_memory(torchserve_server,
           f"(+{growth / 2**20:.0f} MB; one forward's input {one_forward_input / 2**20:.0f} MB, "
           f"the whole request's {whole_request_input / 2**20:.0f} MB; {memory.samples} samples)")
     # One forward's float input, the decoding of one image (uint8 + its array copy) and the model's
-    # activations (measured: +977 MB in all); holding the whole request's images at once needs 1.8 GB
-    # for their float tensors alone.
+    # activations (what it measured: docs/errors-and-limits.md); holding the whole request's images at
+    # once would need four forwards' float tensors.
     assert growth < one_forward_input + 6 * 40_000_000 + 700 * 2**20
 
 

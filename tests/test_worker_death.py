@@ -156,6 +156,7 @@ def _kill_worker(server) -> int:
     return pid
 
 
+@pytest.mark.server
 def test_a_backfill_survives_two_worker_kills_with_every_input_answered(torchserve_server, tmp_path):
     server = torchserve_server
     paths = _library(tmp_path / "photos", 10)
@@ -183,6 +184,7 @@ def test_a_backfill_survives_two_worker_kills_with_every_input_answered(torchser
     assert {line["path"]: line["faces"] for line in lines(out)} == _direct(server, paths)
 
 
+@pytest.mark.server
 def test_a_poison_image_ends_as_one_error_line_and_its_neighbours_are_answered(torchserve_server, tmp_path):
     server = torchserve_server
     paths = _library(tmp_path / "photos", 6, poison_at=2)

@@ -281,7 +281,8 @@ def build_archive(
     """Write ``<export_path>/<model_name>.mar`` and return its path (``staging``: see ``staged_archive``).
 
     ``handler``: the handler module; another one must subclass ``img2pose_handler.Img2PoseHandler``
-    (its only class), which the worker imports from the installed package.
+    (its only class). The archive then carries ``img2pose_handler.py`` beside it, so that the worker
+    imports the handler that matches the archive's package, not an installed one of another version.
 
     Raises BuildError for unusable inputs, FileExistsError when the archive exists and not ``force``.
     """
@@ -293,6 +294,8 @@ def build_archive(
         export_path.mkdir(parents=True, exist_ok=True)
         archiver_tmp = staged.weights.parent / "archiver-tmp"
         archiver_tmp.mkdir()
+        if Path(handler).resolve() != HANDLER_PATH.resolve():
+            shutil.copy2(HANDLER_PATH, staged.extra / archive_layout.HANDLER_FILE)
         _run_archiver(
             archiver_tmp,
             model_name=model_name,

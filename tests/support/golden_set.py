@@ -23,31 +23,20 @@ from img2pose_serve.nn.faster_dof_rcnn import resized_shape
 from img2pose_serve.runtime.in_process import Img2Pose
 from img2pose_tools.torchserve_launcher import REPO
 
-# Tolerances between a matched pair of faces (../shared/img2pose/README.md), any x86-64 CPU. The
-# committed outputs were made on one CPU (Zen 4, AVX-512 kernels); fp32 convolutions sum in another
-# order on another instruction set (AVX2), so the numbers agree to their last bits only on the same
-# kind of CPU. Measured under AVX2 kernels (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2) against
-# the committed outputs, 4,686 matched faces: box 4.5e-5 px (the file's decimals, as natively),
-# keypoints 8.9e-3 px, confidence 2.2e-5, rotation 8.9e-5 rad, translation 1.8e-5 of |t| per
-# component (besides the flips below).
+# Tolerances between a matched pair of faces (../shared/img2pose/README.md), any x86-64 CPU: the
+# committed outputs agree with ours to their last bits only on the kind of CPU that made them, and
+# fp32 convolutions sum in another order on another instruction set. The differences measured under
+# AVX2 kernels, and why each tolerance is what it is: tests/golden/README.md, "Comparison rules".
 BOX_TOL = 1e-2
 KEYPOINT_TOL = 1e-2
 CONFIDENCE_TOL = 1e-4
 ROTATION_TOL = 1e-3
-# Translation: |a_i - b_i| <= 1e-3 |b_i| + 1e-4 |b| per component. The relative term alone failed a
-# component near zero (t_y -0.00043049 vs -0.00043428 where |t| = 232): a component's rounding error is
-# on the scale of the whole vector (t_x and t_y get t_z-sized terms added), so the absolute term is a
-# fraction of |b|: 5x the 1.8e-5 measured.
+# Translation: |a_i - b_i| <= 1e-3 |b_i| + 1e-4 |b| per component: a component's rounding error is on
+# the scale of the whole vector, so a component near zero cannot be held to 1e-3 of itself.
 TRANSLATION_REL_TOL = 1e-3
 TRANSLATION_NORM_TOL = 1e-4
-# Flips: two truncations to whole pixels of the resized image turn a last-bit difference into a
-# whole-pixel one, rarely (3 of 4,686 faces under AVX2, at most 1 per image):
-# * the output box's coordinates (int32 truncation): a coordinate differs by one pixel of the resized
-#   image (``quantum`` below, in original pixels); pose and keypoints agree within the tolerances;
-# * the proposal's centre (truncated to an integer in the box camera): t_x and/or t_y differ by
-#   exactly t_z / f (f = resized w + h), measured 1.001 and 0.999 of it; rotation changes within
-#   ROTATION_TOL (3.3e-4 rad measured), keypoints and box move by one resized pixel (0.761 px where the
-#   quantum is 0.75, 0.378 where it is 0.375).
+# Flips: two truncations to whole pixels of the resized image (the output box, the proposal's centre)
+# turn a last-bit difference into a whole-pixel one, rarely; what each looks like is in the README.
 # A pair explained by a flip is allowed for at most one face in FLIP_EVERY faces of the reference
 # (at least one per image): a systematic change (rounding instead of truncation, an off-by-one
 # centre) flips about half of them and fails.
