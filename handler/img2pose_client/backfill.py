@@ -1,10 +1,10 @@
 """Run a whole photo library through img2pose into a resumable JSON-lines file.
 
-    backfill INPUT... --url http://127.0.0.1:8080 [--model img2pose]
+    img2pose-backfill INPUT... --url http://127.0.0.1:8080 [--model img2pose]
         [--token KEY] [--token-file key_file.json] [--management-url http://127.0.0.1:8081]
         --output results.jsonl [--concurrency 16] [--score-threshold X] [--max-faces N]
         [--retry-errors] [--retries 5] [--worker-death-retries 2] [--timeout 300] [--shard I/N]
-    backfill INPUT... --archive img2pose.mar [--device cpu] --output results.jsonl [...]
+    img2pose-backfill INPUT... --archive img2pose.mar [--device cpu] --output results.jsonl [...]
 
 With --url the images go to a TorchServe; with --archive the archive's model runs in this process
 (img2pose_serve.runtime.in_process: the same answers, no server; files read in threads a chunk ahead, decoded
@@ -236,7 +236,7 @@ def exit_status(summary: dict[str, Any]) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="backfill", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="img2pose-backfill", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image file, directory (recursive) or list of paths (*.txt, *.lst, @FILE)")
     where = parser.add_mutually_exclusive_group(required=True)

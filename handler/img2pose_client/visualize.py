@@ -1,6 +1,6 @@
 """Draw backfill results onto their images: boxes, the five keypoints and the head-pose axes.
 
-    visualize results.jsonl --out-dir viz/ [--angles] [--min-confidence 0.5] [--only PATH ...]
+    img2pose-visualize results.jsonl --out-dir viz/ [--angles] [--min-confidence 0.5] [--only PATH ...]
         [--limit N]
 
 One PNG a result line with faces (error lines are skipped), named ``<stem>-<hash of path>.png``.
@@ -121,7 +121,7 @@ def visualize(results: Path, out_dir: Path, angles: bool = False, min_confidence
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="visualize", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="img2pose-visualize", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, help="a results JSONL written by backfill")
     parser.add_argument("--out-dir", type=Path, required=True, help="where the PNGs go")
     parser.add_argument("--angles", action="store_true", help="write yaw/pitch/roll (degrees) above each box")
