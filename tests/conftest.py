@@ -178,7 +178,7 @@ def torchserve_server(tmp_path_factory, served_archives, server_settings):
 
 def pytest_collection_modifyitems(config, items):
     """A test that starts TorchServe (the session server) must say so with the ``server`` marker, so that
-    the fast tier (``-m "not server"``) never starts one."""
+    the fast tier never starts one."""
     unmarked = [item.nodeid for item in items
                 if "torchserve_server" in item.fixturenames and item.get_closest_marker("server") is None]
     if unmarked:

@@ -71,6 +71,7 @@ def test_backfill_help_imports_no_torch(tmp_path):
     assert _heavy_modules_after(body, tmp_path) == []
 
 
+@pytest.mark.slow
 def test_the_archive_mode_still_finds_the_in_process_api(tmp_path):
     """The lazy import (backfill.detect_in_process) names a module that exists and exports Img2Pose."""
     body = "from img2pose_serve.runtime.in_process import Img2Pose\nassert callable(Img2Pose)\n"

@@ -43,6 +43,7 @@ def test_the_barrier_is_a_json_request_without_an_image_to_the_model(stand_in):
     assert stand_in["gets"] >= 1  # the queue length is reported
 
 
+@pytest.mark.slow
 def test_a_full_queue_is_retried_and_a_queue_that_stays_full_fails(stand_in):
     stand_in["statuses"] = [503, 503, 400]
     assert run_drain(stand_in, "--timeout", "30") == 0 and len(stand_in["posts"]) == 3

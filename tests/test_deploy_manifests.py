@@ -103,6 +103,7 @@ def kserve_schema() -> dict:
     return schema
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", [INFERENCE_SERVICE, INFERENCE_SERVICE_V2], ids=lambda path: path.name)
 def test_the_inference_service_validates_against_the_kserve_crd(path):
     from openapi_schema_validator import OAS30Validator
@@ -336,6 +337,7 @@ def test_the_v2_inference_service_differs_only_by_name_and_the_open_inference_sw
     assert v2 == service
 
 
+@pytest.mark.slow
 def test_protocol_version_is_not_a_field_of_a_custom_container_predictor():
     """Why the v2 variant has no protocolVersion: KServe's CRD has it on predictor.model (a ServingRuntime) only."""
     from openapi_schema_validator import OAS30Validator

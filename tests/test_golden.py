@@ -15,14 +15,17 @@ from tests.support.golden_set import COMMITTED, DEFAULT_THRESHOLD, SHARED, compa
 
 GOLDEN_SETS = [COMMITTED, SHARED]
 PRESENT = [COMMITTED, *([SHARED] if SHARED.present else [])]  # the committed set must never go missing
-IMAGES = [pytest.param(golden, name, id=f"{golden.name}-{name}") for golden in PRESENT for name in golden.image_names()]
+# ../shared's set is an extra of the full run (slow); the committed set is also the fast tier's parity check.
+IMAGES = [pytest.param(golden, name, id=f"{golden.name}-{name}", marks=[pytest.mark.slow] if golden is SHARED else [])
+          for golden in PRESENT for name in golden.image_names()]
 # The other pose statistics change only how the 6DoF output is decoded, not the network: two images
 # (the 1400 px limit, a photograph) check it for the committed set, at one forward each; ../shared's
 # set is checked on all its images.
 ALT_STATS_COMMITTED = ("05_rgb_1500x1000.png", "09_photo_astronaut_256x256.jpg")
 ALT_IMAGES = [param for param in IMAGES
               if param.values[0] is not COMMITTED or param.values[1] in ALT_STATS_COMMITTED]
-SETS = [pytest.param(golden, id=golden.name) for golden in PRESENT]
+SETS = [pytest.param(golden, id=golden.name, marks=[pytest.mark.slow] if golden is SHARED else [])
+        for golden in PRESENT]
 
 
 @pytest.mark.parametrize("golden", GOLDEN_SETS, ids=[g.name for g in GOLDEN_SETS])

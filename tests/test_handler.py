@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from img2pose_handler import DEMO_HEADER, PRECISION_HEADER, Img2PoseHandler
@@ -18,6 +19,8 @@ from img2pose_tools.synthetic_images import photo_like_pil
 from tests.support.alone import faces_alone
 from tests.support.golden_set import COMMITTED, compare_faces
 from tests.support.torchserve_context import make_context, set_requests
+
+pytestmark = pytest.mark.slow  # a worker's model and forwards in every test
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
@@ -44,6 +47,14 @@ def handler_and_context(demo_model_dir):
     handler.initialize(context)
     return handler, context
 
+
+
+def test_initialize_leaves_what_basehandler_leaves(handler_and_context):
+    """TorchServe's tooling and a user's subclass read these, as they would on BaseHandler."""
+    handler, _ = handler_and_context
+    assert handler.initialized is True
+    assert handler.model is handler.served.model and handler.device == torch.device("cpu")
+    assert Image.MAX_IMAGE_PIXELS is None  # the worker's process: its own bomb checks replace Pillow's
 
 @pytest.fixture(scope="module")
 def alone(demo_served, detections):

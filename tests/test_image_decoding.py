@@ -239,6 +239,7 @@ def test_limit_is_inclusive() -> None:
     assert decode_error(data, max_pixels=49).status == 413
 
 
+@pytest.mark.slow
 def test_importing_the_package_leaves_pillows_guard_to_its_owner() -> None:
     probe = ("from PIL import Image; Image.MAX_IMAGE_PIXELS = 12345; "
              "import img2pose_handler, img2pose_serve, img2pose_client.backfill, img2pose_tools.build_mar; "

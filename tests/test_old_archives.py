@@ -61,6 +61,8 @@ from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import REPO
 from img2pose_tools.wait_ready import ready_workers
 
+pytestmark = pytest.mark.slow  # an old archive built and two workers started
+
 OLD_COMMIT = "6899c44"  # the last commit with the flat package (the split is 5e6c66e)
 # Modules of the flat package that the split removed; the old handler imports each of them.
 OLD_ONLY_MODULES = ("served_model", "archive_layout", "handler_config", "precision", "model")

@@ -29,6 +29,7 @@ def test_pass_slices(batch, per_pass, expected):
     assert pass_slices(batch, per_pass) == expected
 
 
+@pytest.mark.slow
 def test_one_pass_for_the_whole_batch_gives_identical_detections(demo_detector, demo_model_dir, detections):
     """Passes of one image (the CPU default) are what every other batched test runs; here the other
     end: the whole batch in one pass, as on CUDA, against each image alone (the golden detections)."""
@@ -46,6 +47,7 @@ def test_images_per_pass_must_be_positive():
         FasterDoFRCNN(PoseDecoder.create([0] * 6, [1] * 6, reference_data.points_68()), images_per_pass=0)
 
 
+@pytest.mark.slow
 def test_a_detect_that_consumes_its_inputs_leaves_a_concurrent_callers_inputs_alone(demo_detector, monkeypatch):
     """``consume_inputs`` belongs to its call: another thread's detect, running meanwhile, normalises copies."""
     image = decode_tensor(COMMITTED.image_path("04_gray_320x240.png").read_bytes(), 10**8)

@@ -177,6 +177,7 @@ def test_bf16_runs_the_heavy_layers_in_bf16_and_ranks_and_decodes_in_fp32(bf16_m
     assert len(result["scores"]) > 0
 
 
+@pytest.mark.slow
 def test_bf16_batched_equals_bf16_alone_in_one_pass(bf16_model, demo_model_dir):
     """The handler's CPU default is one image per pass; this checks the kernels with all images in one pass."""
     images = synthetic_images(2, 320, 240)
@@ -189,6 +190,7 @@ def test_bf16_batched_equals_bf16_alone_in_one_pass(bf16_model, demo_model_dir):
     assert all(len(result["scores"]) for result in alone), "no detections: the comparison would be vacuous"
 
 
+@pytest.mark.slow
 def test_fp32_after_bf16_is_bit_identical_to_a_model_never_switched(demo_detector, bf16_model):
     image = synthetic_images(1, 320, 240)
     fresh = demo_detector.detect(image)[0]
@@ -252,6 +254,7 @@ def bf16_handler(demo_model_dir):
         return _start_worker(demo_model_dir, {"precision": "bf16", "max_images_per_forward": 8}, ZEN4, monkeypatch)
 
 
+@pytest.mark.slow
 def test_a_bf16_worker_where_bf16_is_native_runs_bf16_and_says_so(bf16_handler, caplog):
     handler, context = bf16_handler
     assert handler.served.model.precision == "bf16"
@@ -263,6 +266,7 @@ def test_a_bf16_worker_where_bf16_is_native_runs_bf16_and_says_so(bf16_handler, 
     assert context.get_response_headers(0)[PRECISION_HEADER] == "bf16"
 
 
+@pytest.mark.slow
 def test_a_bf16_worker_without_native_bf16_runs_fp32_exactly(demo_model_dir, demo_served, monkeypatch, caplog):
     with caplog.at_level(logging.INFO):
         handler, context = _start_worker(demo_model_dir, {"precision": "bf16"}, AVX2_ONLY, monkeypatch)
@@ -292,6 +296,7 @@ def test_a_bf16_required_worker_without_native_bf16_refuses_to_start(demo_model_
     assert loads == [], "it refused after loading the model"
 
 
+@pytest.mark.slow
 def test_bf16_handler_answers_each_request_what_it_gets_alone(bf16_handler, bf16_model):
     handler, context = bf16_handler
     assert handler.served.model.precision == "bf16"

@@ -14,14 +14,13 @@ from img2pose_tools.served_metrics import ForwardBatchMeter
 from img2pose_tools.torchserve_launcher import BASE_CONFIG, model_settings, read_properties
 from tests.support.alone import faces_alone
 from tests.support.golden_set import COMMITTED, compare_faces
-from tests.support.served_models import DEMO_MODEL, SESSION_BATCH_SIZE, TRUSTED_MODEL
+from tests.support.served_models import DEMO_MODEL, REST_GOLDEN_IMAGES, SESSION_BATCH_SIZE, TRUSTED_MODEL
 
 pytestmark = pytest.mark.server
 
-# The primary model serves the demo checkpoint, which the committed golden set was made for. Over REST:
-# JPEG, RGBA, greyscale, palette and the 1400 px cap (test_golden checks every image in-process).
-IMAGES = ["01_rgb_640x480.jpg", "02_rgba_480x640.png", "04_gray_320x240.png", "06_palette_100x100.png",
-          "07_rgb_1800x600.jpg"]
+# The primary model serves the demo checkpoint, which the committed golden set was made for (test_golden
+# checks every image in-process).
+IMAGES = list(REST_GOLDEN_IMAGES)
 
 
 def _bytes(name: str) -> bytes:

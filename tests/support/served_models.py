@@ -7,3 +7,8 @@ POISON_MODEL = "img2pose_poison"  # the demo model, except that a marked image k
 # config/config.properties serves batchSize 1 (best for online callers on CPU); the session server
 # aggregates batches of 8, as GPU deployments do, so that the tests exercise exact batching.
 SESSION_BATCH_SIZE = 8
+
+# The committed golden images test_server.py sends over REST (JPEG, RGBA, greyscale, palette and the
+# 1400 px cap) and compares with their in-process answers; test_in_process.py compares the others.
+REST_GOLDEN_IMAGES = ("01_rgb_640x480.jpg", "02_rgba_480x640.png", "04_gray_320x240.png", "06_palette_100x100.png",
+                      "07_rgb_1800x600.jpg")
