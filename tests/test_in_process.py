@@ -52,9 +52,11 @@ def test_every_kind_of_image_gives_the_same_faces(detector, alone):
     assert len(expected) > 5
     with Image.open(RGB_JPEG) as opened:
         as_array = np.array(opened.convert("RGB"))
-        given = [str(RGB_JPEG), RGB_JPEG, RGB_JPEG.read_bytes(), bytearray(RGB_JPEG.read_bytes()), opened, as_array]
-        for image in given:
+        for image in [str(RGB_JPEG), RGB_JPEG.read_bytes(), opened, as_array]:  # one forward per way in
             assert detector.detect_faces(image, score_threshold=0.0) == expected, type(image).__name__
+        tensor = detector._pending(str(RGB_JPEG)).tensor()
+        for image in [RGB_JPEG, bytearray(RGB_JPEG.read_bytes()), memoryview(RGB_JPEG.read_bytes())]:
+            assert torch.equal(detector._pending(image).tensor(), tensor), type(image).__name__  # the same input
     with Image.open(RGBA_PNG) as rgba:  # not RGB: converted as the server converts it
         assert detector.detect_faces(rgba, score_threshold=0.0) == alone[RGBA_PNG.name]
 
