@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from img2pose_tools.torchserve_launcher import REPO, free_port
+from img2pose_tools.torchserve_launcher import free_port
 from tests.support.deploy_files import (
     CLUSTER_CONFIG,
     IMAGE_HOME,
@@ -121,9 +121,11 @@ def start_container(tmp_path, served_archives):
         (home / "config" / "config.properties").write_text(container_config(home, ports))
         shutil.copy(METRICS_CONFIG, home / "config" / "metrics.yaml")
         (home / "model-store" / "img2pose.mar").symlink_to(served_archives[PRIMARY_MODEL])
-        env = {**os.environ, **{k: v.replace(IMAGE_HOME, str(home)) for k, v in dockerfile().envs.items()},
-               "IMG2POSE_TORCH_THREADS": str(TORCH_THREADS),
-               "PYTHONPATH": os.pathsep.join([str(REPO / "handler"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+        # No PYTHONPATH of ours: TorchServe would put it before the archive and its workers would run the
+        # checkout's code instead of the archive's, as they never do in the image (docs/configuration.md).
+        env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+               **{k: v.replace(IMAGE_HOME, str(home)) for k, v in dockerfile().envs.items()},
+               "IMG2POSE_TORCH_THREADS": str(TORCH_THREADS)}
         command = [arg.replace(IMAGE_HOME, str(home)) for arg in container_command()]
         tini = Path(command[0]).is_file()
         if not tini:
