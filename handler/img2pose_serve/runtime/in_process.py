@@ -19,7 +19,6 @@ docs/in-process.md.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import tempfile
 import warnings
@@ -46,8 +45,6 @@ from .image_decoding import decode_tensor, image_size, image_to_tensor, to_rgb
 from .served_model import ServedModel
 
 __all__ = ["Img2Pose", "ImageInput", "DEFAULT_ARCHIVE"]
-
-logger = logging.getLogger(__name__)
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]  # noqa: UP007
 PoseStat = Union[Sequence[float], str, os.PathLike]  # noqa: UP007 - 6 numbers, or their .npy file
