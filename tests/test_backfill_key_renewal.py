@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from img2pose_client.backfill import exit_status, main, parse_args, run
-from img2pose_client.key_file import read_keys, renew_key
+from img2pose_client.key_file import read_keys, renew_key, token_value_attached
 from img2pose_client.predict_client import MAX_KEY_RECOVERIES
 from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import ServerSettings, start_torchserve, stop_torchserve
@@ -119,6 +119,16 @@ def test_management_url_needs_the_key_files_api_key(tmp_path, monkeypatch):
                     "--management-url", "http://127.0.0.1:9"])
     args = parse_args(["x.jpg", "--url", "http://127.0.0.1:9", "--output", "o.jsonl", "--token", "T"])
     assert (args.token, args.key_file) == ("T", None)
+
+
+
+# TorchServe's keys are URL-safe base64: one in 64 starts with "-".
+@pytest.mark.parametrize("key", ["-YJ2afYn", "-4-2I0Vn", "IxRgEgYL"])
+def test_a_token_that_starts_with_a_dash_is_the_tokens_value(key):
+    argv = ["x.jpg", "--url", "http://127.0.0.1:9", "--output", "o.jsonl", "--token", key]
+    assert token_value_attached(argv)[-1] == f"--token={key}"
+    assert token_value_attached(["--token"]) == ["--token"]  # no value: argparse says so
+    assert parse_args(argv).token == key
 
 
 # --- against a TorchServe whose keys last 6 s ----------------------------------------------------

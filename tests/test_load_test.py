@@ -48,20 +48,23 @@ def test_refuses_non_loopback_urls():
 
 class _Recorder(JsonHandler):
     arrivals: list[tuple[float, int]] = []  # (monotonic time, body length)
+    authorizations: set[str] = set()
 
     def do_POST(self):
         _Recorder.arrivals.append((time.monotonic(), len(self.body())))
+        _Recorder.authorizations.add(self.headers.get("Authorization"))
         self.answer(200, [])
 
 
 def test_rate_paces_the_requests_and_mixed_sizes_rotates_the_images(tmp_path):
-    _Recorder.arrivals = []
+    _Recorder.arrivals, _Recorder.authorizations = [], set()
     out = tmp_path / "report.json"
-    with serving(_Recorder) as url:
-        exit_code = load_test.main(["--url", url, "--token", "t", "--requests", "10", "--concurrency", "4",
+    with serving(_Recorder) as url:  # a key that starts with "-", as one TorchServe key in 64 does
+        exit_code = load_test.main(["--url", url, "--token", "-t", "--requests", "10", "--concurrency", "4",
                                     "--rate", "20", "--mixed-sizes", "--quiet", "--json-out", str(out)])
     report = json.loads(out.read_text())
     assert exit_code == 0 and report["sent"] == report["answered"] == 10
+    assert _Recorder.authorizations == {"Bearer -t"}
     times = [t for t, _ in _Recorder.arrivals]
     assert times[-1] - times[0] >= 9 / 20 - 0.01, "10 requests at 20/s span at least 0.45 s"
     assert len({size for _, size in _Recorder.arrivals}) == len(load_test.MIXED_SIZES)

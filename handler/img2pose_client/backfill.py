@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from .inference_key import InferenceKey
 from .inputs import Shard, iter_inputs
-from .key_file import DEFAULT_KEY_FILE, read_keys
+from .key_file import DEFAULT_KEY_FILE, read_keys, token_value_attached
 from .local_detection import LOCAL_ERROR, detect_files, open_detector, read_file
 from .predict_client import TRANSPORT_ERROR, FatalServerError, Outcome, PredictClient
 from .results_file import ResultWriter, ResumeIndex
@@ -269,7 +269,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="process only shard I of N (0 <= I < N), by a stable hash of each absolute path; "
                              "run N processes with the same inputs and one --output each")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(token_value_attached(argv))
     try:
         args.shard = Shard.parse(args.shard) if args.shard is not None else None
     except ValueError as error:

@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import requests
 
 DEFAULT_KEY_FILE = "key_file.json"
+
+
+def token_value_attached(argv: list[str] | None) -> list[str]:
+    """``argv`` (default ``sys.argv[1:]``) with each ``--token KEY`` written ``--token=KEY``.
+
+    TorchServe's keys are URL-safe base64 and about one in 64 starts with ``-``; argparse reads such
+    a value as an option and refuses ``--token -YJ2afYn``. ``--token`` always takes one value, so
+    the word after it is that value, whatever it looks like.
+    """
+    words = list(sys.argv[1:] if argv is None else argv)
+    out: list[str] = []
+    index = 0
+    while index < len(words):
+        if words[index] == "--token" and index + 1 < len(words):
+            out.append(f"--token={words[index + 1]}")
+            index += 2
+        else:
+            out.append(words[index])
+            index += 1
+    return out
 
 
 def read_keys(key_file: str | Path = DEFAULT_KEY_FILE) -> dict[str, str]:

@@ -55,7 +55,7 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
-from img2pose_client.key_file import read_keys
+from img2pose_client.key_file import read_keys, token_value_attached
 from img2pose_tools import request_driver
 from img2pose_tools.machine_facts import machine_facts, machine_line
 from img2pose_tools.served_metrics import ForwardBatchMeter
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="in-process timings per round (median)")
     parser.add_argument("--in-process-images", type=int, default=8, help="images per in-process measurement")
     parser.add_argument("--out", type=Path, default=Path("benchmarks") / "local")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(token_value_attached(argv))
     if args.compute_bound and not args.archive:
         parser.error("--compute-bound needs --archive (the model is loaded from it)")
 

@@ -47,7 +47,7 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
-from img2pose_client.key_file import read_keys
+from img2pose_client.key_file import read_keys, token_value_attached
 from img2pose_tools import request_driver
 from img2pose_tools.bad_inputs import CASES, BadCase
 from img2pose_tools.machine_facts import machine_facts, machine_line
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-every", type=float, default=2.0, help="seconds between samples of the worker's RSS")
     parser.add_argument("--json-out", default=None)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(token_value_attached(argv))
     if (args.requests < 1 or args.concurrency < 1 or args.max_seconds <= 0 or not 0 <= args.bad_fraction <= 1
             or (args.rate is not None and args.rate <= 0)):
         parser.error("need --requests >= 1, --concurrency >= 1, --max-seconds > 0, 0 <= --bad-fraction <= 1, "
