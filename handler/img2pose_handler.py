@@ -50,6 +50,7 @@ from img2pose_serve.runtime.handler_batch import (
 )
 from img2pose_serve.runtime.handler_config import HandlerConfig
 from img2pose_serve.runtime.precision_choice import Bf16Unavailable, device_capabilities
+from img2pose_serve.runtime.runtime_choice import RuntimeUnavailable
 from img2pose_serve.runtime.served_model import ServedModel
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class Img2PoseHandler(BaseHandler):
         except Bf16Unavailable as error:
             logger.critical("img2pose refuses to start: %s (checked: %s)", error, device_capabilities(device).as_dict())
             raise
-        except archive_layout.ArchiveIntegrityError as error:
+        except (archive_layout.ArchiveIntegrityError, RuntimeUnavailable) as error:
             logger.critical("img2pose refuses to start: %s", error)
             raise
         self.config = config
@@ -86,8 +87,9 @@ class Img2PoseHandler(BaseHandler):
         self.initialized = True
 
         precision, info = self.served.precision, self.served.info
-        logger.info("img2pose loaded on %s (precision %s, %d torch threads, %s images per pass); weights sha256 %s "
-                    "(pose stats: %s); %s", device, precision.effective, torch.get_num_threads(),
+        logger.info("img2pose loaded on %s (precision %s, runtime %s: %s; %d torch threads, %s images per pass); "
+                    "weights sha256 %s (pose stats: %s); %s", device, precision.effective,
+                    self.served.runtime.effective, self.served.runtime.reason, torch.get_num_threads(),
                     config.resolved_images_per_pass(device.type) or "all", info.weights_sha256,
                     info.pose_stats_source, config)
         if info.demo:
@@ -97,7 +99,8 @@ class Img2PoseHandler(BaseHandler):
 
     def describe_handle(self) -> str:
         """The ``customizedMetadata`` of ``GET /models/<name>?customized=true``."""
-        return json.dumps({"precision": self.served.precision.as_dict(), "device": str(self.served.device),
+        return json.dumps({"precision": self.served.precision.as_dict(), "runtime": self.served.runtime.as_dict(),
+                           "device": str(self.served.device),
                            "weights_sha256": self.served.info.weights_sha256, "demo": self.served.info.demo})
 
     @staticmethod

@@ -143,6 +143,15 @@ def demo_detector(demo_served):
 
 
 @pytest.fixture(scope="session")
+def demo_torch_detector(demo_model_dir):
+    """The demo archive's network on the torch runtime (the reference's arithmetic), one image per pass."""
+    from img2pose_serve.runtime import archive_layout
+
+    model, _ = archive_layout.load_detector(demo_model_dir, images_per_pass=1)
+    return model
+
+
+@pytest.fixture(scope="session")
 def server_settings() -> ServerSettings:
     return ServerSettings(batch_size=SESSION_BATCH_SIZE, properties={"ts_open_inference_protocol": "true"})
 

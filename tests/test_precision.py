@@ -191,9 +191,9 @@ def test_bf16_batched_equals_bf16_alone_in_one_pass(bf16_model, demo_model_dir):
 
 
 @pytest.mark.slow
-def test_fp32_after_bf16_is_bit_identical_to_a_model_never_switched(demo_detector, bf16_model):
+def test_fp32_after_bf16_is_bit_identical_to_a_model_never_switched(demo_torch_detector, bf16_model):
     image = synthetic_images(1, 320, 240)
-    fresh = demo_detector.detect(image)[0]
+    fresh = demo_torch_detector.detect(image)[0]
     bf16_result = bf16_model.detect(image)[0]
     bf16_model.set_precision("fp32")
     try:
@@ -204,8 +204,8 @@ def test_fp32_after_bf16_is_bit_identical_to_a_model_never_switched(demo_detecto
     assert not torch.equal(fresh["scores"], bf16_result["scores"]), "bf16 gave fp32's bits: it did not run"
 
 
-def test_folding_the_frozen_batch_norms_keeps_the_backbone_function(demo_detector):
-    body = demo_detector.backbone.body
+def test_folding_the_frozen_batch_norms_keeps_the_backbone_function(demo_torch_detector):
+    body = demo_torch_detector.backbone.body
     folded = copy.deepcopy(body)
     fold_frozen_batch_norms(folded)
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in folded.modules())
@@ -217,8 +217,8 @@ def test_folding_the_frozen_batch_norms_keeps_the_backbone_function(demo_detecto
         assert torch.allclose(got[level], expected[level], rtol=1e-4, atol=1e-5 * expected[level].abs().max()), level
 
 
-def test_bf16_stages_hold_bf16_weights_once_and_fp32_gets_its_originals_back(demo_detector):
-    model = copy.deepcopy(demo_detector)
+def test_bf16_stages_hold_bf16_weights_once_and_fp32_gets_its_originals_back(demo_torch_detector):
+    model = copy.deepcopy(demo_torch_detector)
     originals = {name: model.get_submodule(name) for name in BF16_STAGES}
     model.set_precision("bf16")
     for name in BF16_STAGES:
@@ -261,6 +261,7 @@ def test_a_bf16_worker_where_bf16_is_native_runs_bf16_and_says_so(bf16_handler, 
     described = _describe(handler, context)
     assert described["precision"]["requested"] == "bf16" and described["precision"]["effective"] == "bf16"
     assert described["precision"]["capabilities"]["flags"]["avx512_bf16"] is True
+    assert described["runtime"]["effective"] == "torch"  # OpenVINO runs fp32 only
     set_requests(context, [{}])
     handler.handle([{"body": bytearray(_jpeg(160, 120, 0))}], context)
     assert context.get_response_headers(0)[PRECISION_HEADER] == "bf16"
@@ -276,6 +277,8 @@ def test_a_bf16_worker_without_native_bf16_runs_fp32_exactly(demo_model_dir, dem
                for r in caplog.records)
     described = _describe(handler, context)
     assert described["precision"]["effective"] == "fp32" and described["precision"]["requested"] == "bf16"
+    assert described["runtime"] == {"requested": "auto", "effective": "openvino",
+                                    "reason": "auto requested; fp32 on a CPU with openvino installed"}
     bodies = [_jpeg(320, 240, 0), _jpeg(320, 240, 2)]
     set_requests(context, [{}] * len(bodies))
     responses = [json.loads(r) for r in handler.handle([{"body": bytearray(b)} for b in bodies], context)]

@@ -35,6 +35,8 @@ BF16_STAGES = ("backbone.body", "backbone.fpn", "rpn.head.conv", "roi_heads.box_
 # variable, not a module attribute: each thread (and task) sees its own call's value, so concurrent
 # ``detect`` calls cannot see each other's.
 _CONSUME_INPUTS: ContextVar[bool] = ContextVar("img2pose_consume_inputs", default=False)
+# What runs a forward's arithmetic (see FasterDoFRCNN.set_runtime).
+RUNTIMES = ("torch", "openvino")
 
 
 class FasterDoFRCNN(GeneralizedRCNN):
@@ -75,10 +77,11 @@ class FasterDoFRCNN(GeneralizedRCNN):
         super().__init__(backbone, rpn, roi_heads, transform)
         self.images_per_pass = images_per_pass
         self.precision = "fp32"  # see set_precision
+        self.runtime = "torch"  # see set_runtime
         self._fp32_stages: dict[str, nn.Module] = {}  # while in bf16: the originals of BF16_STAGES
 
     def set_precision(self, precision: str, reversible: bool = True) -> None:
-        """``fp32`` (exact, the default) or ``bf16`` (see ``precision``).
+        """``fp32`` (exact, the default) or ``bf16`` (see ``precision``); the torch runtime only.
 
         bf16 swaps ``BF16_STAGES`` for bf16 copies made from the current weights and device (call it
         after loading and ``.to(device)``); fp32 puts the untouched originals back. With
@@ -88,6 +91,8 @@ class FasterDoFRCNN(GeneralizedRCNN):
         check_precision(precision)
         if precision == self.precision:
             return
+        if self.runtime != "torch":
+            raise RuntimeError(f"precision {precision} needs the torch runtime; this model runs in {self.runtime}")
         if precision == "bf16":
             originals = {name: self.get_submodule(name) for name in BF16_STAGES}
             replacements = {name: bf16_stage(stage) for name, stage in originals.items()}
@@ -99,6 +104,32 @@ class FasterDoFRCNN(GeneralizedRCNN):
         for name, stage in replacements.items():
             self.set_submodule(name, stage)
         self.precision = precision
+
+    def set_runtime(self, runtime: str, threads: int | None = None, weights_key: str | None = None) -> None:
+        """``torch`` (the default: the reference's arithmetic, bit for bit) or ``openvino`` (faster on a CPU).
+
+        ``openvino`` replaces ``backbone`` and ``rpn.head`` with OpenVINO models converted from them
+        (``openvino_trunk``; ``threads``: its thread count, torch's by default; ``weights_key``: see
+        ``openvino_trunk``) and runs the pose branch only on the proposals whose face score passes the
+        RoI heads' cut (``DoFRoIHeads.pose_on_candidates``). Both change answers only in the last bits;
+        a batch still equals one image at a time. One way only, fp32 on a CPU only: the torch modules it
+        replaces are released.
+        """
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {list(RUNTIMES)}, got {runtime!r}")
+        if runtime == self.runtime:
+            return
+        if runtime == "torch":
+            raise RuntimeError("this model runs in OpenVINO: build it again for the torch runtime")
+        device = next(self.parameters()).device
+        if device.type != "cpu" or self.precision != "fp32":
+            raise ValueError(f"the openvino runtime runs fp32 on a CPU; this model is {self.precision} on {device}")
+        from .openvino_trunk import openvino_trunk  # openvino is imported only when used
+
+        self.backbone, self.rpn.head = openvino_trunk(self.backbone, self.rpn.head, threads or torch.get_num_threads(),
+                                                      weights_key)
+        self.roi_heads.pose_on_candidates = True
+        self.runtime = runtime
 
     @torch.inference_mode()
     def detect(self, images: list[Tensor], consume_inputs: bool = False) -> list[dict[str, Tensor]]:

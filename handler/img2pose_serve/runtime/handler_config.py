@@ -9,6 +9,7 @@ from typing import Any
 
 from ..protocol.request_parsing import DetectionParams
 from .precision_choice import check_precision_setting
+from .runtime_choice import check_runtime_setting
 
 # Fills torch_threads when the archive leaves it at 0; Kubernetes sets it to the pod's CPU limit.
 TORCH_THREADS_ENV = "IMG2POSE_TORCH_THREADS"
@@ -40,6 +41,10 @@ class HandlerConfig:
     # where it has not, the worker runs fp32 instead. "bf16-required": bf16, or the worker refuses
     # to start where bf16 is not native.
     precision: str = "fp32"
+    # "auto": OpenVINO for the convolution trunk where it can run (fp32 on a CPU), torch elsewhere;
+    # "torch": the reference's arithmetic, bit for bit; "openvino": OpenVINO or the worker refuses to
+    # start (see runtime_choice.py).
+    runtime: str = "auto"
 
     @property
     def detection_defaults(self) -> DetectionParams:
@@ -81,6 +86,7 @@ class HandlerConfig:
                 raise HandlerConfigError(f"handler setting {name} must be >= 1, got {getattr(config, name)}")
         try:
             check_precision_setting(config.precision)
+            check_runtime_setting(config.runtime)
         except ValueError as error:
             raise HandlerConfigError(f"handler setting {error}") from None
         for name in ("torch_threads", "images_per_pass"):

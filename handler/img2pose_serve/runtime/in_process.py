@@ -180,6 +180,11 @@ class Img2Pose:
     def precision(self) -> str:
         return self.served.precision.effective
 
+    @property
+    def runtime(self) -> str:
+        """What runs the forwards: ``torch`` or ``openvino`` (see ``runtime_choice``)."""
+        return self.served.runtime.effective
+
     def close(self) -> None:
         self._decode_pool.shutdown(wait=True)
 

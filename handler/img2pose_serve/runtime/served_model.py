@@ -19,6 +19,7 @@ from . import archive_layout
 from .forward_plan import plan_forwards
 from .handler_config import HandlerConfig
 from .precision_choice import PrecisionChoice
+from .runtime_choice import RuntimeChoice
 
 
 @dataclass
@@ -30,24 +31,28 @@ class ServedModel:
     config: HandlerConfig
     device: torch.device
     precision: PrecisionChoice
+    runtime: RuntimeChoice
 
     @classmethod
     def load(cls, directory: str | Path, config: HandlerConfig | None = None,
              device: str | torch.device = "cpu") -> ServedModel:
         """The model of an unpacked archive (``config``: its model-config.yaml's settings when None).
 
-        Chooses the precision before the weights are read, so a refusal (``Bf16Unavailable``) costs no
-        model load. Process-wide settings (``torch_threads``) are the caller's: the worker applies them,
-        the in-process API only when asked. Raises
-        ``archive_layout.ArchiveIntegrityError`` when the weights are not the ones the archive recorded.
+        Chooses the precision and the runtime before the weights are read, so a refusal (``Bf16Unavailable``,
+        ``RuntimeUnavailable``) costs no model load; the openvino runtime takes torch's thread count.
+        Process-wide settings (``torch_threads``) are the caller's: the worker applies them, the in-process
+        API only when asked. Raises ``archive_layout.ArchiveIntegrityError`` when the weights are not the
+        ones the archive recorded.
         """
         directory = Path(directory)
         config = config if config is not None else archive_layout.read_handler_config(directory)
         device = torch.device(device)
         precision = PrecisionChoice.for_device(config.precision, device)
+        runtime = RuntimeChoice.for_device(config.runtime, device.type, precision.effective)
         model, info = archive_layout.load_detector(directory, device, config.resolved_images_per_pass(device.type))
         model.set_precision(precision.effective, reversible=False)
-        return cls(model, info, config, device, precision)
+        model.set_runtime(runtime.effective, weights_key=info.weights_sha256)
+        return cls(model, info, config, device, precision, runtime)
 
     def plan(self, image_sizes: Sequence[tuple[int, int]]) -> list[list[int]]:
         """Forwards whose results equal one-image-at-a-time results, within this model's limits."""
