@@ -10,6 +10,7 @@ Three rooms, each importing only the ones above it in this list:
     ``passes``           running a batch's per-image stages in passes of a few images
     ``pose``             6DoF geometry: global poses, face boxes, keypoints; the pose-statistics check
     ``bf16``             bf16 copies of the heavy stages and the float32 islands between them
+    ``openvino_trunk``   the convolution trunk (body, FPN, RPN head convs) compiled by OpenVINO for the CPU
     ``checkpoint``       reading official-layout checkpoints strictly (data only unless trusted)
     ``reference_data``   facts of the official release shipped in ``nn/data/`` (3D points, pose statistics)
 
@@ -25,6 +26,7 @@ Three rooms, each importing only the ones above it in this list:
     ``archive_layout``   what an archive holds; staging its model files; loading its detector
     ``handler_config``   the archive's ``handler:`` settings, validated
     ``precision_choice`` which precision a worker runs on its device, and why
+    ``runtime_choice``   which runtime (torch, openvino) runs a worker's forwards, and why
     ``served_model``     an archive -> the configured model on one device
     ``forward_plan``     which images share a forward without changing anyone's result
     ``group_forward``    running one planned group: decode, forward, smaller retries, one outcome each
