@@ -61,10 +61,18 @@ BINARY = "application/octet-stream"
 FORWARD_METRIC = {"fp32": "Img2PoseForwardMs", "bf16": "Img2PoseForwardBf16Ms"}
 
 
+# BaseHandler compiles the model as model-config.yaml's pt2 section says; this handler does not (see the log line).
+PT2_IGNORED = ("model-config.yaml's pt2 section is ignored: torch.compile compiles again for every new canvas "
+               "shape (about 20 s each on a CPU, on a request's time) and its openvino backend fails on the "
+               "pinned torch; the handler's runtime setting chooses the fast CPU path (docs/speed-and-tuning.md)")
+
+
 class Img2PoseHandler(BaseHandler):
     def initialize(self, context) -> None:
         properties = context.system_properties
         config = HandlerConfig.from_mapping((context.model_yaml_config or {}).get("handler"))
+        if "pt2" in (context.model_yaml_config or {}):
+            logger.warning(PT2_IGNORED)
         device = self._select_device(properties.get("gpu_id"))
         # The worker process is ours: its thread count and Pillow's bomb guard are set here, never at import.
         if config.torch_threads > 0:
@@ -87,15 +95,16 @@ class Img2PoseHandler(BaseHandler):
         self.initialized = True
 
         precision, info = self.served.precision, self.served.info
-        logger.info("img2pose loaded on %s (precision %s, runtime %s: %s; %d torch threads, %s images per pass); "
+        logger.info("img2pose loaded on %s (precision %s, runtime %s, %d torch threads, %s images per pass); "
                     "weights sha256 %s (pose stats: %s); %s", device, precision.effective,
-                    self.served.runtime.effective, self.served.runtime.reason, torch.get_num_threads(),
+                    self.served.runtime.effective, torch.get_num_threads(),
                     config.resolved_images_per_pass(device.type) or "all", info.weights_sha256,
                     info.pose_stats_source, config)
         if info.demo:
             logger.warning(archive_layout.DEMO_NOTICE)
         (logger.warning if precision.fell_back else logger.info)("img2pose precision %s: %s", precision.effective,
                                                                  precision.reason)
+        logger.info("img2pose runtime %s: %s", self.served.runtime.effective, self.served.runtime.reason)
 
     def describe_handle(self) -> str:
         """The ``customizedMetadata`` of ``GET /models/<name>?customized=true``."""

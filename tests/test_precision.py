@@ -16,16 +16,21 @@ from img2pose_handler import PRECISION_HEADER, Img2PoseHandler
 from img2pose_serve.nn.bf16 import fold_frozen_batch_norms
 from img2pose_serve.nn.faster_dof_rcnn import BF16_STAGES
 from img2pose_serve.protocol.facedicts import to_face_dicts
-from img2pose_serve.runtime import archive_layout, precision_choice
+from img2pose_serve.runtime import archive_layout, precision_choice, served_model
 from img2pose_serve.runtime.handler_config import HandlerConfig, HandlerConfigError
 from img2pose_serve.runtime.image_decoding import decode_tensor
 from img2pose_serve.runtime.precision_choice import (
+    BF16_MIN_SPEEDUP,
     Bf16Capabilities,
+    Bf16Measurement,
     Bf16Unavailable,
+    PrecisionChoice,
+    decide_by_measurement,
     device_capabilities,
     native_bf16_check,
     resolve_precision,
 )
+from img2pose_serve.runtime.precision_measurement import measure_bf16
 from img2pose_tools.build_mar import BuildError, main, staged_archive
 from img2pose_tools.synthetic_images import photo_like_jpeg as _jpeg
 from img2pose_tools.synthetic_images import photo_like_tensors as synthetic_images
@@ -231,12 +236,67 @@ def test_bf16_stages_hold_bf16_weights_once_and_fp32_gets_its_originals_back(dem
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
+# --- bf16 where it pays, measured ----------------------------------------------------------------
+
+def _native(requested: str) -> PrecisionChoice:
+    return PrecisionChoice(requested, "bf16", "native bf16 (avx512_bf16=yes)", ZEN4.as_dict())
+
+
+def _measured(speedup: float) -> Bf16Measurement:
+    return Bf16Measurement(0.4 * speedup, 0.4, "openvino", (1, 3, 320, 416))
+
+
+def test_native_bf16_runs_only_where_it_measures_fast_enough():
+    assert _native("bf16").needs_measurement
+    paid = decide_by_measurement(_native("bf16"), _measured(BF16_MIN_SPEEDUP + 0.01))
+    assert paid.effective == "bf16" and not paid.fell_back and not paid.needs_measurement
+    assert "bf16 0.400 s vs fp32 (openvino) 0.524 s on a 320x416 trunk: 1.31x (>= 1.3x)" in paid.reason
+    unpaid = decide_by_measurement(_native("bf16"), _measured(0.92))
+    assert unpaid.effective == "fp32" and unpaid.fell_back
+    assert unpaid.reason.endswith("but measured bf16 0.400 s vs fp32 (openvino) 0.368 s on a 320x416 trunk: 0.92x "
+                                  "(< 1.3x): running fp32 instead")
+    assert unpaid.as_dict()["measurement"] == {"fp32_seconds": 0.368, "bf16_seconds": 0.4, "speedup": 0.92,
+                                               "fp32_runtime": "openvino", "canvas": [1, 3, 320, 416],
+                                               "min_speedup": BF16_MIN_SPEEDUP}
+
+
+def test_bf16_required_refuses_where_bf16_does_not_pay_naming_the_figures():
+    with pytest.raises(Bf16Unavailable, match=r"bf16-required, but bf16 does not pay on this machine: bf16 0.400 s "
+                                              r"vs fp32 \(openvino\) 0.440 s on a 320x416 trunk: 1.10x"):
+        decide_by_measurement(_native("bf16-required"), _measured(1.1))
+    assert decide_by_measurement(_native("bf16-required"), _measured(1.5)).effective == "bf16"
+
+
+def test_the_measurement_times_both_precisions_and_leaves_the_model_as_it_was(demo_torch_detector):
+    model = copy.deepcopy(demo_torch_detector)
+    stages = {name: model.get_submodule(name) for name in BF16_STAGES}
+    measured = measure_bf16(model, "torch")
+    assert measured.fp32_seconds > 0 and measured.bf16_seconds > 0 and measured.fp32_runtime == "torch"
+    assert model.precision == "fp32" and model.runtime == "torch"
+    assert all(model.get_submodule(name) is stage for name, stage in stages.items())
+    with pytest.raises(ValueError, match="measure a torch fp32 model, not torch bf16"):
+        model.set_precision("bf16")
+        measure_bf16(model, "torch")
+
+
+def test_a_worker_where_bf16_is_native_but_slow_runs_fp32_and_says_why(demo_model_dir, monkeypatch, caplog):
+    with caplog.at_level(logging.INFO):
+        handler, context = _start_worker(demo_model_dir, {"precision": "bf16"}, ZEN4, monkeypatch, bf16_speedup=0.92)
+    assert handler.served.model.precision == "fp32" and handler.served.runtime.effective == "openvino"
+    assert any(r.levelno == logging.WARNING and "0.92x (< 1.3x): running fp32 instead" in r.getMessage()
+               for r in caplog.records)
+    assert _describe(handler, context)["precision"]["measurement"]["speedup"] == 0.92
+
+
 # --- the handler in bf16 -------------------------------------------------------------------------
 
-def _start_worker(model_dir, settings: dict, capabilities: Bf16Capabilities, monkeypatch):
-    """A handler initialised as a worker on a device with ``capabilities`` (whatever this machine has)."""
+def _start_worker(model_dir, settings: dict, capabilities: Bf16Capabilities, monkeypatch, bf16_speedup=2.0):
+    """A handler initialised as a worker on a device with ``capabilities`` (whatever this machine has),
+    where bf16's trunk measures ``bf16_speedup`` times fp32's (whatever it measures here)."""
     monkeypatch.setattr(img2pose_handler, "device_capabilities", lambda device: capabilities)
     monkeypatch.setattr(precision_choice, "device_capabilities", lambda device: capabilities)
+    measured = Bf16Measurement(0.5 * bf16_speedup, 0.5, "openvino", (1, 3, 320, 416))
+    monkeypatch.setattr(served_model, "measure_bf16", lambda model, fp32_runtime, key: measured)
     context = make_context(model_dir, settings)
     handler = Img2PoseHandler()
     handler.initialize(context)

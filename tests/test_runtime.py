@@ -8,10 +8,12 @@ test_server's batched tests (their workers run it).
 from __future__ import annotations
 
 import copy
+import logging
 
 import pytest
 import torch
 
+from img2pose_handler import PT2_IGNORED, Img2PoseHandler
 from img2pose_serve import Img2Pose
 from img2pose_serve.protocol.facedicts import to_face_dicts
 from img2pose_serve.runtime import archive_layout, runtime_choice
@@ -20,6 +22,7 @@ from img2pose_serve.runtime.runtime_choice import RuntimeUnavailable, resolve_ru
 from img2pose_serve.runtime.served_model import ServedModel
 from img2pose_tools.synthetic_images import photo_like_tensors
 from tests.support.golden_set import COMMITTED, compare_faces
+from tests.support.torchserve_context import make_context
 
 
 @pytest.mark.parametrize(("requested", "device", "precision", "installed", "expected"), [
@@ -117,3 +120,20 @@ def test_openvino_and_torch_runtimes_answer_alike(demo_served, demo_torch_detect
     for ours, theirs in zip(openvino_faces, torch_faces, strict=True):
         assert ours["confidence"] == pytest.approx(theirs["confidence"], abs=1e-4)
         assert ours["box"] == pytest.approx(theirs["box"], abs=1e-2)
+
+
+def test_a_pt2_section_is_ignored_with_a_warning_that_says_why(demo_model_dir, caplog):
+    context = make_context(demo_model_dir)
+    context.model_yaml_config["pt2"] = {"compile": {"enable": True, "backend": "openvino"}}
+    with caplog.at_level(logging.WARNING):
+        Img2PoseHandler().initialize(context)
+    assert PT2_IGNORED in caplog.text
+
+
+def test_the_openvino_mlps_take_any_row_count_even_none(demo_served, demo_torch_detector):
+    pooled = torch.rand(3, 256, 7, 7)
+    for name in ("class_head", "box_head"):
+        served_mlp, torch_mlp = getattr(demo_served.model.roi_heads, name), getattr(demo_torch_detector.roi_heads, name)
+        with torch.inference_mode():
+            torch.testing.assert_close(served_mlp(pooled), torch_mlp(pooled), rtol=1e-5, atol=1e-5)
+            assert served_mlp(pooled[:0]).shape == (0, 1024)

@@ -48,6 +48,7 @@ from img2pose_serve.nn.pose import checked_pose_stats
 from img2pose_serve.runtime import archive_layout
 from img2pose_serve.runtime.handler_config import HandlerConfig
 from img2pose_serve.runtime.precision_choice import PRECISION_SETTINGS
+from img2pose_serve.runtime.runtime_choice import RUNTIME_SETTINGS
 from img2pose_tools.demo_checkpoint import build_demo_state_dict
 from img2pose_tools.serve_config import ARCHIVE_VERSION
 
@@ -313,7 +314,7 @@ def build_archive(
     if not quiet:
         source = "DEMO, meaningless detections" if checkpoint is None else f"weights from {Path(checkpoint).name}"
         print(f"wrote {mar} ({source}; pose stats: {staged.info.pose_stats_source}; "
-              f"precision: {staged.settings['precision']})")
+              f"precision: {staged.settings['precision']}; runtime: {staged.settings['runtime']})")
     return mar
 
 
@@ -334,16 +335,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds a handler call may take before TorchServe restarts the worker "
                              f"(default {DEFAULT_RESPONSE_TIMEOUT}; config.properties cannot override it)")
     parser.add_argument("--precision", choices=PRECISION_SETTINGS, default=HandlerConfig().precision,
-                        help="fp32 (default): exact; bf16: faster where the hardware has bf16 arithmetic, "
-                             "slightly different numbers, fp32 where it has not; bf16-required: bf16 or the "
-                             "worker refuses to start (docs/precision.md)")
+                        help="fp32 (default); bf16: faster where the hardware has bf16 arithmetic and it "
+                             "measures >= 1.3x fp32 at worker start, slightly different numbers, fp32 elsewhere; "
+                             "bf16-required: bf16 or the worker refuses to start (docs/precision.md)")
+    parser.add_argument("--runtime", choices=RUNTIME_SETTINGS, default=HandlerConfig().runtime,
+                        help="auto (default): OpenVINO for fp32 on a CPU, torch elsewhere; torch: the reference's "
+                             "arithmetic bit for bit; openvino: or the worker refuses to start "
+                             "(docs/speed-and-tuning.md)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing archive")
     args = parser.parse_args(argv)
     try:
         build_archive(args.checkpoint, args.pose_mean, args.pose_stddev, args.export_path,
                       args.model_name, force=args.force, response_timeout=args.response_timeout,
                       trust_checkpoint=args.trust_checkpoint,
-                      handler_overrides={"precision": args.precision})
+                      handler_overrides={"precision": args.precision, "runtime": args.runtime})
     except (BuildError, FileExistsError) as error:
         print(f"build_mar.py: error: {error}", file=sys.stderr)
         return 2

@@ -108,9 +108,9 @@ class FasterDoFRCNN(GeneralizedRCNN):
     def set_runtime(self, runtime: str, threads: int | None = None, weights_key: str | None = None) -> None:
         """``torch`` (the default: the reference's arithmetic, bit for bit) or ``openvino`` (faster on a CPU).
 
-        ``openvino`` replaces ``backbone`` and ``rpn.head`` with OpenVINO models converted from them
-        (``openvino_trunk``; ``threads``: its thread count, torch's by default; ``weights_key``: see
-        ``openvino_trunk``) and runs the pose branch only on the proposals whose face score passes the
+        ``openvino`` replaces ``backbone``, ``rpn.head`` and the RoI heads' MLPs with OpenVINO models converted
+        from them (``openvino_stages``; ``threads``: its thread count, torch's by default; ``weights_key``: see
+        ``openvino_stages``) and runs the pose branch only on the proposals whose face score passes the
         RoI heads' cut (``DoFRoIHeads.pose_on_candidates``). Both change answers only in the last bits;
         a batch still equals one image at a time. One way only, fp32 on a CPU only: the torch modules it
         replaces are released.
@@ -124,10 +124,10 @@ class FasterDoFRCNN(GeneralizedRCNN):
         device = next(self.parameters()).device
         if device.type != "cpu" or self.precision != "fp32":
             raise ValueError(f"the openvino runtime runs fp32 on a CPU; this model is {self.precision} on {device}")
-        from .openvino_trunk import openvino_trunk  # openvino is imported only when used
+        from .openvino_stages import openvino_stages  # openvino is imported only when used
 
-        self.backbone, self.rpn.head = openvino_trunk(self.backbone, self.rpn.head, threads or torch.get_num_threads(),
-                                                      weights_key)
+        for name, stage in openvino_stages(self, threads or torch.get_num_threads(), weights_key).items():
+            self.set_submodule(name, stage)
         self.roi_heads.pose_on_candidates = True
         self.runtime = runtime
 

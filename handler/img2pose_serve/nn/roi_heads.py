@@ -114,8 +114,9 @@ class DoFRoIHeads(RoIHeads):
                                for level, f in features.items())
         pooled = self.box_roi_pool(features, proposals, image_shapes)
         # Both MLPs take the same input: cast it to their weights' dtype once (a no-op in fp32), not
-        # once per MLP as autocast would.
-        pooled = pooled.to(self.box_head.fc6.weight.dtype)
+        # once per MLP as autocast would. (The openvino runtime's MLPs have no torch weights: float32.)
+        mlp_weight = getattr(getattr(self.box_head, "fc6", None), "weight", None)
+        pooled = pooled.to(torch.float32 if mlp_weight is None else mlp_weight.dtype)
         class_logits = run_fp32(self.class_predictor, self.class_head(pooled))
         if self.pose_on_candidates:
             dof_regression = self._pose_of_candidates(pooled, class_logits)

@@ -1,11 +1,13 @@
 """Which precision a worker runs: what the ``precision`` handler setting asks for, against the device.
 
 bf16 is only fast where the device computes in bf16 natively; elsewhere it is emulated, several
-times slower than fp32 (measurements in docs/precision.md). The handler setting therefore
-asks for a precision (:data:`PRECISION_SETTINGS`) and the worker decides at start what runs, from
-what the device does natively (:func:`resolve_precision`, a pure function of
-:class:`Bf16Capabilities`; :func:`device_capabilities` reads them). The network's side of bf16 is
-``nn.bf16``.
+times slower than fp32 (measurements in docs/precision.md). And native is not enough: on some CPUs
+with bf16 instructions bf16 is no faster than fp32. The handler setting therefore asks for a
+precision (:data:`PRECISION_SETTINGS`) and the worker decides at start what runs in two steps: from
+what the device does natively (:func:`resolve_precision`, a pure function of :class:`Bf16Capabilities`;
+:func:`device_capabilities` reads them), before any weights are read; then, where bf16 is native, from
+both precisions timed on this machine (:func:`decide_by_measurement`, with a :class:`Bf16Measurement`
+that ``precision_measurement`` makes). The network's side of bf16 is ``nn.bf16``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import torch
 # natively and fp32 elsewhere; "bf16-required" runs bf16 or refuses to start.
 PRECISION_SETTINGS = ("fp32", "bf16", "bf16-required")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # either one: the CPU computes in bf16 natively
+# bf16 runs only where its measured trunk is at least this much faster than fp32's: below it the
+# last-bit differences and the faces lost near the threshold (docs/precision.md) buy too little.
+BF16_MIN_SPEEDUP = 1.3
 # The CPU flags recorded (named as in /proc/cpuinfo) and torch.cpu.get_capabilities()'s key for each.
 CPU_FLAGS_REPORTED = {"avx2": "avx2", "avx512f": "avx512_f", "avx512_bf16": "avx512_bf16", "amx_bf16": "amx_bf16"}
 # oneDNN ISA limits (ONEDNN_MAX_CPU_ISA, case-insensitive) that still allow its native bf16 kernels;
@@ -106,6 +111,29 @@ def resolve_precision(requested: str, capabilities: Bf16Capabilities) -> tuple[s
     return "fp32", f"bf16 requested; {why}: running fp32 instead (emulated bf16 is several times slower)"
 
 
+@dataclass(frozen=True)
+class Bf16Measurement:
+    """The trunk's median seconds on one canvas in each precision (``precision_measurement.measure_bf16``)."""
+
+    fp32_seconds: float
+    bf16_seconds: float
+    fp32_runtime: str  # what ran the fp32 side: the runtime fp32 would run on
+    canvas: tuple[int, ...]
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_seconds / self.bf16_seconds
+
+    def describe(self) -> str:
+        return (f"bf16 {self.bf16_seconds:.3f} s vs fp32 ({self.fp32_runtime}) {self.fp32_seconds:.3f} s on a "
+                f"{'x'.join(map(str, self.canvas[2:]))} trunk: {self.speedup:.2f}x")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"fp32_seconds": round(self.fp32_seconds, 4), "bf16_seconds": round(self.bf16_seconds, 4),
+                "speedup": round(self.speedup, 3), "fp32_runtime": self.fp32_runtime, "canvas": list(self.canvas),
+                "min_speedup": BF16_MIN_SPEEDUP}
+
+
 def device_capabilities(device: torch.device) -> Bf16Capabilities:
     """The :class:`Bf16Capabilities` of ``device`` in this process (its environment included)."""
     if device.type == "cuda":
@@ -140,6 +168,7 @@ class PrecisionChoice:
     effective: str
     reason: str
     capabilities: dict[str, Any]
+    measurement: dict[str, Any] | None = None  # Bf16Measurement.as_dict(), where bf16 was timed
 
     @classmethod
     def for_device(cls, requested: str, device: torch.device) -> PrecisionChoice:
@@ -152,6 +181,27 @@ class PrecisionChoice:
     def fell_back(self) -> bool:
         return self.effective == "fp32" != self.requested
 
+    @property
+    def needs_measurement(self) -> bool:
+        """Native bf16 was found: whether it pays is measured next (:func:`decide_by_measurement`)."""
+        return self.effective == "bf16" and self.measurement is None
+
     def as_dict(self) -> dict[str, Any]:
         return {"requested": self.requested, "effective": self.effective, "reason": self.reason,
-                "capabilities": self.capabilities}
+                "capabilities": self.capabilities, "measurement": self.measurement}
+
+
+def decide_by_measurement(choice: PrecisionChoice, measured: Bf16Measurement) -> PrecisionChoice:
+    """bf16 where it measured at least ``BF16_MIN_SPEEDUP`` times faster than fp32, else fp32
+    (``bf16-required``: :class:`Bf16Unavailable`, naming the figures)."""
+    figures = measured.describe()
+    if measured.speedup >= BF16_MIN_SPEEDUP:
+        effective, reason = "bf16", f"{choice.reason}; measured {figures} (>= {BF16_MIN_SPEEDUP}x)"
+    elif choice.requested == "bf16-required":
+        raise Bf16Unavailable(f"precision bf16-required, but bf16 does not pay on this machine: {figures}, "
+                              f"below the {BF16_MIN_SPEEDUP}x that bf16's accuracy cost needs (see "
+                              f"docs/precision.md). Set precision: bf16 (falls back to fp32) or fp32.")
+    else:
+        effective, reason = "fp32", (f"{choice.reason}, but measured {figures} (< {BF16_MIN_SPEEDUP}x): "
+                                     f"running fp32 instead")
+    return PrecisionChoice(choice.requested, effective, reason, choice.capabilities, measured.as_dict())

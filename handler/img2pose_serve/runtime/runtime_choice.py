@@ -1,7 +1,7 @@
 """Which runtime runs a worker's forwards: what the ``runtime`` handler setting asks for, against the device.
 
 ``torch`` computes exactly what the reference library computes (bit for bit on the same machine).
-``openvino`` runs the convolution trunk in OpenVINO and poses only the candidate faces (``nn.openvino_trunk``,
+``openvino`` runs the heavy stages in OpenVINO and poses only the candidate faces (``nn.openvino_stages``,
 ``FasterDoFRCNN.set_runtime``): faster on a CPU, equal to the reference within the golden tolerances.
 ``auto`` (the default) takes ``openvino`` where it can run (fp32 on a CPU, the package installed) and
 ``torch`` elsewhere: CUDA, and bf16, stay on torch.

@@ -18,7 +18,8 @@ from ..nn.faster_dof_rcnn import FasterDoFRCNN
 from . import archive_layout
 from .forward_plan import plan_forwards
 from .handler_config import HandlerConfig
-from .precision_choice import PrecisionChoice
+from .precision_choice import PrecisionChoice, decide_by_measurement
+from .precision_measurement import measure_bf16
 from .runtime_choice import RuntimeChoice
 
 
@@ -39,7 +40,9 @@ class ServedModel:
         """The model of an unpacked archive (``config``: its model-config.yaml's settings when None).
 
         Chooses the precision and the runtime before the weights are read, so a refusal (``Bf16Unavailable``,
-        ``RuntimeUnavailable``) costs no model load; the openvino runtime takes torch's thread count.
+        ``RuntimeUnavailable``) costs no model load, except where bf16 is native: it is then timed against
+        fp32 on this machine (``precision_measurement``) and runs only where it pays. The openvino runtime
+        takes torch's thread count.
         Process-wide settings (``torch_threads``) are the caller's: the worker applies them, the in-process
         API only when asked. Raises ``archive_layout.ArchiveIntegrityError`` when the weights are not the
         ones the archive recorded.
@@ -50,6 +53,10 @@ class ServedModel:
         precision = PrecisionChoice.for_device(config.precision, device)
         runtime = RuntimeChoice.for_device(config.runtime, device.type, precision.effective)
         model, info = archive_layout.load_detector(directory, device, config.resolved_images_per_pass(device.type))
+        if precision.needs_measurement:
+            fp32_runtime = RuntimeChoice.for_device(config.runtime, device.type, "fp32").effective
+            precision = decide_by_measurement(precision, measure_bf16(model, fp32_runtime, info.weights_sha256))
+            runtime = RuntimeChoice.for_device(config.runtime, device.type, precision.effective)
         model.set_precision(precision.effective, reversible=False)
         model.set_runtime(runtime.effective, weights_key=info.weights_sha256)
         return cls(model, info, config, device, precision, runtime)

@@ -1,11 +1,13 @@
-"""The convolution trunk run by OpenVINO's CPU plugin: the ResNet body with its FPN, and the RPN head's convs.
+"""The heavy stages run by OpenVINO's CPU plugin: the convolution trunk (ResNet body with its FPN, the RPN
+head's convs) and the RoI heads' two-layer MLPs.
 
-These convolutions hold about three quarters of a forward's arithmetic. torch's eager kernels run them
-well below what the same CPU reaches on one large matrix product; OpenVINO's CPU plugin, made for
-inference, runs them faster in float32 (figures in docs/speed-and-tuning.md). The stages here replace
-``backbone`` and ``rpn.head`` of a ``FasterDoFRCNN`` (``FasterDoFRCNN.set_runtime``) with the same
-interfaces: they are converted from those torch modules, weights included, with batch, height and
-width left dynamic, so one model serves every canvas without a compile per shape.
+The trunk holds about three quarters of a forward's arithmetic and the MLPs most of the rest. torch's
+eager kernels run them at 60-70 % of what the same CPU reaches on its best fp32 kernel; OpenVINO's CPU
+plugin, made for inference, runs the trunk at 85-95 % of it (figures in docs/speed-and-tuning.md). The
+stages here replace ``backbone``, ``rpn.head``, ``roi_heads.class_head`` and ``roi_heads.box_head`` of a
+``FasterDoFRCNN`` (``FasterDoFRCNN.set_runtime``) with the same interfaces: they are converted from those
+torch modules, weights included, with batch, height and width (rows, for the MLPs) left dynamic, so one
+model serves every canvas without a compile per shape.
 
 OpenVINO computes in float32 with kernels of its own, so numbers differ from torch's in the last bits
 (well within the golden tolerances). Each pass of images is one inference of the shape the image
@@ -24,9 +26,12 @@ from torch import Tensor, nn
 
 from .passes import cat_feature_maps, cat_levels, pass_slices
 
-# The trunk is traced at this small canvas (tracing cost grows with its size); the converted models
-# take any size.
+# The trunk is traced at this small canvas (tracing cost grows with its size), the MLPs on this many
+# rows; the converted models take any size.
 TRACE_CANVAS = (1, 3, 128, 160)
+TRACE_ROWS = 4
+# The replaced submodules of a FasterDoFRCNN.
+STAGES = ("backbone", "rpn.head", "roi_heads.class_head", "roi_heads.box_head")
 
 
 def openvino_config(threads: int) -> dict:
@@ -59,17 +64,20 @@ class _RpnHeadConvs(nn.Module):
 
 
 class _CompiledStage:
-    """One converted module, compiled for the CPU, called with torch tensors (NCHW float32)."""
+    """One converted module, compiled for the CPU, called with float32 torch tensors.
 
-    def __init__(self, module: nn.Module, example: tuple[Tensor, ...], threads: int) -> None:
+    ``dynamic``: the dimensions of every input left free (the others keep the example's sizes).
+    """
+
+    def __init__(self, module: nn.Module, example: tuple[Tensor, ...], dynamic: tuple[int, ...], threads: int) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             # The converter traces with torch.jit, and its import reads a torch._dynamo setting: both warn
             # of deprecations that are the pinned pair's business, not the caller's.
             warnings.simplefilter("ignore")
             import openvino as ov
 
-            converted = ov.convert_model(module.eval(), example_input=example,
-                                         input=[ov.PartialShape([-1, t.shape[1], -1, -1]) for t in example])
+            shapes = [ov.PartialShape([-1 if d in dynamic else n for d, n in enumerate(t.shape)]) for t in example]
+            converted = ov.convert_model(module.eval(), example_input=example, input=shapes)
         self.compiled = ov.Core().compile_model(converted, "CPU", openvino_config(threads))
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one request, reused: calls from several threads take turns
@@ -108,37 +116,63 @@ class OpenVinoRPNHead(nn.Module):
         return cat_levels([outputs[0::2] for outputs in passes]), cat_levels([outputs[1::2] for outputs in passes])
 
 
-# Compiled trunks by (weights key, threads): converting takes seconds, and a process that builds
-# several detectors of the same weights (tests, tools) converts once. Two at most, as each holds its
-# own copy of the weights.
-_COMPILED: OrderedDict[tuple[str, int], tuple[_CompiledStage, _CompiledStage, list[str]]] = OrderedDict()
+class OpenVinoMLP(nn.Module):
+    """torchvision's ``TwoMLPHead`` in OpenVINO: pooled RoI features (R, 256, 7, 7) -> (R, 1024)."""
+
+    def __init__(self, stage: _CompiledStage, out_features: int) -> None:
+        super().__init__()
+        self.stage, self.out_features = stage, out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not len(x):
+            return x.new_zeros((0, self.out_features))
+        return self.stage(x)[0]
+
+
+# Compiled stages by (weights key, threads): converting takes seconds, and a process that builds
+# several detectors of the same weights (tests, tools) converts once. Two sets at most, as each holds
+# its own copy of the weights.
+_COMPILED: OrderedDict[tuple[str, int], tuple[dict[str, _CompiledStage], list[str]]] = OrderedDict()
 _COMPILED_KEPT = 2
 _COMPILED_LOCK = threading.Lock()
 
 
-def openvino_trunk(backbone: nn.Module, head: nn.Module, threads: int,
-                   weights_key: str | None = None) -> tuple[OpenVinoBackbone, OpenVinoRPNHead]:
-    """OpenVINO replacements for ``backbone`` (``BackboneInPasses``) and ``head`` (``SingleConvRPNHead``).
+def openvino_stages(model: nn.Module, threads: int, weights_key: str | None = None) -> dict[str, nn.Module]:
+    """OpenVINO replacements for the ``STAGES`` of a torch-runtime fp32 ``FasterDoFRCNN``, by submodule name.
 
     ``weights_key`` names the weights (their sha256): given, the compiled models are reused for the
     same key and thread count, in this process.
     """
+    backbone, head = model.get_submodule("backbone"), model.get_submodule("rpn.head")
     key = (weights_key, threads) if weights_key else None
     with _COMPILED_LOCK:
         compiled = _COMPILED.get(key) if key else None
         if compiled is None:
-            example = torch.zeros(TRACE_CANVAS)
-            with torch.no_grad():
-                features = backbone.fpn(backbone.body(example))
-            compiled = (_CompiledStage(_BodyAndFpn(backbone.body, backbone.fpn), (example,), threads),
-                        _CompiledStage(_RpnHeadConvs(head), tuple(features.values()), threads),
-                        list(features.keys()))
+            compiled = _compile(model, threads)
             if key:
                 _COMPILED[key] = compiled
                 while len(_COMPILED) > _COMPILED_KEPT:
                     _COMPILED.popitem(last=False)
         elif key:
             _COMPILED.move_to_end(key)
-    body_stage, head_stage, level_names = compiled
-    return (OpenVinoBackbone(body_stage, level_names, backbone.out_channels, backbone.images_per_pass),
-            OpenVinoRPNHead(head_stage, head.images_per_pass))
+    stages, level_names = compiled
+    return {
+        "backbone": OpenVinoBackbone(stages["backbone"], level_names, backbone.out_channels, backbone.images_per_pass),
+        "rpn.head": OpenVinoRPNHead(stages["rpn.head"], head.images_per_pass),
+        **{name: OpenVinoMLP(stages[name], model.get_submodule(name).fc7.out_features)
+           for name in ("roi_heads.class_head", "roi_heads.box_head")},
+    }
+
+
+def _compile(model: nn.Module, threads: int) -> tuple[dict[str, _CompiledStage], list[str]]:
+    backbone = model.get_submodule("backbone")
+    image = torch.zeros(TRACE_CANVAS)
+    with torch.no_grad():
+        features = backbone.fpn(backbone.body(image))
+    pooled = torch.zeros((TRACE_ROWS, backbone.out_channels, 7, 7))
+    stages = {"backbone": _CompiledStage(_BodyAndFpn(backbone.body, backbone.fpn), (image,), (0, 2, 3), threads),
+              "rpn.head": _CompiledStage(_RpnHeadConvs(model.get_submodule("rpn.head")), tuple(features.values()),
+                                         (0, 2, 3), threads),
+              **{name: _CompiledStage(model.get_submodule(name), (pooled,), (0,), threads)
+                 for name in ("roi_heads.class_head", "roi_heads.box_head")}}
+    return stages, list(features.keys())
