@@ -26,6 +26,7 @@ Three rooms, each importing only the ones above it in this list:
     ``archive_layout``   what an archive holds; staging its model files; loading its detector
     ``handler_config``   the archive's ``handler:`` settings, validated
     ``precision_choice`` which precision a worker runs on its device, and why
+    ``precision_measurement`` timing bf16 against fp32 on this machine, where bf16 is native
     ``runtime_choice``   which runtime (torch, openvino) runs a worker's forwards, and why
     ``served_model``     an archive -> the configured model on one device
     ``forward_plan``     which images share a forward without changing anyone's result
