@@ -20,6 +20,7 @@ from .bf16 import bf16_stage, check_precision, forward_autocast
 from .checkpoint import load_into, read_checkpoint
 from .passes import cat_feature_maps, pass_slices
 from .pose import PoseDecoder
+from .roi_align_kernel import compiled_kernel
 from .roi_heads import DoFRoIHeads
 from .rpn import LogitRankedRPN, SingleConvRPNHead, img2pose_anchor_generator
 
@@ -229,4 +230,6 @@ def build_detector(
     model = FasterDoFRCNN(decoder, images_per_pass)
     state = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
     load_into(model, state)
+    if torch.device(device).type == "cpu":
+        compiled_kernel()  # RoI align's CPU kernel compiles once per process: now, not on the first request
     return model.eval().to(device)
