@@ -31,6 +31,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+
+from img2pose_serve.nn.openvino_stages import disable_openvino_telemetry
+
+disable_openvino_telemetry()  # first: TorchServe's base handler imports openvino, which then reports its use
+
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 

@@ -16,6 +16,7 @@ alone would have, so a batch still equals one image at a time, bit for bit.
 
 from __future__ import annotations
 
+import sys
 import threading
 import warnings
 from collections import OrderedDict
@@ -32,6 +33,21 @@ TRACE_CANVAS = (1, 3, 128, 160)
 TRACE_ROWS = 4
 # The replaced submodules of a FasterDoFRCNN.
 STAGES = ("backbone", "rpn.head", "roi_heads.class_head", "roi_heads.box_head")
+
+
+def disable_openvino_telemetry() -> None:
+    """Keep OpenVINO from sending usage telemetry from this process (call before anything imports openvino).
+
+    ``import openvino`` itself sends a usage event to Google Analytics (``openvino.tools.ovc``, through
+    the ``openvino_telemetry`` package), and so does each ``ov.convert_model``, unless ``CI=true`` or the
+    user opted out; TorchServe's base handler imports openvino whenever it is installed. A server must
+    not phone home. OpenVINO imports that package inside ``try``/``except ImportError`` and falls back to
+    its own no-op stub, so marking the package as absent turns telemetry off and nothing else. It is a
+    process-wide change, made only by the worker (``img2pose_handler``) and by building an openvino
+    runtime model; once openvino is imported it is too late and this does nothing.
+    """
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)
 
 
 def openvino_config(threads: int) -> dict:
@@ -74,10 +90,20 @@ class _CompiledStage:
             # The converter traces with torch.jit, and its import reads a torch._dynamo setting: both warn
             # of deprecations that are the pinned pair's business, not the caller's.
             warnings.simplefilter("ignore")
+            disable_openvino_telemetry()
             import openvino as ov
+            from openvino.frontend import FrontEndManager
+            from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
 
-            shapes = [ov.PartialShape([-1 if d in dynamic else n for d, n in enumerate(t.shape)]) for t in example]
-            converted = ov.convert_model(module.eval(), example_input=example, input=shapes)
+            # OpenVINO's PyTorch frontend itself, not ``ov.convert_model``: that wrapper (the ``ovc`` tool)
+            # also sends usage telemetry where openvino was imported before this module could stop it.
+            # The converted model is the same (bit-identical outputs, checked when this was written).
+            frontend = FrontEndManager().load_by_framework("pytorch")
+            loaded = frontend.load(TorchScriptPythonDecoder(module.eval(), example_input=example))
+            for place, tensor in zip(loaded.get_inputs(), example, strict=True):
+                loaded.set_partial_shape(place, ov.PartialShape(
+                    [-1 if d in dynamic else n for d, n in enumerate(tensor.shape)]))
+            converted = frontend.convert(loaded)
         self.compiled = ov.Core().compile_model(converted, "CPU", openvino_config(threads))
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one request, reused: calls from several threads take turns
