@@ -99,11 +99,15 @@ class _CompiledStage:
             # also sends usage telemetry where openvino was imported before this module could stop it.
             # The converted model is the same (bit-identical outputs, checked when this was written).
             frontend = FrontEndManager().load_by_framework("pytorch")
-            loaded = frontend.load(TorchScriptPythonDecoder(module.eval(), example_input=example))
+            # Named, so that it outlives the conversion: the frontend calls back into it, and a collected
+            # decoder fails there with "pure virtual function" errors.
+            decoder = TorchScriptPythonDecoder(module.eval(), example_input=example)
+            loaded = frontend.load(decoder)
             for place, tensor in zip(loaded.get_inputs(), example, strict=True):
                 loaded.set_partial_shape(place, ov.PartialShape(
                     [-1 if d in dynamic else n for d, n in enumerate(tensor.shape)]))
             converted = frontend.convert(loaded)
+            del decoder
         self.compiled = ov.Core().compile_model(converted, "CPU", openvino_config(threads))
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one request, reused: calls from several threads take turns
