@@ -54,6 +54,7 @@ def test_both_libraries_are_timed_alike_and_their_answers_compared(sets, demo_ch
                                                 for call in compare_reference.CALLS
                                                 for library in compare_reference.LIBRARIES)
     assert all(len(runs) == 1 and min(runs) > 0 for runs in figures["seconds"].values())
+    assert figures["here"] == {"runtime": "openvino", "precision": "fp32"}  # the CPU default, as a worker runs
     agreement = figures["agreement"]["mixed"]
     assert agreement["list equals single calls"] == {"reference": True, "here": True}
     assert all(here == reference > 0 for reference, here in agreement["faces (reference, here)"])

@@ -97,7 +97,8 @@ def timings(args: argparse.Namespace, sets: dict[str, list[str]]) -> dict:
             "largest box difference, px": [largest_box_difference(h, r)
                                            for r, h in zip(single["reference"], single["here"])],
         }
-    return {"seconds": seconds, "agreement": agreement}
+    return {"seconds": seconds, "agreement": agreement,
+            "here": {"runtime": detectors["here"].runtime, "precision": detectors["here"].precision}}
 
 
 def memory(args: argparse.Namespace, library: str, paths: list[str]) -> dict:
@@ -126,7 +127,8 @@ def memory_in_fresh_processes(args: argparse.Namespace, sets: dict[str, list[str
 
 
 def report(facts: dict, sets: dict[str, list[str]], measured: dict) -> str:
-    lines = [machine_line(facts), f"torch {facts['torch']}, {facts['torch_threads']} threads", "",
+    lines = [machine_line(facts), f"torch {facts['torch']}, {facts['torch_threads']} threads; here: runtime "
+             f"{measured['here']['runtime']}, precision {measured['here']['precision']}", "",
              "| set (images) | call | reference s (img/s) | here s (img/s) | here / reference |",
              "|---|---|---|---|---|"]
     for name, paths in sets.items():
