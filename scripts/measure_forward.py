@@ -58,8 +58,7 @@ def main() -> None:
     if args.stages:
         # OpenVINO's stages are not torch ops: their arithmetic is counted on a torch model (the same convolutions).
         torch_model = models.get("torch") or build_detector(state, device=args.device, images_per_pass=images_per_pass)
-        flops = {runtime: forward_stages.stage_flops(model, images[0], torch_model)
-                 for runtime, model in models.items()}
+        flops = forward_stages.stage_flops(models, images[0], torch_model)
         best = forward_stages.best_throughput()
         print("best measured fp32 GFLOP/s: " + ", ".join(f"{name} {value:.0f}" for name, value in best.items()))
         medians = forward_stages.time_stages(models, images[0], args.repeats)

@@ -39,7 +39,7 @@ from img2pose_serve.nn.checkpoint import read_checkpoint
 from img2pose_serve.nn.faster_dof_rcnn import build_detector
 from img2pose_serve.protocol.facedicts import to_face_dicts
 from img2pose_serve.runtime.image_decoding import decode_image, image_to_tensor
-from img2pose_serve.runtime.runtime_choice import openvino_installed, resolve_runtime
+from img2pose_serve.runtime.runtime_choice import RuntimeChoice
 from img2pose_tools.build_mar import BuildError, resolve_pose_stats
 from img2pose_tools.demo_checkpoint import build_demo_state_dict
 
@@ -188,7 +188,7 @@ def load_models(args) -> dict:
         # (fp32: openvino where it can run), so the speed ratio is the one switching an archive buys.
         model = build_detector(state, pose_mean=mean, pose_stddev=stddev, images_per_pass=1)
         model.set_precision(precision)
-        model.set_runtime(resolve_runtime("auto", "cpu", precision, openvino_installed())[0])
+        model.set_runtime(RuntimeChoice.for_device("auto", "cpu", precision).effective)
         models[precision] = model
     weights = "DEMO (generated, not the official model; detections meaningless)" if args.demo else args.checkpoint
     print(f"weights: {weights}; pose stats: {source}; torch threads: {torch.get_num_threads()}; "

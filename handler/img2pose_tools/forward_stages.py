@@ -35,19 +35,22 @@ FLOP_MODULES = {"backbone": ("backbone",), "rpn.head": ("rpn.head",), "roi_heads
                 "roi_heads.box_head": ("roi_heads.box_head", "roi_heads.box_predictor")}
 
 
-def stage_flops(model: FasterDoFRCNN, image: torch.Tensor,
-                torch_model: FasterDoFRCNN | None = None) -> dict[str, float]:
-    """GFLOP per timed module for one forward of ``image``.
+def stage_flops(models: dict[str, FasterDoFRCNN], image: torch.Tensor,
+                torch_model: FasterDoFRCNN) -> dict[str, dict[str, float]]:
+    """{runtime: GFLOP per timed module} for one forward of ``image``.
 
-    Counted on ``torch_model`` (a torch-runtime model of the same weights; default ``model`` itself):
-    OpenVINO's stages are not torch ops. The MLPs' counts are scaled to the rows ``model`` feeds them
-    (the openvino runtime poses only the candidates).
+    Counted once on ``torch_model`` (a torch-runtime model of the same weights, possibly one of
+    ``models``): OpenVINO's stages are not torch ops. The MLPs' counts are scaled to the rows each model
+    feeds them (the openvino runtime poses only the candidates).
     """
-    torch_model = torch_model or model
     counted, counted_rows = _count(torch_model, image)
-    rows = counted_rows if torch_model is model else _count(model, image)[1]
-    return {stage: gflop * (rows[stage] / counted_rows[stage] if stage in rows and counted_rows[stage] else 1.0)
-            for stage, gflop in counted.items()}
+    flops = {}
+    for runtime, model in models.items():
+        rows = counted_rows if model is torch_model else _count(model, image)[1]
+        flops[runtime] = {stage: gflop * (rows[stage] / counted_rows[stage]
+                                          if stage in rows and counted_rows[stage] else 1.0)
+                          for stage, gflop in counted.items()}
+    return flops
 
 
 def _count(model: FasterDoFRCNN, image: torch.Tensor) -> tuple[dict[str, float], dict[str, int]]:

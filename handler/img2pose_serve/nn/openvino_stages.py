@@ -31,8 +31,8 @@ from .passes import cat_feature_maps, cat_levels, pass_slices
 # rows; the converted models take any size.
 TRACE_CANVAS = (1, 3, 128, 160)
 TRACE_ROWS = 4
-# The replaced submodules of a FasterDoFRCNN.
-STAGES = ("backbone", "rpn.head", "roi_heads.class_head", "roi_heads.box_head")
+# The RoI heads' MLPs among the replaced submodules of a FasterDoFRCNN (the others: backbone, rpn.head).
+MLP_STAGES = ("roi_heads.class_head", "roi_heads.box_head")
 
 
 def disable_openvino_telemetry() -> None:
@@ -168,7 +168,8 @@ _COMPILED_LOCK = threading.Lock()
 
 
 def openvino_stages(model: nn.Module, threads: int, weights_key: str | None = None) -> dict[str, nn.Module]:
-    """OpenVINO replacements for the ``STAGES`` of a torch-runtime fp32 ``FasterDoFRCNN``, by submodule name.
+    """OpenVINO replacements for ``backbone``, ``rpn.head`` and the ``MLP_STAGES`` of a torch-runtime fp32
+    ``FasterDoFRCNN``, by submodule name.
 
     ``weights_key`` names the weights (their sha256): given, the compiled models are reused for the
     same key and thread count, in this process.
@@ -189,8 +190,7 @@ def openvino_stages(model: nn.Module, threads: int, weights_key: str | None = No
     return {
         "backbone": OpenVinoBackbone(stages["backbone"], level_names, backbone.out_channels, backbone.images_per_pass),
         "rpn.head": OpenVinoRPNHead(stages["rpn.head"], head.images_per_pass),
-        **{name: OpenVinoMLP(stages[name], model.get_submodule(name).fc7.out_features)
-           for name in ("roi_heads.class_head", "roi_heads.box_head")},
+        **{name: OpenVinoMLP(stages[name], model.get_submodule(name).fc7.out_features) for name in MLP_STAGES},
     }
 
 
@@ -203,6 +203,5 @@ def _compile(model: nn.Module, threads: int) -> tuple[dict[str, _CompiledStage],
     stages = {"backbone": _CompiledStage(_BodyAndFpn(backbone.body, backbone.fpn), (image,), (0, 2, 3), threads),
               "rpn.head": _CompiledStage(_RpnHeadConvs(model.get_submodule("rpn.head")), tuple(features.values()),
                                          (0, 2, 3), threads),
-              **{name: _CompiledStage(model.get_submodule(name), (pooled,), (0,), threads)
-                 for name in ("roi_heads.class_head", "roi_heads.box_head")}}
+              **{name: _CompiledStage(model.get_submodule(name), (pooled,), (0,), threads) for name in MLP_STAGES}}
     return stages, list(features.keys())

@@ -33,16 +33,15 @@ class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
 
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         levels = _filter_input(x, self.featmap_names)
-        if levels[0].device.type != "cpu" or levels[0].dtype != torch.float32 or self.sampling_ratio <= 0:
+        height, width = self.output_size
+        if (levels[0].device.type != "cpu" or levels[0].dtype != torch.float32 or self.sampling_ratio <= 0
+                or height != width):  # what the kernel computes: CPU float32, a fixed sampling ratio, square bins
             return super().forward(x, boxes, image_shapes)
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = _setup_scales(levels, image_shapes, self.canonical_scale,
                                                          self.canonical_level)
         rois = _convert_to_roi_format(boxes).float().contiguous()
         level_of = self.map_levels(boxes) if len(levels) > 1 else torch.zeros(len(rois), dtype=torch.int64)
-        height, width = self.output_size
-        if height != width:
-            return super().forward(x, boxes, image_shapes)
         pooled = torch.empty((len(rois), levels[0].shape[1], height, width))
         kernel, out = compiled_kernel(), pooled.numpy()
         work = []
