@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from img2pose_tools.torchserve_launcher import free_port
+from img2pose_tools.torchserve_launcher import free_ports
 from tests.support.deploy_files import (
     CLUSTER_CONFIG,
     IMAGE_HOME,
@@ -91,7 +91,7 @@ class Container:
         return "\n".join(parts)
 
 
-def container_config(home: Path, ports: dict[int, int]) -> str:
+def container_config(home: Path, ports: dict[int, int], grpc_ports: list[int]) -> str:
     """config.cluster.properties as the pod sees it, with its listeners on this machine's free ports."""
     lines = []
     for line in CLUSTER_CONFIG.read_text().splitlines():
@@ -100,7 +100,7 @@ def container_config(home: Path, ports: dict[int, int]) -> str:
             line = f"{key}=http://127.0.0.1:{ports[urlsplit(value).port]}"
         lines.append(line.replace(IMAGE_HOME, str(home)))
     # gRPC (loopback in the pod, unused) would take the fixed ports 7070/7071 that other servers here use.
-    lines += [f"grpc_inference_port={free_port()}", f"grpc_management_port={free_port()}"]
+    lines += [f"grpc_inference_port={grpc_ports[0]}", f"grpc_management_port={grpc_ports[1]}"]
     return "\n".join(lines) + "\n"
 
 
@@ -116,9 +116,11 @@ def start_container(tmp_path, served_archives):
         for directory in ("config", "model-store", "logs", "tmp"):
             (home / directory).mkdir(parents=True)
         cluster = read_properties(CLUSTER_CONFIG)
-        ports = {urlsplit(cluster[key]).port: free_port()
-                 for key in ("inference_address", "management_address", "metrics_address")}
-        (home / "config" / "config.properties").write_text(container_config(home, ports))
+        *listeners, grpc_inference, grpc_management = free_ports(5)
+        ports = {urlsplit(cluster[key]).port: port for key, port in
+                 zip(("inference_address", "management_address", "metrics_address"), listeners)}
+        (home / "config" / "config.properties").write_text(
+            container_config(home, ports, [grpc_inference, grpc_management]))
         shutil.copy(METRICS_CONFIG, home / "config" / "metrics.yaml")
         (home / "model-store" / "img2pose.mar").symlink_to(served_archives[PRIMARY_MODEL])
         # No PYTHONPATH of ours: TorchServe would put it before the archive and its workers would run the

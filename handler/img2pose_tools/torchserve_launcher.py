@@ -14,7 +14,8 @@ Isolation from any other TorchServe on the machine (a developer's, another test 
   ``<tempfile.gettempdir()>/.model_server.pid`` names. The server here runs with its own
   ``TMPDIR`` (and ``TEMP``, TorchServe's Java temp dir where archives are unpacked), so its pid
   file and unpacked models are private, and start/stop use the same environment.
-* Free loopback ports (found by binding port 0), its own log/metrics dir (LOG_LOCATION,
+* Free loopback ports (found by binding port 0, all held until all are found; a start that
+  loses one to another process is retried), its own log/metrics dir (LOG_LOCATION,
   METRICS_LOCATION) and its own working directory, where TorchServe writes key_file.json.
 * TorchServe's output goes to a file: ``torchserve --start`` leaves a Java process holding
   whatever stdout it inherited, so a captured pipe would never close.
@@ -48,10 +49,18 @@ REPLACED_KEYS = ("inference_address", "management_address", "metrics_address", "
                  "disable_system_metrics")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports. All are held until all are found: a port released
+    after ``bind(0)`` can be handed out again by the next ``bind(0)``, and a config with the same port
+    twice fails to start (seen in CI: management and gRPC both on one port)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @dataclass
@@ -88,7 +97,7 @@ def model_settings(base: dict[str, str], model: str = "img2pose") -> dict:
     return next(v for v in versions.values() if v.get("defaultVersion", True))
 
 
-def write_config(path: Path, *, ports: tuple[int, int, int], model_store: Path, archives: dict[str, Path],
+def write_config(path: Path, *, ports: tuple[int, int, int, int, int], model_store: Path, archives: dict[str, Path],
                  settings: ServerSettings, base_config: Path = BASE_CONFIG) -> Path:
     """``base_config`` with private listeners, ``model_store`` and a models= block for ``archives``."""
     base = read_properties(base_config)
@@ -100,15 +109,15 @@ def write_config(path: Path, *, ports: tuple[int, int, int], model_store: Path, 
                                **{k: v for k, v in overrides.items() if v is not None}}}
         for name, archive in archives.items()
     }
-    inference, management, metrics = ports
+    inference, management, metrics, grpc_inference, grpc_management = ports
     private = {
         "inference_address": f"http://127.0.0.1:{inference}",
         "management_address": f"http://127.0.0.1:{management}",
         "metrics_address": f"http://127.0.0.1:{metrics}",
         # gRPC listeners are on by default (7070/7071): free ports for them too, so that several
         # servers (a developer's and the tests') can run side by side.
-        "grpc_inference_port": str(free_port()),
-        "grpc_management_port": str(free_port()),
+        "grpc_inference_port": str(grpc_inference),
+        "grpc_management_port": str(grpc_management),
         "model_store": str(model_store),
         "models": json.dumps(models),
         # Relative to the directory holding config/, in the checkout and in the package alike.
@@ -201,17 +210,44 @@ def _worker_deaths(log_dir: Path) -> int:
         return 0
 
 
+# Free ports are found before TorchServe binds them: another process can take one in between.
+START_ATTEMPTS = 3
+
+
+def _lost_a_port(workdir: Path, offset: int) -> bool:
+    try:
+        with open(workdir / "torchserve.out", "rb") as out:
+            out.seek(offset)
+            return b"Address already in use" in out.read()
+    except OSError:
+        return False
+
+
 def start_torchserve(workdir: Path, model_store: Path, archives: dict[str, Path], primary: str,
                      settings: ServerSettings | None = None, base_config: Path = BASE_CONFIG) -> TorchServeServer:
-    """Start TorchServe serving ``archives`` ({name: .mar in model_store}); wait until all are READY."""
+    """Start TorchServe serving ``archives`` ({name: .mar in model_store}); wait until all are READY.
+    A start that lost one of its ports to another process is tried again on other ports."""
     if shutil.which("java") is None:
         raise RuntimeError("java is not on PATH")
     settings = settings or ServerSettings()
     workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "torchserve.out"
+    for _ in range(START_ATTEMPTS - 1):
+        offset = out.stat().st_size if out.exists() else 0
+        try:
+            return _start_once(workdir, model_store, archives, primary, settings, base_config)
+        except RuntimeError:
+            if not _lost_a_port(workdir, offset):
+                raise
+    return _start_once(workdir, model_store, archives, primary, settings, base_config)
+
+
+def _start_once(workdir: Path, model_store: Path, archives: dict[str, Path], primary: str,
+                settings: ServerSettings, base_config: Path) -> TorchServeServer:
     tmp, log_dir = workdir / "tmp", workdir / "logs"
     tmp.mkdir(exist_ok=True)
     log_dir.mkdir(exist_ok=True)
-    ports = (free_port(), free_port(), free_port())
+    ports = tuple(free_ports(5))
     config = write_config(workdir / "config.properties", ports=ports, model_store=model_store,
                           archives=archives, settings=settings, base_config=base_config)
     env = {**os.environ, "TMPDIR": str(tmp), "TEMP": str(tmp),
@@ -225,8 +261,7 @@ def start_torchserve(workdir: Path, model_store: Path, archives: dict[str, Path]
     java_pid = _read_pid(tmp / ".model_server.pid")
     server = TorchServeServer(
         inference_url=f"http://127.0.0.1:{ports[0]}", management_url=f"http://127.0.0.1:{ports[1]}",
-        metrics_url=f"http://127.0.0.1:{ports[2]}",
-        grpc_inference_target=f"127.0.0.1:{read_properties(config)['grpc_inference_port']}",
+        metrics_url=f"http://127.0.0.1:{ports[2]}", grpc_inference_target=f"127.0.0.1:{ports[3]}",
         inference_key="", management_key="",
         model_name=primary, model_names=list(archives), log_dir=log_dir, workdir=workdir,
         config_path=config, env=env, java_pid=java_pid)
