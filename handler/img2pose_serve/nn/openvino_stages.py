@@ -101,7 +101,10 @@ class _CompiledStage:
             frontend = FrontEndManager().load_by_framework("pytorch")
             # Named, so that it outlives the conversion: the frontend calls back into it, and a collected
             # decoder fails there with "pure virtual function" errors.
-            decoder = TorchScriptPythonDecoder(module.eval(), example_input=example)
+            # check_trace=False: torch.jit.trace's check traces and runs the module twice more (most of
+            # a worker's start); the converted stages are checked against torch by the tests instead.
+            decoder = TorchScriptPythonDecoder(module.eval(), example_input=example,
+                                               trace_kwargs={"check_trace": False})
             loaded = frontend.load(decoder)
             for place, tensor in zip(loaded.get_inputs(), example, strict=True):
                 loaded.set_partial_shape(place, ov.PartialShape(

@@ -9,7 +9,7 @@ clamping, bilinear weights, the sum of the four weighted taps, the running sum o
 division by their count), so the results are bit-identical to torchvision's (tests/test_roi_pooling.py);
 on a 2-core CPU pooling 1,000 RoIs took 5x less time.
 
-The kernel is compiled on first use (about a second), never at import.
+The kernel is compiled on first use (about a second; then cached on disk where it can be), never at import.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ def compiled_kernel():
     (``rois[k]`` = batch index, x1, y1, x2, y2 in image pixels), ``out[rows[k]]`` (C, pooled, pooled)."""
     import numba
 
-    return numba.njit(_SIGNATURE, nogil=True, cache=False)(_roi_align_nhwc)
+    try:
+        # Cached on disk beside this file (or in numba's user cache): a restarted worker or a second
+        # process loads the machine code instead of compiling it again (about a second each time).
+        return numba.njit(_SIGNATURE, nogil=True, cache=True)(_roi_align_nhwc)
+    except RuntimeError:  # no writable cache location (a read-only root filesystem): compile in memory
+        return numba.njit(_SIGNATURE, nogil=True, cache=False)(_roi_align_nhwc)
 
 
 def _roi_align_nhwc(features, rois, rows, spatial_scale, pooled, sampling, out):  # pragma: no cover (numba)
