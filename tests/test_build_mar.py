@@ -178,10 +178,30 @@ def test_checkpoint_without_stats_uses_published_approximation(demo_checkpoint_f
     ({"max_images_per_forward": "1.5"}, "max_images_per_forward must be an integer"),
     ({"max_images_per_forward": 0}, "max_images_per_forward must be >= 1"),
     ({"no_such_setting": 1}, "unknown setting"),
+    ({"min_size": 16}, "min_size must be >= 32"),
+    ({"min_size": 800, "max_size": 700}, r"max_size must be >= min_size \(800\), got 700"),
 ])
 def test_handler_settings_are_validated_at_build_time(tmp_path, overrides, message):
     with pytest.raises(BuildError, match=message):
         build_archive(None, export_path=tmp_path, handler_overrides=overrides, quiet=True)
+    assert not (tmp_path / "img2pose.mar").exists()
+
+
+def test_the_resize_sizes_go_into_the_handler_section(tmp_path, monkeypatch, capsys):
+    with staged_archive(None, handler_overrides={"min_size": 400, "max_size": 1000}, quiet=True) as staged:
+        handler_section = yaml.safe_load(staged.config_file.read_text())["handler"]
+    assert (handler_section["min_size"], handler_section["max_size"]) == (400, 1000)
+    assert HandlerConfig.from_mapping(handler_section) == HandlerConfig(min_size=400, max_size=1000)
+    # The command line passes them on (the build itself is the one above), and refuses a bad pair by name.
+    builds = []
+    monkeypatch.setattr("img2pose_tools.build_mar.build_archive", lambda *args, **kwargs: builds.append(kwargs))
+    assert main(["--min-size", "400", "--max-size", "1000", "--export-path", str(tmp_path)]) == 0
+    assert main(["--export-path", str(tmp_path)]) == 0
+    assert [{key: build["handler_overrides"][key] for key in ("min_size", "max_size")} for build in builds] == \
+        [{"min_size": 400, "max_size": 1000}, {"min_size": 640, "max_size": 1400}]
+    monkeypatch.undo()
+    assert main(["--min-size", "480", "--max-size", "400", "--export-path", str(tmp_path)]) == 2
+    assert "max_size must be >= min_size (480), got 400" in capsys.readouterr().err
     assert not (tmp_path / "img2pose.mar").exists()
 
 

@@ -27,10 +27,26 @@ def test_defaults_and_overrides_from_the_yaml_section():
     ({"max_pixels_per_forward": 0}, "max_pixels_per_forward must be >= 1"),
     ({"max_image_pixels": 0}, "max_image_pixels must be >= 1"),
     ({"decode_threads": 1.0}, "decode_threads must be an integer"),
+    ({"min_size": 400.0}, r"^handler setting min_size must be an integer, got 400.0$"),
+    ({"min_size": "400"}, "min_size must be an integer"),
+    ({"max_size": True}, "max_size must be an integer"),
+    ({"min_size": 31}, r"^handler setting min_size must be >= 32 \(the canvas is padded to multiples of 32 px"),
+    ({"min_size": 0}, "min_size must be >= 32"),
+    ({"min_size": 400, "max_size": 399}, r"^handler setting max_size must be >= min_size \(400\), got 399$"),
+    ({"max_size": 600}, r"max_size must be >= min_size \(640\), got 600"),  # against the default min_size
 ])
 def test_invalid_settings_are_refused_by_name(section, message):
     with pytest.raises(HandlerConfigError, match=message):
         HandlerConfig.from_mapping(section)
+
+
+def test_resize_sizes_default_to_the_reference_s_and_take_any_valid_pair():
+    assert (HandlerConfig().min_size, HandlerConfig().max_size) == (640, 1400)
+    assert HandlerConfig.from_mapping({"min_size": 400}).min_size == 400
+    config = HandlerConfig.from_mapping({"min_size": 32, "max_size": 32})
+    assert (config.min_size, config.max_size) == (32, 32)
+    config = HandlerConfig.from_mapping({"min_size": 800, "max_size": 1333})  # torchvision's own defaults
+    assert (config.min_size, config.max_size) == (800, 1333)
 
 
 def test_images_per_pass_is_automatic_per_device_unless_set():

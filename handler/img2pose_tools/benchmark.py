@@ -228,7 +228,9 @@ class InProcess:
             started = time.perf_counter()
             for chunk_start in range(0, len(bodies), batch):  # requests arrive batch by batch
                 chunk = bodies[chunk_start:chunk_start + batch]
-                self._run(chunk, plan_forwards(sizes[chunk_start:chunk_start + batch], batch))
+                self._run(chunk, plan_forwards(sizes[chunk_start:chunk_start + batch], batch,
+                                               min_size=self.served.model.min_size,
+                                               max_size=self.served.model.max_size))
             runs.append(len(bodies) / (time.perf_counter() - started))
         return round(statistics.median(runs), 4)
 

@@ -43,7 +43,7 @@ import yaml
 import img2pose_serve
 from img2pose_serve.nn import reference_data
 from img2pose_serve.nn.checkpoint import CheckpointError, read_checkpoint
-from img2pose_serve.nn.faster_dof_rcnn import build_detector
+from img2pose_serve.nn.faster_dof_rcnn import MIN_SIZE_FLOOR, build_detector
 from img2pose_serve.nn.pose import checked_pose_stats
 from img2pose_serve.runtime import archive_layout
 from img2pose_serve.runtime.handler_config import HandlerConfig
@@ -314,7 +314,8 @@ def build_archive(
     if not quiet:
         source = "DEMO, meaningless detections" if checkpoint is None else f"weights from {Path(checkpoint).name}"
         print(f"wrote {mar} ({source}; pose stats: {staged.info.pose_stats_source}; "
-              f"precision: {staged.settings['precision']}; runtime: {staged.settings['runtime']})")
+              f"precision: {staged.settings['precision']}; runtime: {staged.settings['runtime']}; "
+              f"resize: min_size {staged.settings['min_size']}, max_size {staged.settings['max_size']})")
     return mar
 
 
@@ -342,13 +343,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto (default): OpenVINO for fp32 on a CPU, torch elsewhere; torch: the reference's "
                              "arithmetic bit for bit; openvino: or the worker refuses to start "
                              "(docs/speed-and-tuning.md)")
+    parser.add_argument("--min-size", type=int, default=HandlerConfig().min_size,
+                        help=f"resize each image's shorter side to this many pixels before the network "
+                             f"(default {HandlerConfig().min_size}, the reference's; >= {MIN_SIZE_FLOOR}); smaller "
+                             "is faster and finds fewer small faces (docs/speed-and-tuning.md)")
+    parser.add_argument("--max-size", type=int, default=HandlerConfig().max_size,
+                        help="but never the longer side beyond this many pixels: it caps the resize of long images "
+                             f"(default {HandlerConfig().max_size}; >= --min-size)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing archive")
     args = parser.parse_args(argv)
     try:
         build_archive(args.checkpoint, args.pose_mean, args.pose_stddev, args.export_path,
                       args.model_name, force=args.force, response_timeout=args.response_timeout,
                       trust_checkpoint=args.trust_checkpoint,
-                      handler_overrides={"precision": args.precision, "runtime": args.runtime})
+                      handler_overrides={"precision": args.precision, "runtime": args.runtime,
+                                         "min_size": args.min_size, "max_size": args.max_size})
     except (BuildError, FileExistsError) as error:
         print(f"build_mar.py: error: {error}", file=sys.stderr)
         return 2

@@ -24,9 +24,16 @@ from .roi_align_kernel import compiled_kernel
 from .roi_heads import DoFRoIHeads
 from .rpn import LogitRankedRPN, SingleConvRPNHead, img2pose_anchor_generator
 
-MIN_SIZE = 640
-MAX_SIZE = 1400
-SIZE_DIVISIBLE = 32
+# The resize before the network (torchvision's GeneralizedRCNNTransform): the shorter side to min_size
+# pixels unless the longer would then pass max_size, which caps it instead. The reference library's
+# defaults; both are constructor arguments there (``Img2Pose(min_size=..., max_size=...)``) and here.
+DEFAULT_MIN_SIZE = 640
+DEFAULT_MAX_SIZE = 1400
+SIZE_DIVISIBLE = 32  # resized images are zero-padded to a canvas of multiples of this
+# The smallest min_size taken: below one canvas unit the canvas's short side stays SIZE_DIVISIBLE pixels
+# (the backbone's stride-32 level is one cell) while the image shrinks inside it, so less buys nothing;
+# and at min_size 1 the resize rounds some sides to 0 pixels (49 * (1 / 49) < 1) and fails.
+MIN_SIZE_FLOOR = SIZE_DIVISIBLE
 IMAGE_MEAN = [0.485, 0.456, 0.406]
 IMAGE_STD = [0.229, 0.224, 0.225]
 NUM_CLASSES = 2  # background, face
@@ -53,11 +60,14 @@ class FasterDoFRCNN(GeneralizedRCNN):
     must only batch images with the same :func:`padded_canvas_shape` (see ``forward_plan``).
     """
 
-    def __init__(self, pose_decoder: PoseDecoder, images_per_pass: int | None = None) -> None:
+    def __init__(self, pose_decoder: PoseDecoder, images_per_pass: int | None = None,
+                 min_size: int = DEFAULT_MIN_SIZE, max_size: int = DEFAULT_MAX_SIZE) -> None:
         """``images_per_pass``: run backbone, RPN head and RoI heads in passes of this many images (None:
-        all at once). Results are identical either way; see ``passes`` for why a CPU wants small passes."""
+        all at once). Results are identical either way; see ``passes`` for why a CPU wants small passes.
+        ``min_size`` / ``max_size``: the resize (see DEFAULT_MIN_SIZE; ``check_resize_sizes``)."""
         if images_per_pass is not None and images_per_pass < 1:
             raise ValueError(f"images_per_pass must be >= 1 or None, got {images_per_pass}")
+        check_resize_sizes(min_size, max_size)
         backbone = BackboneInPasses(resnet_fpn_backbone(backbone_name="resnet18", weights=None), images_per_pass)
         anchors = img2pose_anchor_generator()
         rpn = LogitRankedRPN(
@@ -73,13 +83,23 @@ class FasterDoFRCNN(GeneralizedRCNN):
             nms_thresh=0.4,
         )
         roi_heads = DoFRoIHeads(backbone.out_channels, NUM_CLASSES, pose_decoder, images_per_pass=images_per_pass)
-        transform = KeypointProjectingTransform(pose_decoder, MIN_SIZE, MAX_SIZE, IMAGE_MEAN, IMAGE_STD,
+        transform = KeypointProjectingTransform(pose_decoder, min_size, max_size, IMAGE_MEAN, IMAGE_STD,
                                                 size_divisible=SIZE_DIVISIBLE)
         super().__init__(backbone, rpn, roi_heads, transform)
         self.images_per_pass = images_per_pass
         self.precision = "fp32"  # see set_precision
         self.runtime = "torch"  # see set_runtime
         self._fp32_stages: dict[str, nn.Module] = {}  # while in bf16: the originals of BF16_STAGES
+
+    @property
+    def min_size(self) -> int:
+        """The resize's short-side target (read from the transform, which applies it)."""
+        return self.transform.min_size[-1]
+
+    @property
+    def max_size(self) -> int:
+        """The resize's cap on the long side."""
+        return self.transform.max_size
 
     def set_precision(self, precision: str, reversible: bool = True) -> None:
         """``fp32`` (exact, the default) or ``bf16`` (see ``precision``); the torch runtime only.
@@ -200,15 +220,33 @@ class KeypointProjectingTransform(GeneralizedRCNNTransform):
         return result
 
 
-def resized_shape(height: int, width: int) -> tuple[int, int]:
-    """The (h, w) GeneralizedRCNNTransform resizes an image to (shortest side 640, longest <= 1400)."""
-    scale = min(MIN_SIZE / min(height, width), MAX_SIZE / max(height, width))
+def check_resize_sizes(min_size: int, max_size: int) -> None:
+    """ValueError, naming the size, unless both are integers and MIN_SIZE_FLOOR <= min_size <= max_size.
+
+    max_size >= min_size keeps min_size the short side's target: below it every image's long side is
+    capped, so min_size would change nothing.
+    """
+    for name, value in (("min_size", min_size), ("max_size", max_size)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    if min_size < MIN_SIZE_FLOOR:
+        raise ValueError(f"min_size must be >= {MIN_SIZE_FLOOR} (the canvas is padded to multiples of "
+                         f"{SIZE_DIVISIBLE} px: a smaller one only shrinks the image inside it), got {min_size}")
+    if max_size < min_size:
+        raise ValueError(f"max_size must be >= min_size ({min_size}), got {max_size}")
+
+
+def resized_shape(height: int, width: int, min_size: int = DEFAULT_MIN_SIZE,
+                  max_size: int = DEFAULT_MAX_SIZE) -> tuple[int, int]:
+    """The (h, w) GeneralizedRCNNTransform resizes an image to (shorter side ``min_size``, longer <= ``max_size``)."""
+    scale = min(min_size / min(height, width), max_size / max(height, width))
     return math.floor(height * scale), math.floor(width * scale)
 
 
-def padded_canvas_shape(height: int, width: int) -> tuple[int, int]:
-    """The zero-padded canvas an image is run on alone; images sharing it batch bit-exactly."""
-    h, w = resized_shape(height, width)
+def padded_canvas_shape(height: int, width: int, min_size: int = DEFAULT_MIN_SIZE,
+                        max_size: int = DEFAULT_MAX_SIZE) -> tuple[int, int]:
+    """The zero-padded canvas an image is run on alone at these sizes; images sharing it batch bit-exactly."""
+    h, w = resized_shape(height, width, min_size, max_size)
     return (math.ceil(h / SIZE_DIVISIBLE) * SIZE_DIVISIBLE, math.ceil(w / SIZE_DIVISIBLE) * SIZE_DIVISIBLE)
 
 
@@ -219,15 +257,17 @@ def build_detector(
     device: str | torch.device = "cpu",
     points_68: np.ndarray | None = None,
     images_per_pass: int | None = None,
+    min_size: int = DEFAULT_MIN_SIZE,
+    max_size: int = DEFAULT_MAX_SIZE,
 ) -> FasterDoFRCNN:
     """A FasterDoFRCNN in eval mode on ``device`` with the checkpoint's weights (strict).
 
     ``checkpoint`` is a path to an official-layout file or an already-read ``fpn_model`` state dict.
     The default pose statistics are the identity ones the reference uses for a bare checkpoint path.
-    ``images_per_pass``: see ``FasterDoFRCNN``.
+    ``images_per_pass``, ``min_size``, ``max_size``: see ``FasterDoFRCNN``.
     """
     decoder = PoseDecoder.create(pose_mean, pose_stddev, reference_data.points_68() if points_68 is None else points_68)
-    model = FasterDoFRCNN(decoder, images_per_pass)
+    model = FasterDoFRCNN(decoder, images_per_pass, min_size, max_size)
     state = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
     load_into(model, state)
     if torch.device(device).type == "cpu":

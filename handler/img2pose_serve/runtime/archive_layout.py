@@ -23,7 +23,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from ..nn.faster_dof_rcnn import FasterDoFRCNN, build_detector
+from ..nn.faster_dof_rcnn import DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE, FasterDoFRCNN, build_detector
 from ..nn.pose import checked_pose_stats
 from .handler_config import HandlerConfig
 
@@ -122,16 +122,17 @@ def read_weights(directory: Path, expected_sha256: str) -> dict[str, torch.Tenso
     return load_file(str(path))
 
 
-def load_detector(directory: Path, device: str | torch.device = "cpu",
-                  images_per_pass: int | None = None) -> tuple[FasterDoFRCNN, ArchiveInfo]:
-    """The detector an unpacked archive serves (eval mode, on ``device``, ``images_per_pass`` as
-    ``FasterDoFRCNN`` takes it) and the archive's info."""
+def load_detector(directory: Path, device: str | torch.device = "cpu", images_per_pass: int | None = None, *,
+                  min_size: int = DEFAULT_MIN_SIZE, max_size: int = DEFAULT_MAX_SIZE
+                  ) -> tuple[FasterDoFRCNN, ArchiveInfo]:
+    """The detector an unpacked archive serves (eval mode, on ``device``; ``images_per_pass``, ``min_size``
+    and ``max_size`` as ``FasterDoFRCNN`` takes them) and the archive's info."""
     directory = Path(directory)
     info = ArchiveInfo.read(directory)
     model = build_detector(read_weights(directory, info.weights_sha256),
                            pose_mean=np.load(directory / POSE_MEAN_FILE, allow_pickle=False),
                            pose_stddev=np.load(directory / POSE_STDDEV_FILE, allow_pickle=False),
-                           device=device, images_per_pass=images_per_pass)
+                           device=device, images_per_pass=images_per_pass, min_size=min_size, max_size=max_size)
     return model, info
 
 

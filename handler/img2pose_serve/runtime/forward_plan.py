@@ -8,7 +8,7 @@ from ..nn.faster_dof_rcnn import padded_canvas_shape
 
 
 def plan_forwards(image_sizes: Sequence[tuple[int, int]], max_images_per_forward: int,
-                  max_pixels_per_forward: int | None = None) -> list[list[int]]:
+                  max_pixels_per_forward: int | None = None, *, min_size: int, max_size: int) -> list[list[int]]:
     """Group image indices into forwards whose results equal one-image-at-a-time results.
 
     A batched forward pads every image to the largest canvas in it, which changes features near the
@@ -18,7 +18,8 @@ def plan_forwards(image_sizes: Sequence[tuple[int, int]], max_images_per_forward
     ``max_pixels_per_forward`` (a forward always takes at least one image), which bounds the memory
     one forward's input tensors need. Groups come in order of first appearance.
 
-    ``image_sizes`` are original (height, width) pairs.
+    ``image_sizes`` are original (height, width) pairs; ``min_size`` / ``max_size`` are the resize of the
+    model that runs them (``FasterDoFRCNN.min_size``): the canvases depend on it.
     """
     if max_images_per_forward < 1:
         raise ValueError(f"max_images_per_forward must be >= 1, got {max_images_per_forward}")
@@ -26,7 +27,7 @@ def plan_forwards(image_sizes: Sequence[tuple[int, int]], max_images_per_forward
         raise ValueError(f"max_pixels_per_forward must be >= 1, got {max_pixels_per_forward}")
     groups: dict[tuple[int, int], list[int]] = {}
     for index, (height, width) in enumerate(image_sizes):
-        groups.setdefault(padded_canvas_shape(height, width), []).append(index)
+        groups.setdefault(padded_canvas_shape(height, width, min_size, max_size), []).append(index)
     forwards: list[list[int]] = []
     for members in groups.values():
         current: list[int] = []

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from ..nn.faster_dof_rcnn import DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE, check_resize_sizes
 from ..protocol.request_parsing import DetectionParams
 from .precision_choice import check_precision_setting
 from .runtime_choice import check_runtime_setting
@@ -45,6 +46,12 @@ class HandlerConfig:
     # "torch": the reference's arithmetic, bit for bit; "openvino": OpenVINO or the worker refuses to
     # start (see runtime_choice.py).
     runtime: str = "auto"
+    # The resize before the network, as the reference library's constructor arguments of these names: the
+    # shorter side to min_size pixels unless the longer would pass max_size (which caps it instead).
+    # Smaller is faster and loses small faces (docs/speed-and-tuning.md); the poses are for the resized
+    # image's camera, so they change with it. min_size >= 32, max_size >= min_size (check_resize_sizes).
+    min_size: int = DEFAULT_MIN_SIZE
+    max_size: int = DEFAULT_MAX_SIZE
 
     @property
     def detection_defaults(self) -> DetectionParams:
@@ -87,6 +94,7 @@ class HandlerConfig:
         try:
             check_precision_setting(config.precision)
             check_runtime_setting(config.runtime)
+            check_resize_sizes(config.min_size, config.max_size)
         except ValueError as error:
             raise HandlerConfigError(f"handler setting {error}") from None
         for name in ("torch_threads", "images_per_pass"):

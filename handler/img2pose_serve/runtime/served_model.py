@@ -52,7 +52,8 @@ class ServedModel:
         device = torch.device(device)
         precision = PrecisionChoice.for_device(config.precision, device)
         runtime = RuntimeChoice.for_device(config.runtime, device.type, precision.effective)
-        model, info = archive_layout.load_detector(directory, device, config.resolved_images_per_pass(device.type))
+        model, info = archive_layout.load_detector(directory, device, config.resolved_images_per_pass(device.type),
+                                                   min_size=config.min_size, max_size=config.max_size)
         if precision.needs_measurement:
             fp32_runtime = RuntimeChoice.for_device(config.runtime, device.type, "fp32").effective
             precision = decide_by_measurement(precision, measure_bf16(model, fp32_runtime, info.weights_sha256))
@@ -62,8 +63,10 @@ class ServedModel:
         return cls(model, info, config, device, precision, runtime)
 
     def plan(self, image_sizes: Sequence[tuple[int, int]]) -> list[list[int]]:
-        """Forwards whose results equal one-image-at-a-time results, within this model's limits."""
-        return plan_forwards(image_sizes, self.config.max_images_per_forward, self.config.max_pixels_per_forward)
+        """Forwards whose results equal one-image-at-a-time results, within this model's limits, on the
+        canvases of this model's resize."""
+        return plan_forwards(image_sizes, self.config.max_images_per_forward, self.config.max_pixels_per_forward,
+                             min_size=self.model.min_size, max_size=self.model.max_size)
 
     def forward(self, tensors: list[Tensor]) -> list[dict[str, Tensor]]:
         """One forward over images of one planned group; the tensors are consumed (hold garbage after)."""
