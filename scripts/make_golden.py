@@ -11,11 +11,17 @@ reference library's ``Img2Pose`` on CPU with 2 torch threads, for the project's 
 
 ``--images-only`` rewrites the generated images and stops (no reference checkout needed).
 
+It also writes ``other_sizes.json``: the reference's answers with other resize sizes (its constructor's
+``min_size`` / ``max_size``, this project's handler settings of those names) for a few images, at
+threshold 0.5 (``OTHER_SIZES``, ``OTHER_SIZE_IMAGES``; ``--sizes`` and ``--size-images`` choose others).
+``--other-sizes`` writes that file only, leaving ``reference_outputs.json`` as it is.
+
 ``--check-exact`` writes nothing: it runs the reference library and this project's model on this
 machine, on the committed images with the same calls, and says whether every output is bit for bit
-the same (exit 1 and the differences if not). Bit-for-bit parity holds on one machine only: fp32
-kernels of another instruction set (AVX2 vs AVX-512) change the last bits, which is why
-tests/test_golden.py compares the committed outputs within tolerances.
+the same (exit 1 and the differences if not); at the other sizes too, at threshold 0 (with
+``--other-sizes``, at the other sizes only: a minute instead of twenty). Bit-for-bit parity holds on
+one machine only: fp32 kernels of another instruction set (AVX2 vs AVX-512) change the last bits,
+which is why tests/test_golden.py compares the committed outputs within tolerances.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from PIL import Image
 
 from img2pose_serve.runtime.archive_layout import sha256_of
 from img2pose_tools.demo_checkpoint import state_dict_sha256
-from img2pose_tools.exact_parity import exact_differences
+from img2pose_tools.exact_parity import differences_by_image, exact_differences
 from img2pose_tools.torchserve_launcher import REPO
 
 DEFAULT_OUT = REPO / "tests" / "golden"
@@ -43,6 +49,12 @@ DEMO_SEED = 0
 IMAGE_SEED = 20240917
 TORCH_THREADS = 2
 DEFAULT_THRESHOLD = 0.5
+OTHER_SIZES_FILE = "other_sizes.json"
+# (min_size, max_size) besides the default 640/1400: py-feat's 400, and a smaller cap on the long side.
+OTHER_SIZES = ((400, 1400), (480, 1000))
+# Downscaled (640x480 -> 533x400 and 640x480), capped by max_size at 480/1000 (1800x600 -> 1000x333, not
+# 1440x480), upscaled (a 256x256 photograph -> 400x400 and 480x480).
+OTHER_SIZE_IMAGES = ("01_rgb_640x480.jpg", "07_rgb_1800x600.jpg", "09_photo_astronaut_256x256.jpg")
 
 
 @dataclass(frozen=True)
@@ -216,6 +228,46 @@ def _version(package: str) -> str:
     return importlib.metadata.version(package)
 
 
+def size_key(min_size: int, max_size: int) -> str:
+    """How other_sizes.json names a pair of sizes: ``"400/1400"``."""
+    return f"{min_size}/{max_size}"
+
+
+def _image_facts(images: list[Path]) -> dict:
+    def size_and_mode(path: Path) -> dict:
+        with Image.open(path) as image:
+            return {"width": image.width, "height": image.height, "mode": image.mode}
+
+    return {p.name: {**size_and_mode(p), "sha256": sha256_of(p)} for p in images}
+
+
+def _recipe(img2pose, commit: str, checkpoint: Path, call: str) -> dict:
+    import torch
+
+    return {
+        "reference": "GitHub TalHassner/img2pose, library src/img2pose",
+        "reference_commit": commit,
+        "reference_version": img2pose.__version__,
+        "call": call,
+        "checkpoint": {
+            "generator": f"img2pose_tools.demo_checkpoint.write_demo_checkpoint(path, seed={DEMO_SEED})",
+            "demo_seed": DEMO_SEED,
+            "state_dict_sha256": state_dict_sha256(checkpoint),
+        },
+        "torch_num_threads": TORCH_THREADS,
+        "device": "cpu",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "scipy": _version("scipy"),
+        "numpy": _version("numpy"),
+        "pillow": _version("pillow"),
+        "image_seed": IMAGE_SEED,
+    }
+
+
 def reference_outputs(checkout: Path, commit: str, images: list[Path], checkpoint: Path) -> dict:
     """Run the reference library on every image: the golden JSON document."""
     import torch
@@ -235,35 +287,11 @@ def reference_outputs(checkout: Path, commit: str, images: list[Path], checkpoin
     _set_pose_stats(detector, mean, stddev)
     alt_sequential = run(DEFAULT_THRESHOLD)
 
-    def size_and_mode(path: Path) -> dict:
-        with Image.open(path) as image:
-            return {"width": image.width, "height": image.height, "mode": image.mode}
-
     return {
-        "recipe": {
-            "reference": "GitHub TalHassner/img2pose, library src/img2pose",
-            "reference_commit": commit,
-            "reference_version": img2pose.__version__,
-            "call": f"Img2Pose(model_path=CHECKPOINT, device='cpu', score_threshold={DEFAULT_THRESHOLD})"
-                    ".detect_faces(image_path, score_threshold=T), one image per call",
-            "checkpoint": {
-                "generator": f"img2pose_tools.demo_checkpoint.write_demo_checkpoint(path, seed={DEMO_SEED})",
-                "demo_seed": DEMO_SEED,
-                "state_dict_sha256": state_dict_sha256(checkpoint),
-            },
-            "torch_num_threads": TORCH_THREADS,
-            "device": "cpu",
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "torchvision": _version("torchvision"),
-            "scipy": _version("scipy"),
-            "numpy": _version("numpy"),
-            "pillow": _version("pillow"),
-            "image_seed": IMAGE_SEED,
-        },
-        "images": {p.name: {**size_and_mode(p), "sha256": sha256_of(p)} for p in images},
+        "recipe": _recipe(img2pose, commit, checkpoint,
+                          f"Img2Pose(model_path=CHECKPOINT, device='cpu', score_threshold={DEFAULT_THRESHOLD})"
+                          ".detect_faces(image_path, score_threshold=T), one image per call"),
+        "images": _image_facts(images),
         "sequential": sequential,
         "sequential_threshold0": sequential_threshold0,
         "alt_pose_stats": {
@@ -276,6 +304,32 @@ def reference_outputs(checkout: Path, commit: str, images: list[Path], checkpoin
             "threshold": DEFAULT_THRESHOLD,
             "sequential": alt_sequential,
         },
+    }
+
+
+def reference_outputs_at_sizes(checkout: Path, commit: str, images: list[Path], checkpoint: Path,
+                               sizes: list[tuple[int, int]], threshold: float) -> dict:
+    """The reference library's FaceDicts at each (min_size, max_size), identity pose statistics, one image
+    per call: the other_sizes.json document."""
+    import torch
+
+    img2pose = _import_reference(checkout)
+    torch.set_num_threads(TORCH_THREADS)
+    by_size = {}
+    for min_size, max_size in sizes:
+        detector = img2pose.Img2Pose(model_path=str(checkpoint), device="cpu", score_threshold=DEFAULT_THRESHOLD,
+                                     min_size=min_size, max_size=max_size)
+        by_size[size_key(min_size, max_size)] = {
+            "min_size": min_size, "max_size": max_size,
+            "sequential": {p.name: detector.detect_faces(str(p), score_threshold=threshold) for p in images}}
+    return {
+        "recipe": _recipe(img2pose, commit, checkpoint,
+                          f"Img2Pose(model_path=CHECKPOINT, device='cpu', score_threshold={DEFAULT_THRESHOLD}, "
+                          f"min_size=MIN, max_size=MAX).detect_faces(image_path, score_threshold={threshold}), "
+                          "one image per call"),
+        "threshold": threshold,
+        "images": _image_facts(images),
+        "sizes": by_size,
     }
 
 
@@ -302,6 +356,22 @@ def our_outputs(images: list[Path], checkpoint: Path) -> dict:
     }
 
 
+def our_outputs_at_sizes(images: list[Path], checkpoint: Path, sizes: list[tuple[int, int]],
+                         threshold: float) -> dict[str, dict[str, list]]:
+    """This project's FaceDicts per ``size_key`` and image (torch runtime, the sizes as handler settings)."""
+    import torch
+
+    from img2pose_serve import Img2Pose
+
+    torch.set_num_threads(TORCH_THREADS)
+    by_size = {}
+    for min_size, max_size in sizes:
+        detector = Img2Pose.from_checkpoint(checkpoint, runtime="torch", min_size=min_size, max_size=max_size)
+        by_size[size_key(min_size, max_size)] = {
+            p.name: detector.detect_faces(p, score_threshold=threshold, max_faces=-1) for p in images}
+    return by_size
+
+
 def _compact_face(face: dict) -> dict:
     """The reference's FaceDict with shorter numbers, none of them changed beyond what matters.
 
@@ -319,18 +389,25 @@ def _compact_face(face: dict) -> dict:
     }
 
 
+def _compact_by_image(results: dict) -> dict:
+    return {name: [_compact_face(f) for f in faces] for name, faces in results.items()}
+
+
 def compact(document: dict) -> dict:
     """``document`` with every FaceDict list made compact (``_compact_face``)."""
-    def faces_by_image(results: dict) -> dict:
-        return {name: [_compact_face(f) for f in faces] for name, faces in results.items()}
-
     alt = document["alt_pose_stats"]
     return {
         **document,
-        "sequential": faces_by_image(document["sequential"]),
-        "sequential_threshold0": faces_by_image(document["sequential_threshold0"]),
-        "alt_pose_stats": {**alt, "sequential": faces_by_image(alt["sequential"])},
+        "sequential": _compact_by_image(document["sequential"]),
+        "sequential_threshold0": _compact_by_image(document["sequential_threshold0"]),
+        "alt_pose_stats": {**alt, "sequential": _compact_by_image(alt["sequential"])},
     }
+
+
+def compact_sizes(document: dict) -> dict:
+    """The other_sizes.json document with every FaceDict list made compact."""
+    return {**document, "sizes": {key: {**entry, "sequential": _compact_by_image(entry["sequential"])}
+                                  for key, entry in document["sizes"].items()}}
 
 
 def _summary(document: dict) -> str:
@@ -343,6 +420,14 @@ def _summary(document: dict) -> str:
     return "\n".join(lines)
 
 
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        min_size, max_size = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN/MAX, e.g. 400/1400, got {text!r}") from None
+    return min_size, max_size
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", type=Path, help="checkout of GitHub TalHassner/img2pose")
@@ -352,17 +437,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-exact", action="store_true",
                         help="write nothing: compare this project's outputs with the reference's on this machine, "
                              "bit for bit")
+    parser.add_argument("--other-sizes", action="store_true",
+                        help=f"only the other resize sizes: write {OTHER_SIZES_FILE} (the committed images are "
+                             "left as they are) or, with --check-exact, check them only")
+    parser.add_argument("--sizes", type=_parse_size, nargs="+",
+                        default=list(OTHER_SIZES), metavar="MIN/MAX",
+                        help="the other sizes (default: " + " ".join(size_key(*s) for s in OTHER_SIZES) + ")")
+    parser.add_argument("--size-images", nargs="+", default=list(OTHER_SIZE_IMAGES), metavar="NAME",
+                        help="the images run at the other sizes (default: " + " ".join(OTHER_SIZE_IMAGES) + ")")
     args = parser.parse_args(argv)
 
     images_dir = args.out / "images"
     if args.check_exact and args.images_only:
         parser.error("--check-exact writes nothing: drop --images-only")
-    if not args.check_exact:
+    if args.other_sizes and args.images_only:
+        parser.error("--other-sizes leaves the images as they are: drop --images-only")
+    if not (args.check_exact or args.other_sizes):
         write_generated_images(images_dir)
     if args.images_only:
         return 0
     if args.reference is None:
         parser.error("--reference is required (or --images-only)")
+    size_images = [images_dir / name for name in args.size_images]
+    missing = [str(path) for path in size_images if not path.is_file()]
+    if missing:
+        parser.error(f"--size-images: no such image: {', '.join(missing)}")
 
     from img2pose_tools.demo_checkpoint import write_demo_checkpoint
 
@@ -370,17 +469,44 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = write_demo_checkpoint(Path(tmp) / "demo_seed0.pth", seed=DEMO_SEED)
         images = golden_image_paths(images_dir)
-        document = reference_outputs(args.reference, commit, images, checkpoint)
         if args.check_exact:
-            problems = exact_differences(document, our_outputs(images, checkpoint))
-            faces = sum(len(f) for f in document["sequential_threshold0"].values())
-            print("\n".join(problems) if problems else
-                  f"bit for bit equal on this machine: {len(images)} images, {faces} faces at threshold 0, "
-                  f"torch CPU capability {document['recipe']['cpu_capability']}")
-            return 1 if problems else 0
-    (args.out / "reference_outputs.json").write_text(json.dumps(compact(document), separators=(",", ":")) + "\n")
-    print(_summary(document))
+            return _check_exact(args, images, size_images, checkpoint)
+        document = None if args.other_sizes else reference_outputs(args.reference, commit, images, checkpoint)
+        at_sizes = reference_outputs_at_sizes(args.reference, commit, size_images, checkpoint, args.sizes,
+                                              DEFAULT_THRESHOLD)
+    if document is not None:
+        (args.out / "reference_outputs.json").write_text(json.dumps(compact(document), separators=(",", ":")) + "\n")
+        print(_summary(document))
+    (args.out / OTHER_SIZES_FILE).write_text(json.dumps(compact_sizes(at_sizes), separators=(",", ":")) + "\n")
+    print(_sizes_summary(at_sizes))
     return 0
+
+
+def _check_exact(args, images: list[Path], size_images: list[Path], checkpoint: Path) -> int:
+    """Run the reference and this project on this machine and print whether they agree bit for bit."""
+    problems, said = [], []
+    if not args.other_sizes:
+        document = reference_outputs(args.reference, "unrecorded", images, checkpoint)
+        problems += exact_differences(document, our_outputs(images, checkpoint))
+        faces = sum(len(f) for f in document["sequential_threshold0"].values())
+        said.append(f"{len(images)} images, {faces} faces at threshold 0, "
+                    f"torch CPU capability {document['recipe']['cpu_capability']}")
+    at_sizes = reference_outputs_at_sizes(args.reference, "unrecorded", size_images, checkpoint, args.sizes, 0.0)
+    ours = our_outputs_at_sizes(size_images, checkpoint, args.sizes, 0.0)
+    for key, entry in at_sizes["sizes"].items():
+        problems += differences_by_image(f"min_size/max_size {key}", entry["sequential"], ours[key])
+    faces = sum(len(f) for entry in at_sizes["sizes"].values() for f in entry["sequential"].values())
+    said.append(f"at min_size/max_size {', '.join(at_sizes['sizes'])}: {len(size_images)} images, {faces} faces at "
+                f"threshold 0, torch CPU capability {at_sizes['recipe']['cpu_capability']}")
+    print("\n".join(problems) if problems else "bit for bit equal on this machine: " + "; ".join(said))
+    return 1 if problems else 0
+
+
+def _sizes_summary(document: dict) -> str:
+    lines = [f"{'min_size/max_size':18s} {'image':32s} {'@' + str(document['threshold']):>5s}"]
+    for key, entry in document["sizes"].items():
+        lines += [f"{key:18s} {name:32s} {len(faces):5d}" for name, faces in entry["sequential"].items()]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from img2pose_serve.nn.faster_dof_rcnn import resized_shape
+from img2pose_serve.nn.faster_dof_rcnn import DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE, resized_shape
 from img2pose_serve.runtime.in_process import Img2Pose
 from img2pose_tools.torchserve_launcher import REPO
 
@@ -71,6 +71,11 @@ class GoldenSet:
         alt = self.reference["alt_pose_stats"]
         return np.float32(alt["pose_mean"]), np.float32(alt["pose_stddev"])
 
+    @cached_property
+    def other_sizes(self) -> dict:
+        """other_sizes.json: the reference's faces at other (min_size, max_size), by "MIN/MAX" (committed set)."""
+        return json.loads((self.directory / "other_sizes.json").read_text())
+
     def image_size(self, name: str) -> tuple[int, int]:
         """(width, height) of an image as stored."""
         with Image.open(self.image_path(name)) as image:
@@ -96,14 +101,16 @@ def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Camera:
-    """An original image's size and the resized one the model ran on: what a flip is measured in."""
+    """An original image's size and the resized one the model ran on (at ``sizes``, the resize's
+    ``(min_size, max_size)``): what a flip is measured in."""
 
     width: int
     height: int
+    sizes: tuple[int, int] = (DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE)
 
     @cached_property
     def resized(self) -> tuple[int, int]:
-        return resized_shape(self.height, self.width)
+        return resized_shape(self.height, self.width, *self.sizes)
 
     @property
     def focal(self) -> int:
@@ -221,16 +228,17 @@ def _nms_ties(ours: list[dict], theirs: list[dict], extra: list[int], missing: l
 
 
 def compare_faces(ours: list[dict], theirs: list[dict], threshold: float,
-                  image_size: tuple[int, int] | None = None) -> list[str]:
+                  image_size: tuple[int, int] | None = None,
+                  sizes: tuple[int, int] = (DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE)) -> list[str]:
     """Every disagreement beyond the golden tolerances between our faces and the reference's.
 
     Faces are matched by IoU >= 0.9 (``match_faces``). A face may be missing on one side if its score
     is within CONFIDENCE_TOL of the cutoff (the threshold, or the model's own 0.05 at threshold 0).
     With ``image_size`` (the original (width, height)), a few pairs may differ by a flip (see
     FLIP_EVERY), and a face of each side that NMS could have chosen between counts as one flip.
-    Without it every pair must meet the tolerances.
+    Without it every pair must meet the tolerances. ``sizes``: the (min_size, max_size) both ran at.
     """
-    camera = None if image_size is None else Camera(*image_size)
+    camera = None if image_size is None else Camera(*image_size, sizes)
     pairs, extra, missing = match_faces(ours, theirs, camera)
     problems, flips = [], []
     for i, j in pairs:
