@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from scipy.spatial.transform import Rotation
 
 from img2pose_serve.nn.pose import original_image_camera, project_points
 from img2pose_serve.nn.reference_data import points_68
+from img2pose_serve.runtime.face_drawing import FaceStyle, confidence_label
+from img2pose_serve.runtime.face_drawing import draw_faces as draw_detections
 
 from .results_file import iter_records
 
@@ -68,28 +70,24 @@ def draw_faces(image: Image.Image, faces: list[dict[str, Any]], angles: bool = F
                min_confidence: float = 0.0) -> Image.Image:
     """A copy of ``image`` (as RGB) with ``faces`` (FaceDicts) drawn on it."""
     canvas = image.convert("RGB")
-    draw = ImageDraw.Draw(canvas)
     width, height = canvas.size
     line = max(2, round(min(width, height) / 250))
-    font = ImageFont.load_default(size=max(12, 6 * line))
-    for face in faces:
-        if face.get("confidence", 0.0) < min_confidence:
-            continue
-        x1, y1, x2, y2 = face["box"]
-        draw.rectangle((x1, y1, x2, y2), outline=BOX_COLOUR, width=line)
-        axes = pose_axes(face["pose"], width, height) if "pose" in face else None
-        if axes is not None:
-            for end, colour in zip(axes[1:], AXIS_COLOURS):
-                draw.line((*axes[0], *end), fill=colour, width=line)
-        radius = 1.5 * line
-        for x, y in face.get("keypoints", {}).values():
-            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=KEYPOINT_COLOUR)
-        label = f"{face.get('confidence', float('nan')):.2f}"
+    style = FaceStyle(BOX_COLOUR, KEYPOINT_COLOUR, line_width=line, keypoint_radius=1.5 * line)
+
+    def axes(draw: ImageDraw.ImageDraw, face: dict[str, Any]) -> None:
+        ends = pose_axes(face["pose"], width, height) if "pose" in face else None
+        if ends is not None:
+            for end, colour in zip(ends[1:], AXIS_COLOURS):
+                draw.line((*ends[0], *end), fill=colour, width=line)
+
+    def label(face: dict[str, Any]) -> str:
+        text = confidence_label(face)
         if angles and "pose" in face:
-            label += " yaw {:+.0f} pitch {:+.0f} roll {:+.0f}".format(*euler_angles(face["pose"]))
-        draw.text((x1, max(y1 - line, font.size)), label, fill=BOX_COLOUR, font=font, anchor="ld",
-                  stroke_width=max(1, line // 2), stroke_fill=(0, 0, 0))
-    return canvas
+            text += " yaw {:+.0f} pitch {:+.0f} roll {:+.0f}".format(*euler_angles(face["pose"]))
+        return text
+
+    shown = [face for face in faces if face.get("confidence", 0.0) >= min_confidence]
+    return draw_detections(canvas, shown, style, label=label, underlay=axes)
 
 
 def output_name(path: str) -> str:

@@ -32,6 +32,8 @@ Three rooms, each importing only the ones above it in this list:
     ``forward_plan``     which images share a forward without changing anyone's result
     ``group_forward``    running one planned group: decode, forward, smaller retries, one outcome each
     ``image_decoding``   bytes -> RGB tensors exactly as the reference reads them
+    ``face_alignment``   aligned face crops from poses, as the reference computes them (in-process and served)
+    ``face_drawing``     FaceDicts drawn onto an image (``Img2Pose.visualize``, ``img2pose-visualize``)
     ``handler_batch``    what the TorchServe handler carries through one batch
     ``in_process``       ``Img2Pose``: the reference library's API, in this process
 
