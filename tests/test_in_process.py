@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +17,9 @@ from img2pose_client import detect
 from img2pose_serve import Img2Pose
 from img2pose_serve.nn.faster_dof_rcnn import padded_canvas_shape
 from img2pose_serve.protocol.errors import InvalidInput, PayloadTooLarge
-from img2pose_serve.runtime.handler_config import HandlerConfigError
+from img2pose_serve.protocol.request_parsing import DetectionParams
+from img2pose_serve.runtime.face_alignment import aligned_crops
+from img2pose_serve.runtime.handler_config import HandlerConfig, HandlerConfigError
 from tests.support.golden_set import COMMITTED
 from tests.support.photo_library import backfill, lines
 from tests.support.served_models import DEMO_MODEL, REST_GOLDEN_IMAGES
@@ -172,3 +175,96 @@ def test_backfill_in_process_resumes_and_shards_like_the_server_run(demo_archive
     again = backfill(root, "--archive", demo_archive, "--output", shards[0], "--shard", "0/2")
     assert again["processed"] == 0 and again["skipped"] == summaries[0]["processed"]
     assert len(lines(shards[0])) == summaries[0]["processed"]
+
+
+# --- the rest of the reference library's API: constructor keywords, drawing, aligned crops -----------
+
+def _confident(faces: list[dict], threshold: float = 0.5) -> list[dict]:
+    return [face for face in faces if face["confidence"] >= threshold]
+
+
+def test_the_reference_constructor_keywords(demo_archive, demo_checkpoint_file):
+    assert inspect.signature(Img2Pose).parameters["device"].default == "auto"  # the reference's default
+    assert Img2Pose.__call__ is Img2Pose.detect_faces
+    with pytest.raises(ValueError, match="an archive or a model_path"):
+        Img2Pose(demo_archive, model_path=demo_checkpoint_file)
+    with Img2Pose(model_path=demo_checkpoint_file, device="cpu", score_threshold=0.3, max_faces=2,
+                  runtime="torch") as built:  # the torch runtime: built in a second, no forward needed here
+        assert built.served.info.pose_stats_source == "identity" and not built.demo
+        assert built.served.config.detection_defaults == DetectionParams(0.3, 2)
+
+
+@pytest.mark.skipif("min_size" not in HandlerConfig.__dataclass_fields__,
+                    reason="HandlerConfig has no min_size / max_size settings yet: Img2Pose passes them through "
+                           "once it has")
+def test_min_size_and_max_size_are_passed_as_handler_settings(demo_archive, detector):
+    assert (detector.served.config.min_size, detector.served.config.max_size) == (640, 1400)  # not given: the archive's
+    with pytest.warns(UserWarning), Img2Pose(demo_archive, device="cpu", runtime="torch", min_size=480,
+                                             max_size=1000) as resized:
+        assert (resized.served.config.min_size, resized.served.config.max_size) == (480, 1000)
+
+
+def test_visualize_draws_the_boxes_and_keypoints(detector, alone):
+    faces = detector(RGB_JPEG)  # __call__
+    assert faces == _confident(alone[RGB_JPEG.name]) and faces
+    drawn = detector.visualize(RGB_JPEG)  # faces=None: detects them
+    assert np.array_equal(drawn, detector.visualize(RGB_JPEG, faces))
+    with Image.open(RGB_JPEG) as opened:
+        original = np.array(opened.convert("RGB"))
+    assert drawn.shape == original.shape and drawn.dtype == np.uint8
+    assert np.array_equal(detector.visualize(original, []), original)
+
+    boxes = np.array([face["box"] for face in faces])
+    only_boxes = detector.visualize(original, faces, show_keypoints=False, show_confidence=False,
+                                    box_color=(0, 0, 255), thickness=3)
+    ys, xs = np.nonzero((only_boxes != original).any(axis=2))
+    x1, y1, x2, y2 = (boxes[:, None, i] for i in range(4))
+    inside = (x1 - 1 <= xs) & (xs <= x2 + 1) & (y1 - 1 <= ys) & (ys <= y2 + 1)
+    on_edge = inside & ((np.abs(xs - x1) <= 3) | (np.abs(xs - x2) <= 3) | (np.abs(ys - y1) <= 3)
+                        | (np.abs(ys - y2) <= 3))
+    assert on_edge.any(axis=0).all()  # every changed pixel is on a box outline
+    assert (only_boxes[ys, xs] == (0, 0, 255)).all(axis=1).mean() > 0.9
+    only_keypoints = detector.visualize(original, faces, show_box=False, keypoint_color=(255, 0, 255))
+    ys, xs = np.nonzero((only_keypoints != original).any(axis=2))
+    keypoints = np.array([point for face in faces for point in face["keypoints"].values()])
+    gaps = np.hypot(xs[:, None] - keypoints[None, :, 0], ys[:, None] - keypoints[None, :, 1])
+    assert (gaps.min(axis=1) <= 4).all() and len(xs) > 0  # discs of radius 2 on the keypoints, nothing else
+
+
+def test_align_faces_and_its_batch(detector, alone):
+    faces = _confident(alone[RGB_JPEG.name])[:4]
+    crops = detector.align_faces(RGB_JPEG, faces)
+    assert [(type(crop), crop.size) for crop in crops] == [(Image.Image, (224, 224))] * 4
+    arrays = detector.align_faces(str(RGB_JPEG), faces, 112, return_array=True)
+    with Image.open(RGB_JPEG) as opened:
+        rgb = np.array(opened.convert("RGB"))
+    expected = aligned_crops(rgb, np.array([face["pose"] for face in faces]), 112)
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, expected)) and len(arrays) == 4
+    assert detector.align_faces(RGB_JPEG, []) == []
+    with pytest.raises(ValueError, match="112 or 224"):
+        detector.align_faces(RGB_JPEG, faces, 256)
+    batch = detector.align_faces_batch([RGB_JPEG, GRAY_PNG], [faces, []], 112, return_array=True)
+    assert len(batch) == 2 and batch[1] == [] and all(np.array_equal(a, b) for a, b in zip(batch[0], expected))
+    with pytest.raises(ValueError, match="differ in length: 1 and 2"):
+        detector.align_faces_batch([RGB_JPEG], [faces, []])
+
+
+def test_detect_and_align_alone_and_in_a_list(detector, alone):
+    def expected(path: Path, size: int) -> list[dict]:
+        faces = _confident(alone[path.name])
+        crops = detector.align_faces(path, faces, size, return_array=True)
+        return [{"image": crop, **face} for face, crop in zip(faces, crops)]
+
+    def same(got: list[dict], want: list[dict]) -> bool:
+        return ([{k: v for k, v in f.items() if k != "image"} for f in got]
+                == [{k: v for k, v in f.items() if k != "image"} for f in want]
+                and all(np.array_equal(np.asarray(a["image"]), b["image"]) for a, b in zip(got, want)))
+
+    single = detector.detect_and_align(RGB_JPEG)
+    assert list(single[0]) == ["image", "box", "confidence", "pose", "keypoints"]
+    assert isinstance(single[0]["image"], Image.Image) and same(single, expected(RGB_JPEG, 224))
+    # 640x480 and 320x240 share a canvas: one forward, each image's answer the one it gets alone
+    listed = detector.detect_and_align([RGB_JPEG, GRAY_PNG], output_size=112, return_array=True)
+    assert [same(got, expected(path, 112)) for got, path in zip(listed, [RGB_JPEG, GRAY_PNG])] == [True, True]
+    with pytest.raises(ValueError, match="112 or 224"):  # before any forward
+        detector.detect_and_align([RGB_JPEG], output_size=100)
