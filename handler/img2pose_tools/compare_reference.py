@@ -46,7 +46,7 @@ def build(library: str, args: argparse.Namespace):
     if library == "reference":
         reference = importlib.import_module(args.reference_module)
         return reference.Img2Pose(model_path=str(args.checkpoint), device="cpu", score_threshold=args.score_threshold)
-    return Img2Pose.from_checkpoint(args.checkpoint, score_threshold=args.score_threshold)
+    return Img2Pose.from_checkpoint(args.checkpoint, device="cpu", score_threshold=args.score_threshold)
 
 
 def image_sets(directories: list[Path]) -> dict[str, list[str]]:
