@@ -11,6 +11,8 @@ records HandlerTime, answers describe requests, runs the profiler when asked). T
    forward's images are decoded just before it runs and released right after, so memory follows one
    forward. A request whose deadline has passed when its forward is due, or is nearer than the forward
    would take, is dropped then (504). An image that fails to decode or run fails its request alone.
+   A request that asks for aligned crops (``align``) keeps its images' RGB pixels from decoding until
+   the crops are cut, in the decode threads right after the forward (``served_crops``).
 3. ``postprocess(batch) -> list[str | bytes]``: predictions become FaceDicts per request; failed requests
    get their own status code and a JSON error body, the others answer 200.
 
@@ -43,12 +45,14 @@ from img2pose_serve.protocol import open_inference
 from img2pose_serve.protocol.deadline import DEADLINE_HEADER, ForwardClock
 from img2pose_serve.protocol.errors import RequestError, internal_error
 from img2pose_serve.protocol.facedicts import to_face_dicts
+from img2pose_serve.protocol.request_parsing import ALIGN_HEADER
 from img2pose_serve.protocol.response_headers import DEMO_HEADER, PRECISION_HEADER
 from img2pose_serve.runtime import archive_layout, image_decoding
 from img2pose_serve.runtime.group_forward import run_group
 from img2pose_serve.runtime.handler_batch import (
     Batch,
     RequestState,
+    cut_batch_crops,
     decode_batch_image,
     expire_late_requests,
     read_request,
@@ -140,7 +144,8 @@ class Img2PoseHandler(BaseHandler):
         header = self._request_header
         v2 = open_inference.recognise(row, header(index, open_inference.HEADER_LENGTH))
         try:
-            return read_request(row, header(index, "Content-Type"), self.config, header(index, DEADLINE_HEADER), v2)
+            return read_request(row, header(index, "Content-Type"), self.config, header(index, DEADLINE_HEADER), v2,
+                                header(index, ALIGN_HEADER))
         except RequestError as error:
             spec = None if v2 is None else open_inference.V2Spec(request_id=open_inference.request_id(v2))
             return RequestState(error=error, v2=spec)
@@ -177,10 +182,27 @@ class Img2PoseHandler(BaseHandler):
         failure); an image that fails fails its request alone."""
         max_pixels = self.config.max_image_pixels
         outcomes = run_group(
-            self.served, group, lambda i: decode_batch_image(batch.images[i], batch.request_of(i), max_pixels),
+            self.served, group, lambda i: decode_batch_image(batch, i, max_pixels),
             self.decode_pool, is_live=batch.is_live, on_error=lambda i, error: self._fail(batch, i, error),
             on_decoded=lambda seconds: self._record_ms("Img2PoseDecodeMs", seconds), on_forward=self._forwarded)
         batch.predictions.update({i: outcome for i, outcome in outcomes.items() if not isinstance(outcome, Exception)})
+        self._cut_crops(group, batch)
+
+    def _cut_crops(self, group: list[int], batch: Batch) -> None:
+        """The crops of the group's images that asked for them; every kept pixel array is let go."""
+        wanted = [i for i in group if i in batch.pixels and i in batch.predictions and batch.is_live(i)]
+        if wanted:
+            started = time.perf_counter()
+            futures = {i: self.decode_pool.submit(cut_batch_crops, batch, i, self.config.max_aligned_faces)
+                       for i in wanted}
+            for i, future in futures.items():
+                try:
+                    future.result()
+                except Exception as error:  # noqa: BLE001 - an image's failure is its request's alone
+                    self._fail(batch, i, error)
+            self._record_time("Img2PoseAlignMs", started)
+        for i in group:
+            batch.pixels.pop(i, None)
 
     def _forwarded(self, images: int, seconds: float) -> None:
         self.forward_clock.record(seconds, images)
@@ -192,15 +214,17 @@ class Img2PoseHandler(BaseHandler):
     def postprocess(self, data: Batch) -> list[str | bytes]:
         started = time.perf_counter()
         batch = data
-        per_request: list[list[dict]] = [[] for _ in batch.requests]
+        per_request: list[list[int]] = [[] for _ in batch.requests]
         for i, image in enumerate(batch.images):
             if i in batch.predictions:
-                per_request[image.request].append(batch.predictions[i])
-        responses = [self._respond(index, request, per_request[index]) for index, request in enumerate(batch.requests)]
+                per_request[image.request].append(i)
+        responses = [self._respond(index, request, [batch.predictions[i] for i in per_request[index]],
+                                   [batch.crops.get(i) for i in per_request[index]])
+                     for index, request in enumerate(batch.requests)]
         self._record_time("Img2PosePostprocessMs", started)
         return responses
 
-    def _respond(self, index: int, request: RequestState, predictions: list[dict]) -> str | bytes:
+    def _respond(self, index: int, request: RequestState, predictions: list[dict], request_crops: list) -> str | bytes:
         self.context.set_response_content_type(index, JSON)
         self.context.set_response_header(index, PRECISION_HEADER, self.served.precision.effective)
         if self.served.info.demo:
@@ -211,13 +235,15 @@ class Img2PoseHandler(BaseHandler):
                 return open_inference.error_body(request.error, self.model_id, request.v2.request_id)
             return json.dumps(request.error.to_json())
         params = request.parsed.params
-        faces = [to_face_dicts(prediction, params.score_threshold, params.max_faces) for prediction in predictions]
+        crops = [None if params.align is None else crops for crops in request_crops]
+        faces = [to_face_dicts(prediction, params.score_threshold, params.max_faces, None if c is None else c.png)
+                 for prediction, c in zip(predictions, crops)]
         if request.v2 is not None:
-            return self._respond_v2(index, request.v2, faces)
+            return self._respond_v2(index, request.v2, faces, [[] if c is None else c.pixels for c in crops])
         return json.dumps(faces if request.parsed.answer_as_list else faces[0])
 
-    def _respond_v2(self, index: int, spec: open_inference.V2Spec, faces: list) -> bytes:
-        body, json_length = open_inference.response_body(spec, self.model_id, faces)
+    def _respond_v2(self, index: int, spec: open_inference.V2Spec, faces: list, crops: list) -> bytes:
+        body, json_length = open_inference.response_body(spec, self.model_id, faces, crops)
         if json_length is not None:  # binary outputs follow the JSON part
             self.context.set_response_content_type(index, BINARY)
             self.context.set_response_header(index, open_inference.HEADER_LENGTH, str(json_length))

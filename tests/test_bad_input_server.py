@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from img2pose_serve.protocol.errors import RequestError
-from img2pose_serve.runtime.handler_batch import batch_images, decode_batch_image, read_request
+from img2pose_serve.runtime.handler_batch import Batch, decode_batch_image, read_request
 from img2pose_serve.runtime.handler_config import HandlerConfig
 from img2pose_tools.bad_inputs import CASES, BadCase
 from img2pose_tools.synthetic_images import photo_like_pil
@@ -35,9 +35,9 @@ def _answer_in_process(case: BadCase) -> tuple[int, str]:
     """What the handler answers for the case, by its own two steps (read the request, then decode
     each image as its forward would): (status, message); (200, "") if accepted."""
     try:
-        request = read_request(case.row(), case.header_content_type(), CONFIG)
-        for image in batch_images([request]):
-            decode_batch_image(image, request, CONFIG.max_image_pixels)
+        batch = Batch.of([read_request(case.row(), case.header_content_type(), CONFIG)])
+        for image in range(len(batch.images)):
+            decode_batch_image(batch, image, CONFIG.max_image_pixels)
     except RequestError as error:
         return error.status, error.message
     return 200, ""

@@ -15,6 +15,9 @@ from PIL import Image
 
 from img2pose_handler import DEMO_HEADER, PRECISION_HEADER, Img2PoseHandler
 from img2pose_serve.protocol.deadline import DEADLINE_HEADER, ForwardClock
+from img2pose_serve.protocol.request_parsing import ALIGN_HEADER
+from img2pose_serve.runtime.handler_config import HandlerConfig
+from img2pose_serve.runtime.in_process import align_face_dicts
 from img2pose_tools.synthetic_images import photo_like_pil
 from tests.support.alone import faces_alone
 from tests.support.golden_set import COMMITTED, compare_faces
@@ -93,12 +96,94 @@ def mixed_batch(handler_and_context):
         {"file": bytearray(IMAGES["gray_320x240.png"])},
         {"body": {"images": [_b64("rgb_638x479.jpg"), base64.b64encode(truncated).decode()]}},
         {"body": {"image": _b64("rgb_638x479.jpg"), "max_faces": 0}},
+        # Aligned crops (CROP_ROWS), asked for in every way a request can, beside the requests above.
+        {"body": bytearray(IMAGES["rgb_640x480.jpg"])},
+        {"body": {"images": [_b64("rgb_333x517.png"), _b64("gray_320x240.png")], "align": 224, "max_faces": 3}},
+        {"a": bytearray(IMAGES["rgb_640x480.jpg"]), "align": bytearray(b"112"), "score_threshold": bytearray(b"0.3")},
+        {"body": {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [_b64("rgb_333x517.png")]}],
+                  "parameters": {"align": 112, "max_faces": 2}}},
+        {"body": {"image": _b64("gray_320x240.png"), "align": 100}},
+        {"body": bytearray(IMAGES["gray_320x240.png"])},
     ]
     headers = [{}, {"Content-Type": "application/json"}, {"Content-Type": "application/json"},
                {"Content-Type": "image/jpeg"}, {"Content-Type": "multipart/form-data; boundary=x"},
                {"Content-Type": "application/json"}, {"Content-Type": "multipart/form-data; boundary=y"},
-               {"Content-Type": "application/json"}, {"Content-Type": "application/json"}]
+               {"Content-Type": "application/json"}, {"Content-Type": "application/json"},
+               {"Content-Type": "image/jpeg", ALIGN_HEADER: "112"}, {"Content-Type": "application/json"},
+               {"Content-Type": "multipart/form-data; boundary=z"}, {"Content-Type": "application/json"},
+               {"Content-Type": "application/json"}, {ALIGN_HEADER.lower(): "big"}]
     return _handle(*handler_and_context, rows, headers)
+
+
+CROP_ROWS = 9  # the first row of mixed_batch that asks for crops
+MAX_ALIGNED_FACES = HandlerConfig().max_aligned_faces
+
+
+def _decoded_crop(face: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(face["aligned"]))))
+
+
+def _in_process_crops(name: str, faces: list[dict], size: int) -> list[np.ndarray]:
+    """What ``Img2Pose.align_faces`` cuts from the image with these FaceDicts."""
+    return align_face_dicts(IMAGES[name], faces, size, return_array=True)
+
+
+def _without_crops(faces: list[dict]) -> list[dict]:
+    return [{key: value for key, value in face.items() if key != "aligned"} for face in faces]
+
+
+def test_every_format_asks_for_crops_and_gets_them_beside_its_faces(mixed_batch, alone):
+    bodies, statuses, _ = mixed_batch
+    answers = {  # row -> [(image name, FaceDicts, crop size)]
+        CROP_ROWS: [("rgb_640x480.jpg", bodies[CROP_ROWS], 112)],
+        CROP_ROWS + 1: [("rgb_333x517.png", bodies[CROP_ROWS + 1][0], 224),
+                        ("gray_320x240.png", bodies[CROP_ROWS + 1][1], 224)],
+        CROP_ROWS + 2: [("rgb_640x480.jpg", bodies[CROP_ROWS + 2], 112)],
+    }
+    expected = {CROP_ROWS: [_filtered(alone["rgb_640x480.jpg"])],
+                CROP_ROWS + 1: [_filtered(alone["rgb_333x517.png"], 0.5, 3),
+                                _filtered(alone["gray_320x240.png"], 0.5, 3)],
+                CROP_ROWS + 2: [_filtered(alone["rgb_640x480.jpg"], 0.3)]}
+    for row, images in answers.items():
+        assert statuses[row] == (200, None)
+        for (name, faces, size), wanted in zip(images, expected[row]):
+            assert _without_crops(faces) == wanted  # asking for crops changes no face
+            cropped = faces[:MAX_ALIGNED_FACES]  # the handler's default: the best 32 faces get crops
+            assert len(cropped) > 0 and all(face["aligned"] is None for face in faces[MAX_ALIGNED_FACES:])
+            for face, crop in zip(cropped, _in_process_crops(name, cropped, size), strict=True):
+                assert np.array_equal(_decoded_crop(face), crop)  # PNG: lossless
+    assert all("aligned" not in face for face in bodies[0])  # the same image, not asked: no crops
+
+
+def test_a_v2_request_gets_its_crops_as_an_output(mixed_batch, alone):
+    bodies, statuses, _ = mixed_batch
+    body = bodies[CROP_ROWS + 3]
+    outputs = {output["name"]: output for output in body["outputs"]}
+    faces = json.loads(outputs["faces"]["data"][0])
+    assert _without_crops(faces) == _filtered(alone["rgb_333x517.png"], 0.5, 2) and len(faces) == 2
+    assert outputs["aligned"]["datatype"] == "UINT8" and outputs["aligned"]["shape"] == [1, 2, 112, 112, 3]
+    aligned = np.array(outputs["aligned"]["data"], np.uint8).reshape(outputs["aligned"]["shape"])
+    for crop, face, expected in zip(aligned[0], faces, _in_process_crops("rgb_333x517.png", faces, 112), strict=True):
+        assert np.array_equal(crop, expected) and np.array_equal(_decoded_crop(face), expected)
+
+
+def test_a_bad_align_value_fails_its_request_alone(mixed_batch):
+    bodies, statuses, _ = mixed_batch
+    assert statuses[CROP_ROWS + 4][0] == 400
+    assert bodies[CROP_ROWS + 4]["error"] == ("align must be 112 or 224 (the side in pixels of each face's aligned "
+                                              "crop), got 100")
+    assert statuses[CROP_ROWS + 5][0] == 400
+    assert bodies[CROP_ROWS + 5]["error"].startswith(f"header {ALIGN_HEADER}: align must be 112 or 224")
+
+
+def test_crops_stop_at_max_aligned_faces(demo_model_dir, alone):
+    context = make_context(demo_model_dir, {"max_aligned_faces": 2})
+    handler = Img2PoseHandler()
+    handler.initialize(context)
+    (faces,), (status,), _ = _handle(handler, context, [{"body": {"image": _b64("rgb_333x517.png"), "align": 112}}],
+                                     [{"Content-Type": "application/json"}])
+    assert status == (200, None) and _without_crops(faces) == _filtered(alone["rgb_333x517.png"])
+    assert len(faces) > 2 and [face["aligned"] is None for face in faces] == [False, False] + [True] * (len(faces) - 2)
 
 
 def test_every_format_answers_exactly_what_each_image_gets_alone(mixed_batch, alone):
@@ -141,7 +226,7 @@ def test_bad_requests_fail_alone_with_their_own_status(mixed_batch):
 def test_responses_are_json_and_marked_demo(mixed_batch):
     _, _, headers = mixed_batch
     for h in headers:
-        assert h["content-type"] == "application/json"
+        assert h["content-type"] == "application/json"  # a v2 answer too: its outputs are all JSON
         assert "meaningless" in h[DEMO_HEADER]
 
 

@@ -149,7 +149,8 @@ B64 = base64.b64encode(JPEG).decode()
     ({"inputs": [image_input(1, data=[B64])], "parameters": {"max_faces": "3"}},
      "max_faces must be an integer >= -1 (-1: no limit; 0: no faces), got '3'"),
     ({"inputs": [image_input(1, data=[B64])], "parameters": {"threshold": 0.3}},
-     "unknown parameter(s) 'threshold'; the parameters are 'score_threshold', 'max_faces', 'binary_data_output'"),
+     "unknown parameter(s) 'threshold'; the parameters are 'score_threshold', 'max_faces', 'align', "
+     "'binary_data_output'"),
     ({"inputs": [image_input(1, data=[B64])], "parameters": {"binary_data_output": 1}},
      "parameter binary_data_output must be true or false, got 1"),
     ({"inputs": [image_input(1, data=[B64])], "id": 7}, 'the request\'s "id" must be a string, got 7'),

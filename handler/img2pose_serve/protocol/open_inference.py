@@ -19,7 +19,10 @@ length, then its bytes). Parameters: ``score_threshold`` and ``max_faces`` (as i
 rows past an image's ``num_faces`` are zero): ``num_faces`` INT32 [B], ``boxes`` FP32 [B, M, 4],
 ``scores`` FP32 [B, M], ``poses`` FP32 [B, M, 6], ``keypoints`` FP32 [B, M, 5, 2] (KEYPOINT_NAMES'
 order) and ``faces`` BYTES [B] (each the image's FaceDicts as JSON, exactly the REST answer). The
-FP32 values are the float32 rounding of the FaceDicts' numbers. Errors: ``{"error": "..."}``.
+FP32 values are the float32 rounding of the FaceDicts' numbers. A request with the parameter ``align``
+(112 or 224) also gets ``aligned`` UINT8 [B, M, S, S, 3]: each face's aligned crop, RGB (zeros past
+``num_faces``, and past the handler's ``max_aligned_faces``); it is an output only then.
+Errors: ``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ..nn.pose import KEYPOINT_INDICES
 from .errors import InternalError, InvalidInput, RequestError
 from .facedicts import FaceDict
 from .request_parsing import (
+    ALIGN,
     MAX_FACES,
     SCORE_THRESHOLD,
     DetectionParams,
@@ -51,13 +55,14 @@ __all__ = ["HEADER_LENGTH", "ModelId", "V2Message", "V2Spec", "error_body", "par
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT = "image"
 BINARY_DATA_OUTPUT = "binary_data_output"
-PARAMETERS = (SCORE_THRESHOLD, MAX_FACES, BINARY_DATA_OUTPUT)
+PARAMETERS = (SCORE_THRESHOLD, MAX_FACES, ALIGN, BINARY_DATA_OUTPUT)
 # The request keys of the protocol (kserve's client also sends model_name and model_version).
 REQUEST_KEYS = ("id", "parameters", "inputs", "outputs", "model_name", "model_version")
 KEYPOINT_NAMES = tuple(KEYPOINT_INDICES)
 DATATYPES = {"num_faces": "INT32", "boxes": "FP32", "scores": "FP32", "poses": "FP32", "keypoints": "FP32",
-             "faces": "BYTES"}
-OUTPUT_NAMES = tuple(DATATYPES)
+             "faces": "BYTES", "aligned": "UINT8"}
+ALIGNED = "aligned"  # an output of a request that asks for crops only
+OUTPUT_NAMES = tuple(name for name in DATATYPES if name != ALIGNED)
 INPUT_FORM = f"input {INPUT!r} (BYTES, shape [B]: one encoded image per element)"
 
 
@@ -95,6 +100,7 @@ class V2Spec:
 
     outputs: tuple[Output, ...] = tuple(Output(name, False) for name in OUTPUT_NAMES)
     request_id: str | None = None  # the request's "id", echoed
+    align: int | None = None  # the crops' side when the request asked for them (the output ``aligned``)
 
 
 # --- recognising and parsing a request --------------------------------------------------------
@@ -142,7 +148,8 @@ def parse(message: V2Message, defaults: DetectionParams, max_images: int) -> tup
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput(f'the request\'s "id" must be a string, got {_describe(request_id)}')
-    spec = V2Spec(_requested_outputs(doc.get("outputs"), binary_output), request_id)
+    spec = V2Spec(_requested_outputs(doc.get("outputs"), binary_output, params.align is not None), request_id,
+                  params.align)
     labels = [f"{INPUT}[{n}]" for n in range(len(images))]
     return ParsedRequest(images, params, answer_as_list=True, labels=labels), spec
 
@@ -243,10 +250,12 @@ def _json_elements(data: Any, count: int) -> list[bytes]:
     return [b64_image(item, f"{INPUT}[{n}]") for n, item in enumerate(data)]
 
 
-def _requested_outputs(outputs: Any, binary_default: bool) -> tuple[Output, ...]:
-    """The outputs asked for (none named, or an empty list: all of them), each JSON or binary."""
+def _requested_outputs(outputs: Any, binary_default: bool, aligned: bool) -> tuple[Output, ...]:
+    """The outputs asked for (none named, or an empty list: all of them), each JSON or binary.
+    ``aligned``: whether the request asked for crops (the output ``aligned`` exists)."""
+    names = (*OUTPUT_NAMES, ALIGNED) if aligned else OUTPUT_NAMES
     if outputs is None or outputs == []:
-        return tuple(Output(name, binary_default) for name in OUTPUT_NAMES)
+        return tuple(Output(name, binary_default) for name in names)
     if not isinstance(outputs, list):
         raise InvalidInput(f'"outputs" must be an array of {{"name": ...}} objects, got {_describe(outputs)}')
     requested: list[Output] = []
@@ -254,8 +263,10 @@ def _requested_outputs(outputs: Any, binary_default: bool) -> tuple[Output, ...]
         if not isinstance(output, Mapping) or not isinstance(output.get("name"), str):
             raise InvalidInput(f'outputs[{n}] must be an object with a "name", got {_describe(output)}')
         name = output["name"]
-        if name not in OUTPUT_NAMES:
-            raise InvalidInput(f"unknown output {name!r}; the outputs are {_names(OUTPUT_NAMES)}")
+        if name == ALIGNED and not aligned:
+            raise InvalidInput(f"output {ALIGNED!r} needs the parameter {ALIGN!r} (112 or 224: the crops' side)")
+        if name not in names:
+            raise InvalidInput(f"unknown output {name!r}; the outputs are {_names(names)}")
         if any(earlier.name == name for earlier in requested):
             raise InvalidInput(f"output {name!r} is requested more than once")
         parameters = _object(output.get("parameters"), f"output {name!r}'s \"parameters\"")
@@ -300,8 +311,10 @@ def _describe_bare(value: Any) -> str:
 # --- answering --------------------------------------------------------------------------------
 
 
-def output_tensors(faces: list[list[FaceDict]]) -> dict[str, np.ndarray]:
-    """Every output of a request whose images' FaceDicts are ``faces`` (one list per image)."""
+def output_tensors(faces: list[list[FaceDict]], crops: list[list[np.ndarray]] | None = None,
+                   align: int | None = None) -> dict[str, np.ndarray]:
+    """Every output of a request whose images' FaceDicts are ``faces`` (one list per image); with
+    ``align``, also ``aligned`` from ``crops`` (per image, the crops of its first faces)."""
     count, most = len(faces), max((len(image) for image in faces), default=0)
     tensors = {
         "num_faces": np.array([len(image) for image in faces], np.int32),
@@ -311,6 +324,11 @@ def output_tensors(faces: list[list[FaceDict]]) -> dict[str, np.ndarray]:
         "keypoints": np.zeros((count, most, len(KEYPOINT_NAMES), 2), np.float32),
         "faces": np.array([json.dumps(image).encode() for image in faces], dtype=object),
     }
+    if align is not None:
+        tensors[ALIGNED] = np.zeros((count, most, align, align, 3), np.uint8)
+        for i, image_crops in enumerate(crops or []):
+            for j, crop in enumerate(image_crops):
+                tensors[ALIGNED][i, j] = crop
     for i, image in enumerate(faces):
         for j, face in enumerate(image):  # each float64 value is rounded to its nearest float32
             tensors["boxes"][i, j] = face["box"]
@@ -320,10 +338,12 @@ def output_tensors(faces: list[list[FaceDict]]) -> dict[str, np.ndarray]:
     return tensors
 
 
-def response_body(spec: V2Spec, model: ModelId, faces: list[list[FaceDict]]) -> tuple[bytes, int | None]:
+def response_body(spec: V2Spec, model: ModelId, faces: list[list[FaceDict]],
+                  crops: list[list[np.ndarray]] | None = None) -> tuple[bytes, int | None]:
     """The answer's body, and the length of its JSON part when binary outputs follow it (for the
-    Inference-Header-Content-Length response header); None when the body is JSON only."""
-    tensors = output_tensors(faces)
+    Inference-Header-Content-Length response header); None when the body is JSON only. ``crops``: per
+    image, its faces' aligned crops (a request that asked for them)."""
+    tensors = output_tensors(faces, crops, spec.align)
     outputs, binary = [], []
     for output in spec.outputs:
         tensor = tensors[output.name]

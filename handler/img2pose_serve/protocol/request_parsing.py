@@ -3,12 +3,12 @@
 Request shapes accepted (TorchServe hands the handler one dict per request):
 
 * raw image bytes: ``{"body": bytearray}`` (or key ``"data"``) -> one image;
-* JSON ``{"image": "<base64>", "score_threshold": 0.3, "max_faces": 10}``
+* JSON ``{"image": "<base64>", "score_threshold": 0.3, "max_faces": 10, "align": 112}``
   -> one image; TorchServe delivers it already parsed as ``{"body": dict}``;
 * JSON ``{"images": ["<base64>", ...], ...}`` -> a list of images, and the
   response is a list of lists;
-* multipart/form-data: every field except ``score_threshold`` / ``max_faces``
-  is an image file, in field order; two or more files -> a list of lists.
+* multipart/form-data: every field except ``score_threshold`` / ``max_faces`` /
+  ``align`` is an image file, in field order; two or more files -> a list of lists.
 
 Content types (the request's ``Content-Type`` header, ``None`` when absent):
 415 for types that cannot carry an image (``text/*``, ``audio/*``,
@@ -21,13 +21,16 @@ types, none) is read as raw image bytes; the decoder answers 400 if they are not
 an image.
 
 Parameters: JSON needs JSON numbers (a JSON ``null`` means "use the default");
-multipart text fields are parsed from their text.
+multipart text fields are parsed from their text. ``align`` (112 or 224: an aligned crop of that side
+with each face) can also come as the ``X-Img2Pose-Align`` header, the only way for a raw body; a
+parameter in the body wins over the header.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import math
 import re
@@ -37,14 +40,18 @@ from typing import Any, TypeVar
 
 from .errors import InvalidInput, UnsupportedMediaType
 
-__all__ = ["DetectionParams", "ParsedRequest", "b64_image", "check_image_count", "params_from_json", "parse_request",
-           "single_body"]
+__all__ = ["ALIGN_HEADER", "ALIGN_SIZES", "DetectionParams", "ParsedRequest", "b64_image", "check_image_count",
+           "params_from_json", "parse_request", "single_body", "with_align_header"]
 
 T = TypeVar("T")
 
 SCORE_THRESHOLD = "score_threshold"
 MAX_FACES = "max_faces"
-PARAM_FIELDS = (SCORE_THRESHOLD, MAX_FACES)
+ALIGN = "align"
+PARAM_FIELDS = (SCORE_THRESHOLD, MAX_FACES, ALIGN)
+ALIGN_HEADER = "X-Img2Pose-Align"
+# The sides of the square aligned crops a request may ask for (the alignment templates are made for these).
+ALIGN_SIZES = (112, 224)
 JSON_KEYS = ("image", "images", *PARAM_FIELDS)
 RAW_BODY_KEYS = ("body", "data")
 
@@ -74,12 +81,15 @@ class DetectionParams:
 
     score_threshold: float  # faces scoring below it are dropped; in [0, 1]
     max_faces: int  # at most this many faces, best first; -1: no limit; 0: no faces
+    align: int | None = None  # the side of each face's aligned crop (ALIGN_SIZES); None: no crops
 
     def __post_init__(self) -> None:
         if not self.valid_score_threshold(self.score_threshold):
             raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
         if not self.valid_max_faces(self.max_faces):
             raise ValueError(f"max_faces must be >= -1 (-1: all faces), got {self.max_faces}")
+        if self.align is not None and self.align not in ALIGN_SIZES:
+            raise ValueError(f"align must be one of {ALIGN_SIZES}, got {self.align}")
 
     @staticmethod
     def valid_score_threshold(value: float) -> bool:
@@ -211,7 +221,8 @@ def params_from_json(doc: Mapping[str, Any], defaults: DetectionParams) -> Detec
     the default. InvalidInput for a value that is not a JSON number in range."""
     return DetectionParams(
         score_threshold=_json_param(doc, SCORE_THRESHOLD, _score_threshold_from_json, defaults.score_threshold),
-        max_faces=_json_param(doc, MAX_FACES, _max_faces_from_json, defaults.max_faces))
+        max_faces=_json_param(doc, MAX_FACES, _max_faces_from_json, defaults.max_faces),
+        align=_json_param(doc, ALIGN, _align_from_json, defaults.align))
 
 
 def _json_param(doc: Mapping[str, Any], name: str, parse: Callable[[Any], T], default: T) -> T:
@@ -262,7 +273,8 @@ def _parse_multipart(
     params = DetectionParams(
         score_threshold=_form_param(row, SCORE_THRESHOLD, _score_threshold_from_text,
                                     defaults.score_threshold),
-        max_faces=_form_param(row, MAX_FACES, _max_faces_from_text, defaults.max_faces))
+        max_faces=_form_param(row, MAX_FACES, _max_faces_from_text, defaults.max_faces),
+        align=_form_param(row, ALIGN, _align_from_text, defaults.align))
     if not images:
         raise InvalidInput(f"the form has no image file field; {HOW_TO_SEND}")
     return ParsedRequest(images, params, answer_as_list=len(images) >= 2,
@@ -277,7 +289,7 @@ def _file_field(name: str, value: Any) -> bytes:
         return data
     kind = "text" if isinstance(value, str) else _describe(value)
     raise InvalidInput(f"form field {name!r} must be an image file, got {kind}; the only text "
-                       f"fields are {' and '.join(PARAM_FIELDS)}")
+                       f"fields are {', '.join(PARAM_FIELDS)}")
 
 
 def _form_param(
@@ -294,8 +306,7 @@ def _form_param(
     if isinstance(value, str):
         return parse(value)
     # A part sent as application/json arrives parsed by TorchServe.
-    json_parse = _score_threshold_from_json if name == SCORE_THRESHOLD else _max_faces_from_json
-    return json_parse(value)
+    return _FROM_JSON[name](value)
 
 
 def check_image_count(count: int, max_images: int) -> None:
@@ -360,6 +371,38 @@ def _check_max_faces(number: int, original: Any) -> int:
     if not DetectionParams.valid_max_faces(number):
         raise _max_faces_error(original)
     return number
+
+
+def _align_error(value: Any) -> InvalidInput:
+    allowed = " or ".join(map(str, ALIGN_SIZES))
+    return InvalidInput(f"{ALIGN} must be {allowed} (the side in pixels of each face's aligned crop), "
+                        f"got {_describe(value)}")
+
+
+def _align_from_json(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value not in ALIGN_SIZES:
+        raise _align_error(value)
+    return int(value)
+
+
+def _align_from_text(text: str) -> int:
+    if text.strip() not in {str(size) for size in ALIGN_SIZES}:
+        raise _align_error(text)
+    return int(text)
+
+
+def with_align_header(defaults: DetectionParams, header: str | None) -> DetectionParams:
+    """``defaults`` with the ``X-Img2Pose-Align`` header's crop size, when the request sent one."""
+    if header is None:
+        return defaults
+    try:
+        return dataclasses.replace(defaults, align=_align_from_text(header))
+    except InvalidInput as error:
+        raise error.prefixed(f"header {ALIGN_HEADER}: ") from None
+
+
+_FROM_JSON: dict[str, Callable[[Any], Any]] = {SCORE_THRESHOLD: _score_threshold_from_json,
+                                               MAX_FACES: _max_faces_from_json, ALIGN: _align_from_json}
 
 
 def _describe(value: Any) -> str:

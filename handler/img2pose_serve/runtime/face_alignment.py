@@ -28,10 +28,10 @@ import numpy as np
 
 from ..nn.pose import original_image_camera, project_points
 from ..nn.reference_data import points_5
+from ..protocol.request_parsing import ALIGN_SIZES  # what a request may ask for is what can be cut
 
 __all__ = ["ALIGN_SIZES", "TEMPLATES_112", "aligned_crops", "alignment_transforms", "check_align_size"]
 
-ALIGN_SIZES = (112, 224)
 TEMPLATE_SIZE = 112
 
 # Where the five landmarks (left eye, right eye, nose tip, mouth left, mouth right) sit in a 112x112 crop,

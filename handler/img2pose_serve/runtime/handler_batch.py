@@ -9,15 +9,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..protocol.deadline import check_deadline, parse_deadline
 from ..protocol.errors import RequestError
 from ..protocol.open_inference import V2Message, V2Spec
 from ..protocol.open_inference import parse as parse_v2
-from ..protocol.request_parsing import ParsedRequest, parse_request
+from ..protocol.request_parsing import ParsedRequest, parse_request, with_align_header
 from .handler_config import HandlerConfig
-from .image_decoding import decode_tensor, image_size
+from .image_decoding import decode_with_pixels, image_size
+from .served_crops import FaceCrops, cut_crops
 
 
 @dataclass
@@ -54,6 +56,10 @@ class Batch:
     requests: list[RequestState]
     images: list[BatchImage]  # the images of the requests that were read without error, in order
     predictions: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # by index in ``images``
+    # Images whose request asked for crops: their RGB pixels from decoding until the crops are cut, then
+    # the crops.
+    pixels: dict[int, np.ndarray] = field(default_factory=dict)
+    crops: dict[int, FaceCrops] = field(default_factory=dict)
 
     @classmethod
     def of(cls, requests: list[RequestState]) -> Batch:
@@ -68,21 +74,23 @@ class Batch:
 
 
 def read_request(row: Mapping[str, Any], content_type: str | None, config: HandlerConfig,
-                 deadline_header: str | None = None, v2: V2Message | None = None) -> RequestState:
+                 deadline_header: str | None = None, v2: V2Message | None = None,
+                 align_header: str | None = None) -> RequestState:
     """Parse one request (``v2``: the row recognised as an Open Inference Protocol request) and read its
     images' sizes from their headers; raises a RequestError for a bad one (a request past its deadline
-    is not even parsed).
+    is not even parsed). ``align_header``: the request's X-Img2Pose-Align header, if any.
 
     No pixel is decoded here: the images stay compressed until their forward, so a batch costs
     memory for one forward at a time, not for every image it carries.
     """
     deadline = parse_deadline(deadline_header)
     check_deadline(deadline, "it was parsed")
+    defaults = with_align_header(config.detection_defaults, align_header)
     if v2 is None:
-        parsed, spec = parse_request(row, config.detection_defaults, content_type,
+        parsed, spec = parse_request(row, defaults, content_type,
                                      max_images_per_request=config.max_images_per_request), None
     else:
-        parsed, spec = parse_v2(v2, config.detection_defaults, config.max_images_per_request)
+        parsed, spec = parse_v2(v2, defaults, config.max_images_per_request)
     request = RequestState(parsed=parsed, deadline=deadline, v2=spec)
     for n, data in enumerate(parsed.images):
         try:
@@ -114,10 +122,23 @@ def batch_images(requests: list[RequestState]) -> list[BatchImage]:
     ]
 
 
-def decode_batch_image(image: BatchImage, request: RequestState, max_pixels: int) -> torch.Tensor:
-    """The image's input tensor. Raises a RequestError naming the image's place in its request
-    (``images[1]: ...``) for the client's mistakes; any other exception is ours."""
+def decode_batch_image(batch: Batch, image: int, max_pixels: int) -> torch.Tensor:
+    """The input tensor of ``batch.images[image]``; its pixels go to ``batch.pixels`` when its request
+    asked for crops. Raises a RequestError naming the image's place in its request (``images[1]: ...``)
+    for the client's mistakes; any other exception is ours."""
+    request = batch.request_of(image)
+    wants_crops = request.parsed.params.align is not None
     try:
-        return decode_tensor(image.data, max_pixels)
+        tensor, pixels = decode_with_pixels(batch.images[image].data, max_pixels, keep_pixels=wants_crops)
     except RequestError as error:
-        raise error.prefixed(request.parsed.error_prefix(image.slot)) from None
+        raise error.prefixed(request.parsed.error_prefix(batch.images[image].slot)) from None
+    if pixels is not None:
+        batch.pixels[image] = pixels
+    return tensor
+
+
+def cut_batch_crops(batch: Batch, image: int, max_aligned_faces: int) -> None:
+    """Cut the crops of a forwarded image whose request asked for them, and let its pixels go."""
+    pixels = batch.pixels.pop(image)
+    batch.crops[image] = cut_crops(batch.predictions[image], pixels, batch.request_of(image).parsed.params,
+                                   max_aligned_faces)

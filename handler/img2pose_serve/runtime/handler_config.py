@@ -32,6 +32,9 @@ class HandlerConfig:
     # 120 M admits 108 MP phone photos.
     max_image_pixels: int = 120_000_000
     max_images_per_request: int = 16  # with batchSize 8, bounds one handler call (responseTimeout)
+    # A request that asks for aligned crops ("align") gets them for at most this many faces per image (the
+    # best; the others carry "aligned": null): bounds the crops one forward holds (docs/errors-and-limits.md).
+    max_aligned_faces: int = 32
     decode_threads: int = 2
     torch_threads: int = 0  # 0 = $IMG2POSE_TORCH_THREADS if set, else torch's default (one per core)
     # Images per pass through backbone / RPN head / RoI heads inside one forward (see nn/passes.py).
@@ -88,7 +91,7 @@ class HandlerConfig:
         except ValueError as error:
             raise HandlerConfigError(f"handler setting {error}") from None
         for name in ("max_images_per_forward", "max_pixels_per_forward", "max_image_pixels",
-                     "max_images_per_request", "decode_threads"):
+                     "max_images_per_request", "decode_threads", "max_aligned_faces"):
             if getattr(config, name) < 1:
                 raise HandlerConfigError(f"handler setting {name} must be >= 1, got {getattr(config, name)}")
         try:

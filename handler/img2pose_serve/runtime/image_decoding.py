@@ -84,8 +84,16 @@ def image_to_tensor(img: Image.Image) -> torch.Tensor:
 def decode_tensor(data: bytes, max_pixels: int) -> torch.Tensor:
     """``image_to_tensor(decode_image(data))``. Raises a RequestError for the client's mistakes (running
     out of memory on an image counts as one: 413); any other exception is a failure on our side."""
+    return decode_with_pixels(data, max_pixels, keep_pixels=False)[0]
+
+
+def decode_with_pixels(data: bytes, max_pixels: int,
+                       keep_pixels: bool = True) -> tuple[torch.Tensor, np.ndarray | None]:
+    """``decode_tensor``'s tensor and, with ``keep_pixels``, the RGB pixels it was made from (HxWx3 uint8:
+    what aligned crops are cut from, as the reference cuts them from ``np.array(image)``)."""
     try:
-        return image_to_tensor(decode_image(data, max_pixels))
+        rgb = decode_image(data, max_pixels)
+        return image_to_tensor(rgb), (np.asarray(rgb) if keep_pixels else None)
     except MemoryError:
         raise PayloadTooLarge("the image is too large to decode in the memory available") from None
 
