@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
+import requests
 from PIL import Image
 
+from img2pose_serve.protocol.request_parsing import ALIGN_HEADER
+from img2pose_serve.runtime.handler_config import HandlerConfig
+from img2pose_serve.runtime.in_process import align_face_dicts
 from img2pose_tools.served_metrics import ForwardBatchMeter
 from img2pose_tools.torchserve_launcher import BASE_CONFIG, model_settings, read_properties
 from tests.support.alone import faces_alone
@@ -114,6 +120,42 @@ def test_each_request_format(torchserve_server, sequential):
                                                   ("second", (a, _bytes(a), "image/jpeg")),
                                                   ("score_threshold", (None, "0.6"))])
     assert _ok_json(form) == [[f for f in sequential[n] if f["confidence"] >= 0.6] for n in (b, a)]
+
+
+def test_crops_over_rest_and_v2_equal_in_process_in_a_batch_with_requests_that_ask_none(torchserve_server, sequential):
+    name = "04_gray_320x240.png"  # one canvas for all four requests: TorchServe may batch them together
+    data, expected = _bytes(name), [f for f in sequential[name] if f["confidence"] >= 0.5]
+    image_input = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(data).decode()]}
+    v2_body = {"inputs": [image_input],
+               "parameters": {"align": 112, "max_faces": 2}, "outputs": [{"name": "faces"}, {"name": "aligned"}]}
+    sends = {
+        "raw, header": lambda: torchserve_server.predict(data, headers={ALIGN_HEADER: "112"}),
+        "form field": lambda: torchserve_server.predict(None, files={"photo": (name, data, "image/png"),
+                                                                     "align": (None, "224")}),
+        "none": lambda: torchserve_server.predict(data),
+        "v2": lambda: requests.post(f"{torchserve_server.inference_url}/v2/models/{torchserve_server.model_name}/infer",
+                                    json=v2_body, timeout=600,
+                                    headers={"Authorization": f"Bearer {torchserve_server.inference_key}"}),
+    }
+    with ThreadPoolExecutor(len(sends)) as pool:
+        answers = dict(zip(sends, pool.map(lambda send: send(), sends.values())))
+    assert _ok_json(answers["none"]) == expected and all("aligned" not in face for face in expected)
+    for kind, size in (("raw, header", 112), ("form field", 224)):
+        faces = _ok_json(answers[kind])
+        assert [{k: v for k, v in face.items() if k != "aligned"} for face in faces] == expected, kind
+        cropped = faces[:HandlerConfig().max_aligned_faces]  # the best faces get crops, the others null
+        assert all(face["aligned"] is None for face in faces[len(cropped):])
+        crops = align_face_dicts(data, cropped, size, return_array=True)  # what Img2Pose.align_faces cuts
+        assert len(crops) > 0
+        for face, crop in zip(cropped, crops, strict=True):
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(face["aligned"])))), crop), kind
+    v2 = answers["v2"].json()
+    assert answers["v2"].status_code == 200, v2
+    outputs = {output["name"]: output for output in v2["outputs"]}
+    faces = json.loads(outputs["faces"]["data"][0])
+    aligned = np.array(outputs["aligned"]["data"], np.uint8).reshape(outputs["aligned"]["shape"])
+    assert aligned.shape == (1, len(faces), 112, 112, 3) and len(faces) == 2
+    assert np.array_equal(aligned[0], np.stack(align_face_dicts(data, faces, 112, return_array=True)))
 
 
 def test_bad_request_fails_alone_inside_a_batch(torchserve_server, sequential):
