@@ -4,9 +4,6 @@ whole runs against the session's TorchServe (the demo model)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -14,46 +11,14 @@ import pytest
 
 from img2pose_client import backfill as backfill_module
 from img2pose_client.backfill import exit_status, main
-from img2pose_tools.torchserve_launcher import REPO
-from tests.support.photo_library import backfill, image_bytes, lines
+from tests.support.photo_library import backfill, image_bytes, killed_backfill, lines
 from tests.support.served_models import DEMO_MODEL
-from tests.support.stand_in_http import JsonHandler, start, stop
 
 FACE = {"box": [1.0, 2.0, 30.0, 40.0], "confidence": 0.9, "pose": [0, 0, 0, 0, 0, 5.0],
         "keypoints": {"nose": [10.0, 20.0]}}
 
 
-# --- against a stand-in server -------------------------------------------------------------------
-
-
-class StandIn:
-    """A tiny HTTP server: POST /predictions/<model> answers from a script per model (the last
-    answer repeats) and records every request."""
-
-    def __init__(self) -> None:
-        self.scripts: dict[str, list[tuple[int, object]]] = {}
-        self.requests: list[tuple[str, dict, bytes]] = []
-        stand_in = self
-
-        class Handler(JsonHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
-                body = self.body()
-                model = self.path.rsplit("/", 1)[-1]
-                stand_in.requests.append((model, dict(self.headers), body))
-                script = stand_in.scripts[model]
-                self.answer(*(script.pop(0) if len(script) > 1 else script[0]))
-
-        self.server, self.url = start(Handler)
-
-    def hits(self) -> Counter:
-        return Counter(model for model, _, _ in self.requests)
-
-
-@pytest.fixture
-def stand_in():
-    server = StandIn()
-    yield server
-    stop(server.server)
+# --- against a stand-in server (tests.support.photo_library.StandIn) ------------------------------
 
 
 @pytest.fixture
@@ -177,18 +142,7 @@ def test_a_folder_is_backfilled_once_and_errors_retried_on_request(torchserve_se
 def test_a_killed_run_resumes_without_duplicates(torchserve_server, library, direct, tmp_path):
     out = tmp_path / "results.jsonl"
     argv = [library["good"][0].parent, *server_args(torchserve_server, out), "--concurrency", "1", "--quiet"]
-    process = subprocess.Popen([sys.executable, "scripts/backfill.py", *map(str, argv)], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out.is_file() and out.read_text().count("\n") >= 1):
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "no result line within 120 s"
-            time.sleep(0.05)
-    finally:
-        process.kill()  # SIGKILL: no clean-up in the client
-        process.wait()
-    done_before = len(lines(out))
+    done_before = killed_backfill(argv, out, after_lines=1, within=120)
     assert 1 <= done_before < 7
 
     resumed = backfill(*argv)

@@ -1,9 +1,14 @@
-"""What the backfill tests share: a small photo library, its direct predictions, reading results."""
+"""What the backfill tests share: a small photo library, its direct predictions, reading results, a
+stand-in server."""
 
 from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
+import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,7 +16,9 @@ import pytest
 from PIL import Image
 
 from img2pose_client.backfill import parse_args, run
+from img2pose_tools.torchserve_launcher import REPO
 from tests.support.served_models import DEMO_MODEL
+from tests.support.stand_in_http import JsonHandler, start, stop
 
 
 def image_bytes(seed: int, fmt: str = "JPEG", size: tuple[int, int] = (160, 120)) -> bytes:
@@ -26,6 +33,23 @@ def lines(path: Path) -> list[dict]:
 
 def backfill(*argv: str) -> dict:
     return run(parse_args([*map(str, argv), "--quiet"]), progress=False)
+
+
+def killed_backfill(argv: list, output: Path, after_lines: int, within: float) -> int:
+    """Run ``scripts/backfill.py argv`` and SIGKILL it (no clean-up in the client) once ``output`` has
+    ``after_lines`` lines; the lines it had."""
+    process = subprocess.Popen([sys.executable, "scripts/backfill.py", *map(str, argv)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + within
+        while not (output.is_file() and output.read_text().count("\n") >= after_lines):
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, f"not {after_lines} result lines within {within} s"
+            time.sleep(0.01)
+    finally:
+        process.kill()
+        process.wait()
+    return len(lines(output))
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +78,38 @@ def direct(torchserve_server, library) -> dict[str, list]:
 
     with ThreadPoolExecutor(len(library["good"])) as pool:
         return dict(zip(map(str, library["good"]), pool.map(predict, library["good"])))
+
+
+class StandIn:
+    """A tiny HTTP server: POST /predictions/<model> answers from a script per model (the last
+    answer repeats), ``delay`` seconds after the request, and records every request."""
+
+    def __init__(self) -> None:
+        self.scripts: dict[str, list[tuple[int, object]]] = {}
+        self.requests: list[tuple[str, dict, bytes]] = []
+        self.delay = 0.0
+        stand_in = self
+
+        class Handler(JsonHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.body()
+                model = self.path.rsplit("/", 1)[-1]
+                stand_in.requests.append((model, dict(self.headers), body))
+                script = stand_in.scripts[model]
+                time.sleep(stand_in.delay)
+                try:
+                    self.answer(*(script.pop(0) if len(script) > 1 else script[0]))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # a client killed while it waited (a test's kill -9)
+
+        self.server, self.url = start(Handler)
+
+    def hits(self) -> Counter:
+        return Counter(model for model, _, _ in self.requests)
+
+
+@pytest.fixture
+def stand_in():
+    server = StandIn()
+    yield server
+    stop(server.server)
