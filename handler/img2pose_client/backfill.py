@@ -4,6 +4,7 @@
         [--token KEY] [--token-file key_file.json] [--management-url http://127.0.0.1:8081]
         --output results.jsonl [--concurrency 16] [--score-threshold X] [--max-faces N]
         [--retry-errors] [--retries 5] [--worker-death-retries 2] [--timeout 300] [--shard I/N]
+        [--align 112|224 --crops-dir DIR]
     img2pose-backfill INPUT... --archive img2pose.mar [--device cpu] --output results.jsonl [...]
 
 With --url the images go to a TorchServe; with --archive the archive's model runs in this process
@@ -17,6 +18,11 @@ N runs with the same INPUTs (and the library at the same absolute path), each wi
 gets one line in --output, ``{"path", "faces"}`` or
 ``{"path", "error", "status"}``; paths already there are skipped, so re-running resumes (with
 --retry-errors, paths whose last line is an error are sent again and the new line appended).
+
+``--align 112|224 --crops-dir DIR``: each face's aligned crop (the server's, or ``Img2Pose.align_faces``'
+in-process: the same PNG files) is written under DIR before the line, which names it relative to DIR
+(``"aligned": "ab/cd/<hash>-0.png"``, null for a face past the server's max_aligned_faces). A resumed run
+leaves no crop without its line and no line without its crops: see img2pose_client.crop_files.
 
 When the server rejects the key (it expires), the key file is read again and, with
 --management-url, the key renewed with the file's API key; the rejected requests are sent again
@@ -46,6 +52,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from img2pose_serve.protocol.request_parsing import ALIGN_SIZES
+
+from .crop_files import CropFiles, with_crop_names
 from .inference_key import InferenceKey
 from .inputs import Shard, iter_inputs
 from .key_file import DEFAULT_KEY_FILE, read_keys, token_value_attached
@@ -79,9 +88,15 @@ class Tally:
         return {"faces": self.faces, "errors": sum(self.errors.values()), "skipped": self.skipped}
 
 
-def record_of(path: str, outcome: Outcome) -> dict[str, Any]:
+def record_of(path: str, outcome: Outcome, crop_files: CropFiles | None = None) -> dict[str, Any]:
+    """The result line of ``path``. With ``crop_files``, its crop files are first made those of ``outcome``
+    (none for an error), and the faces name them: call it before writing the line (crop_files)."""
+    if crop_files is not None:
+        if outcome.faces is not None and outcome.crops is None:
+            raise ValueError(f"{path}: an answer without the crops asked for")
+        names = crop_files.replace(path, outcome.crops if outcome.faces is not None else [])
     if outcome.faces is not None:
-        return {"path": path, "faces": outcome.faces}
+        return {"path": path, "faces": outcome.faces if crop_files is None else with_crop_names(outcome.faces, names)}
     return {"path": path, "error": outcome.error, "status": outcome.status}
 
 
@@ -98,14 +113,15 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
     with ResultWriter(args.output) as writer, tqdm(unit="img", disable=not progress, smoothing=0.05) as bar:
         index = ResumeIndex.load(args.output)  # read under the writer's lock
         writer.cut_after(index.end_offset)
+        crop_files = CropFiles(args.crops_dir) if args.crops_dir is not None else None
 
         def record(path: str, outcome: Outcome) -> None:
-            writer.write(record_of(path, outcome))
+            writer.write(record_of(path, outcome, crop_files))
             tally.add(outcome)
             bar.update(1)
             bar.set_postfix(tally.postfix(), refresh=False)
 
-        work = paths_to_process(args, index, tally, record)
+        work = paths_to_process(args, index, tally, record, crop_files)
         if args.archive is not None:
             detect_in_process(args, work, record)
             aborted, key = None, None
@@ -128,18 +144,23 @@ def run(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
         "key_rereads": key.rereads if key else 0,
         "key_renewals": key.renewals if key else 0,
         "aborted": aborted,
+        "crops_dir": str(args.crops_dir) if args.crops_dir is not None else None,
+        "crops": crop_files.written if crop_files is not None else 0,
     }
 
 
 def paths_to_process(args: argparse.Namespace, index: ResumeIndex, tally: Tally,
-                     record: Callable[[str, Outcome], None]) -> Iterator[str]:
+                     record: Callable[[str, Outcome], None], crop_files: CropFiles | None = None) -> Iterator[str]:
     """The input paths this run must answer: not another shard's, not already done; an input that
-    could not even be listed is recorded as an error on the way."""
+    could not even be listed is recorded as an error on the way. A skipped path whose last line is an
+    error loses any crop files a crashed --retry-errors run left (crop_files)."""
     for item in iter_inputs(args.inputs):
         if args.shard is not None and not args.shard.owns(item.path):
             tally.other_shards += 1
         elif index.should_skip(item.path, args.retry_errors):
             tally.skipped += 1
+            if crop_files is not None and index.last_is_error(item.path):
+                crop_files.remove(item.path)
         elif item.error is not None:
             record(item.path, Outcome(error=item.error, status=LOCAL_ERROR))
         else:
@@ -153,7 +174,7 @@ def detect_in_process(args: argparse.Namespace, paths: Iterable[str], record: Ca
     from img2pose_serve.runtime.in_process import Img2Pose
 
     with open_detector(lambda: Img2Pose(args.archive, device=args.device), "backfill") as detector:
-        for path, outcome in detect_files(detector, paths, args.concurrency, options=args.options):
+        for path, outcome in detect_files(detector, paths, args.concurrency, options=args.options, align=args.align):
             record(path, outcome)
 
 
@@ -163,7 +184,7 @@ def send_to_server(args: argparse.Namespace, paths: Iterable[str],
     key = InferenceKey(args.token, args.key_file, args.management_url)
     client = PredictClient(args.url, args.model, key, timeout=args.timeout, retries=args.retries,
                            backoff=args.backoff, options=args.options,
-                           worker_death_retries=args.worker_death_retries)
+                           worker_death_retries=args.worker_death_retries, align=args.align)
     pending: dict[Future, str] = {}
     unanswered_in_a_row = 0
 
@@ -215,6 +236,7 @@ def summary_text(summary: dict[str, Any]) -> str:
         *([f"shard {summary['shard']}: {summary['other_shards']} inputs left to the other shards"]
           if summary["shard"] else []),
         f"{summary['wall_s']} s, {summary['images_per_s']} images/s",
+        *([f"aligned crops: {summary['crops']} written under {summary['crops_dir']}"] if summary["crops_dir"] else []),
     ]
     if summary["worker_death_retries"]:
         lines.append(f"worker deaths: {summary['worker_death_retries']} requests sent again, alone, after the "
@@ -268,8 +290,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shard", metavar="I/N",
                         help="process only shard I of N (0 <= I < N), by a stable hash of each absolute path; "
                              "run N processes with the same inputs and one --output each")
+    add_crop_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(token_value_attached(argv))
+    check_crop_arguments(args, parser)
     try:
         args.shard = Shard.parse(args.shard) if args.shard is not None else None
     except ValueError as error:
@@ -287,6 +311,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--archive {args.archive}: no such file (build one with img2pose-build-mar)")
     args.options = detection_options(args)
     return args
+
+
+def add_crop_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--align`` and ``--crops-dir``, which go together (``check_crop_arguments``)."""
+    parser.add_argument("--align", type=int, choices=ALIGN_SIZES,
+                        help="write each face's aligned crop, this many pixels square, under --crops-dir; the "
+                             "faces name their crop files (\"aligned\": path relative to --crops-dir)")
+    parser.add_argument("--crops-dir", type=Path, help="with --align: the folder the crop PNG files go to")
+
+
+def check_crop_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if (args.align is None) != (args.crops_dir is None):
+        parser.error("--align needs --crops-dir (where the crop files go)" if args.crops_dir is None
+                     else "--crops-dir needs --align 112 or 224 (the crops' size)")
 
 
 def detection_options(args: argparse.Namespace) -> dict[str, float | int]:

@@ -3,6 +3,9 @@
 ``backfill --archive`` and ``img2pose-detect`` read files in threads, a chunk ahead of the forward
 that runs the current chunk, and get one ``Outcome`` per file: the FaceDicts, or the error with the
 status a server would have answered (400, 413, 500) or ``local`` for a file that cannot be read.
+With ``align``, each outcome also carries the faces' aligned crops as the server would send them: the best
+``max_aligned_faces`` faces cut by ``Img2Pose.align_faces`` from the bytes already read, PNG-encoded by
+the server's own encoder (``served_crops.png_bytes``), so both write the same files.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from itertools import islice
+from itertools import islice, repeat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,12 +57,13 @@ def outcome_of(result: list | Exception, demo: bool) -> Outcome:
 
 
 def detect_files(detector: Img2Pose, paths: Iterable[str], chunk_size: int, read_threads: int = 4,
-                 options: dict | None = None) -> Iterator[tuple[str, Outcome]]:
-    """(path, outcome) for every path, in order; ``options``: ``score_threshold`` / ``max_faces``.
+                 options: dict | None = None, align: int | None = None) -> Iterator[tuple[str, Outcome]]:
+    """(path, outcome) for every path, in order; ``options``: ``score_threshold`` / ``max_faces``;
+    ``align``: 112 or 224 to add each answered image's crops (``Outcome.crops``).
 
     Files are read ``chunk_size`` at a time, the next chunk while the current one runs; each chunk is
     one ``detect_each`` call (its images planned into exact forwards, decoded in the detector's
-    decode threads).
+    decode threads), its crops then cut in the read threads.
     """
     options = options or {}
     paths = iter(paths)
@@ -74,7 +78,27 @@ def detect_files(detector: Img2Pose, paths: Iterable[str], chunk_size: int, read
             readable = [n for n, data in enumerate(contents) if isinstance(data, bytes)]
             results = dict(zip(readable, detector.detect_each([contents[n] for n in readable], **options,
                                                               labels=False)))
+            outcomes = {n: outcome_of(results[n], detector.demo) for n in readable}
+            if align is not None:
+                answered = [n for n in readable if outcomes[n].faces is not None]
+                cut = pool.map(with_crops, repeat(detector), [contents[n] for n in answered],
+                               [outcomes[n] for n in answered], repeat(align))
+                outcomes.update(zip(answered, cut))
             for n, (path, _) in enumerate(chunk):
-                read = contents[n]
-                yield path, read if isinstance(read, Outcome) else outcome_of(results[n], detector.demo)
+                yield path, outcomes.get(n, contents[n])
             chunk = upcoming
+
+
+def with_crops(detector: Img2Pose, data: bytes, outcome: Outcome, size: int) -> Outcome:
+    """``outcome`` with the crops the server would send for its faces (the best ``max_aligned_faces``;
+    None for the others), cut from ``data``; an error where they cannot be cut."""
+    from img2pose_serve.runtime.served_crops import png_bytes  # imports torch: as the detector does
+
+    faces = outcome.faces
+    try:
+        pixels = detector.align_faces(data, faces[:detector.served.config.max_aligned_faces], size,
+                                      return_array=True)
+    except (RequestError, OSError, ValueError) as error:
+        return outcome_of(error, outcome.demo)
+    outcome.crops = [png_bytes(crop) for crop in pixels] + [None] * (len(faces) - len(pixels))
+    return outcome

@@ -14,6 +14,10 @@ is what kills the worker: so the request is sent again *alone*, while this clien
 its other requests (``SoloGate``), at most ``worker_death_retries`` times. An innocent neighbour
 of a poison image then succeeds on its solo try, and an image that kills the worker even alone
 ends as one error with that status instead of killing it forever.
+
+With ``align`` (112 or 224), every request carries the ``X-Img2Pose-Align`` header, the one form of the
+parameter that raw and JSON bodies both take, and each face's crop comes back in ``Outcome.crops``: the
+PNG bytes the server sent (``aligned``, base64), taken out of the FaceDicts.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from typing import Any
 import requests
 
 from img2pose_serve.protocol.deadline import DEADLINE_HEADER
+from img2pose_serve.protocol.request_parsing import ALIGN_HEADER
 from img2pose_serve.protocol.response_headers import DEMO_HEADER
 
+from .crop_files import take_crops
 from .inference_key import InferenceKey, KeyRecoveryFailed
 from .key_file import is_key_rejection, response_excerpt, response_json
 
@@ -54,6 +60,8 @@ class Outcome:
     status: int | str | None = None  # HTTP status, TRANSPORT_ERROR, or "local" (file unreadable)
     demo: bool = False  # the server marked the answer as coming from demo weights
     worker_deaths: int = 0  # answers "Worker died." that this image was sent again after
+    # With crops asked for (align): each face's aligned crop as a PNG file, None for a face without one.
+    crops: list[bytes | None] | None = None
 
 
 class SoloGate:
@@ -104,6 +112,7 @@ class PredictClient:
     backoff_cap: float = 60.0
     options: dict[str, Any] = field(default_factory=dict)  # score_threshold / max_faces
     worker_death_retries: int = 2  # solo tries of an image whose request met a worker's death
+    align: int | None = None  # 112 or 224: ask for each face's aligned crop (Outcome.crops)
     _gate: SoloGate = field(default_factory=SoloGate, repr=False)
     _local: threading.local = field(default_factory=threading.local, repr=False)
     _sessions: list[requests.Session] = field(default_factory=list, repr=False)
@@ -142,6 +151,8 @@ class PredictClient:
             last_try = attempt == self.retries
             key = self.key.key
             headers = {**content_headers, **({"Authorization": f"Bearer {key}"} if key else {}),
+                       # the one form of align every request format takes (a JSON or form field wins over it)
+                       **({ALIGN_HEADER: str(self.align)} if self.align is not None else {}),
                        # the server drops the request unrun once this client no longer waits for it
                        DEADLINE_HEADER: f"{time.time() + self.timeout:.3f}"}
             try:
@@ -163,9 +174,19 @@ class PredictClient:
                     self._back_off(worker_deaths - 1)  # its own budget: the worker restarts meanwhile
                     continue
                 if response.status_code not in RETRIED_STATUSES or last_try:
-                    return _outcome(response, body, worker_deaths)
+                    return self._with_crops(_outcome(response, body, worker_deaths), response)
             self._back_off(attempt)
             attempt += 1
+
+    def _with_crops(self, outcome: Outcome, response: requests.Response) -> Outcome:
+        """With align: the answer's crops moved from its FaceDicts to ``outcome.crops``; a server that sent
+        none (it predates align) would answer every image so: FatalServerError."""
+        if self.align is not None:
+            try:
+                outcome.crops = take_crops(outcome.faces) if outcome.faces is not None else []
+            except ValueError as error:
+                raise FatalServerError(f"{response.url}: {error}") from None
+        return outcome
 
     def _back_off(self, attempt: int) -> None:
         time.sleep(random.uniform(0, min(self.backoff_cap, self.backoff * 2**attempt)))

@@ -89,6 +89,9 @@ class ResumeIndex:
         key = path_key(path)
         return self._holds(self.done, key) or (not retry_errors and self._holds(self.failed, key))
 
+    def last_is_error(self, path: str) -> bool:
+        return self._holds(self.failed, path_key(path))
+
 
 class ResultWriter:
     """Appends result lines: each flushed at once (a killed process loses nothing written),
