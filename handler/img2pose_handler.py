@@ -239,7 +239,7 @@ class Img2PoseHandler(BaseHandler):
         faces = [to_face_dicts(prediction, params.score_threshold, params.max_faces, None if c is None else c.png)
                  for prediction, c in zip(predictions, crops)]
         if request.v2 is not None:
-            return self._respond_v2(index, request.v2, faces, [[] if c is None else c.pixels for c in crops])
+            return self._respond_v2(index, request.v2, faces, [[] if c is None else c.pixels() for c in crops])
         return json.dumps(faces if request.parsed.answer_as_list else faces[0])
 
     def _respond_v2(self, index: int, spec: open_inference.V2Spec, faces: list, crops: list) -> bytes:

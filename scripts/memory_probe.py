@@ -2,15 +2,16 @@
 """Peak memory of a running img2pose worker under the worst requests the limits allow (loopback only).
 
     python scripts/memory_probe.py huge   --images 16 --size 10000x10000 --ordinary 4 [--key-file key_file.json]
-    python scripts/memory_probe.py photos --requests 8 --images 16 --size 4000x3000
+    python scripts/memory_probe.py photos --requests 8 --images 16 --size 4000x3000 [--align 224]
 
 ``huge``: one JSON request carrying ``--images`` copies of a highly compressible PNG of ``--size``
 (a few shapes on a flat background: megabytes on the wire, ``--size`` pixels once decoded), sent at
 the same time as ``--ordinary`` ordinary 640x480 requests. ``photos``: ``--requests`` concurrent JSON
 requests of ``--images`` photo-like JPEGs of ``--size`` each. Reports the worker's RSS before and its
 peak (sampled, and the kernel's VmHWM reset at the start), every status, whether the ordinary answers
-equal what each gets alone, and whether the worker was restarted. Exit status 1 when an ordinary answer
-differs, a 5xx came back or the worker restarted.
+equal what each gets alone, and whether the worker was restarted. ``--align``: the big requests also ask
+for aligned crops of that size (the worker keeps their pixels until their crops are cut). Exit status 1
+when an ordinary answer differs, a 5xx came back or the worker restarted.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--management-url", default="http://127.0.0.1:8081")
     parser.add_argument("--model", default="img2pose")
     parser.add_argument("--key-file", default="key_file.json")
+    parser.add_argument("--align", type=int, choices=[112, 224], help="the big requests ask for crops of this size")
     parser.add_argument("--json-out", help="also write the report here")
     args = parser.parse_args(argv)
     for url in (args.url, args.management_url):
@@ -58,12 +60,14 @@ def main(argv: list[str] | None = None) -> int:
 
     ordinary = [photo_like_jpeg(640, 480, seed) for seed in range(args.ordinary if args.scenario == "huge" else 0)]
     alone = [requests.post(endpoint, data=body, headers={**auth, **RAW}, timeout=600).json() for body in ordinary]
+    crops = {} if args.align is None else {"align": args.align}
     if args.scenario == "huge":
         image = base64.b64encode(compressible_png(width, height)).decode()
-        jobs = [("big", {"images": [image] * args.images})] + [("ordinary", i) for i in range(len(ordinary))]
+        jobs = [("big", {"images": [image] * args.images, **crops})]
+        jobs += [("ordinary", i) for i in range(len(ordinary))]
     else:
         photos = [base64.b64encode(photo_like_jpeg(width, height, seed)).decode() for seed in range(args.images)]
-        jobs = [("big", {"images": photos}) for _ in range(args.requests)]
+        jobs = [("big", {"images": photos, **crops}) for _ in range(args.requests)]
     wire_mb = sum(len(json.dumps(job)) for kind, job in jobs if kind == "big") / 2**20
 
     def send(job):
@@ -78,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     restarted = current_worker_pid() != pid
     ordinary_answers = [response.json() for kind, response in answers if kind == "ordinary"]
     report = {
-        "scenario": args.scenario, "images_per_request": args.images, "size": [width, height],
+        "scenario": args.scenario, "images_per_request": args.images, "size": [width, height], "align": args.align,
+        "faces_with_crops": sum(1 for kind, response in answers if kind == "big" and response.status_code == 200
+                                for image in response.json() for face in image if face.get("aligned")),
         "big_requests": sum(1 for kind, _ in jobs if kind == "big"), "big_requests_mb_on_the_wire": round(wire_mb, 1),
         "statuses": [[kind, response.status_code] for kind, response in answers],
         "big_errors": [response.json().get("error") for kind, response in answers
