@@ -42,6 +42,7 @@ from PIL import Image
 from img2pose_serve.runtime.archive_layout import sha256_of
 from img2pose_tools.demo_checkpoint import state_dict_sha256
 from img2pose_tools.exact_parity import differences_by_image, exact_differences
+from img2pose_tools.resize_comparison import size_pair
 from img2pose_tools.torchserve_launcher import REPO
 
 DEFAULT_OUT = REPO / "tests" / "golden"
@@ -420,14 +421,6 @@ def _summary(document: dict) -> str:
     return "\n".join(lines)
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        min_size, max_size = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected MIN/MAX, e.g. 400/1400, got {text!r}") from None
-    return min_size, max_size
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", type=Path, help="checkout of GitHub TalHassner/img2pose")
@@ -440,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--other-sizes", action="store_true",
                         help=f"only the other resize sizes: write {OTHER_SIZES_FILE} (the committed images are "
                              "left as they are) or, with --check-exact, check them only")
-    parser.add_argument("--sizes", type=_parse_size, nargs="+",
+    parser.add_argument("--sizes", type=size_pair, nargs="+",
                         default=list(OTHER_SIZES), metavar="MIN/MAX",
                         help="the other sizes (default: " + " ".join(size_key(*s) for s in OTHER_SIZES) + ")")
     parser.add_argument("--size-images", nargs="+", default=list(OTHER_SIZE_IMAGES), metavar="NAME",
