@@ -1,6 +1,9 @@
-"""The private TorchServe launcher's port handling (its servers are exercised by every server test)."""
+"""The private TorchServe launcher's port handling and the config it writes (its servers are exercised by every
+server test)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -57,3 +60,19 @@ def test_retries_are_bounded(attempts):
     with pytest.raises(RuntimeError):
         run(["Address already in use"] * 5)
     assert len(calls) == torchserve_launcher.START_ATTEMPTS
+
+
+def test_per_model_settings_give_two_models_of_one_server_their_own_batch_size(tmp_path):
+    archives = {"one": tmp_path / "a.mar", "eight": tmp_path / "a.mar"}
+    settings = torchserve_launcher.ServerSettings(max_batch_delay_ms=5, per_model={"eight": {"batchSize": 8}})
+    config = torchserve_launcher.write_config(tmp_path / "config.properties", ports=(1, 2, 3, 4, 5),
+                                              model_store=tmp_path, archives=archives, settings=settings)
+    models = json.loads(torchserve_launcher.read_properties(config)["models"])
+    one, eight = (next(iter(models[name].values())) for name in ("one", "eight"))
+    base = torchserve_launcher.model_settings(torchserve_launcher.read_properties(torchserve_launcher.BASE_CONFIG))
+    assert (one["batchSize"], eight["batchSize"]) == (base["batchSize"], 8)
+    assert one["maxBatchDelay"] == eight["maxBatchDelay"] == 5 and one["marName"] == eight["marName"] == "a.mar"
+    with pytest.raises(ValueError, match="not served"):
+        torchserve_launcher.write_config(tmp_path / "c2", ports=(1, 2, 3, 4, 5), model_store=tmp_path,
+                                         archives=archives,
+                                         settings=torchserve_launcher.ServerSettings(per_model={"other": {}}))

@@ -72,6 +72,9 @@ class ServerSettings:
     workers: int | None = None
     startup_timeout_s: float = 300.0  # how long start_torchserve waits for READY workers
     properties: dict[str, str] = field(default_factory=dict)  # written last: they win over everything
+    # {model name: {key: value}} over that model's models= entry, after the settings above, e.g.
+    # {"fast": {"batchSize": 1}, "batched": {"batchSize": 8}}: two batch sizes on one server
+    per_model: dict[str, dict] = field(default_factory=dict)
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -102,11 +105,14 @@ def write_config(path: Path, *, ports: tuple[int, int, int, int, int], model_sto
     """``base_config`` with private listeners, ``model_store`` and a models= block for ``archives``."""
     base = read_properties(base_config)
     template = model_settings(base)
+    if unknown := set(settings.per_model) - set(archives):
+        raise ValueError(f"per-model settings for models that are not served: {sorted(unknown)}")
     overrides = {"batchSize": settings.batch_size, "maxBatchDelay": settings.max_batch_delay_ms,
                  "minWorkers": settings.workers, "maxWorkers": settings.workers}
     models = {
         name: {ARCHIVE_VERSION: {**template, "marName": archive.name,
-                               **{k: v for k, v in overrides.items() if v is not None}}}
+                               **{k: v for k, v in overrides.items() if v is not None},
+                               **settings.per_model.get(name, {})}}
         for name, archive in archives.items()
     }
     inference, management, metrics, grpc_inference, grpc_management = ports
