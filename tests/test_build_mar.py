@@ -21,6 +21,7 @@ from img2pose_serve.nn import reference_data
 from img2pose_serve.runtime import archive_layout
 from img2pose_serve.runtime.handler_config import HandlerConfig
 from img2pose_tools.build_mar import (
+    DEFAULT_CLIENT_TIMEOUT_MS,
     FRONTEND_KEYS,
     HANDLER_PATH,
     SOURCE_DEMO,
@@ -138,6 +139,7 @@ def test_demo_archive_contents(demo_archive):
     assert HandlerConfig.from_mapping(config["handler"]) == HandlerConfig()
     assert config["handler"]["precision"] == "fp32" and "precision" not in info  # one home: the handler setting
     assert config["responseTimeout"] == 1200  # see build_mar's docstring: config.properties cannot set it
+    assert config["clientTimeoutInMills"] == DEFAULT_CLIENT_TIMEOUT_MS  # only an archive can set it
 
 
 def test_demo_archive_weights_are_the_demo_state_dict(demo_archive, demo_state, tmp_path):
@@ -248,6 +250,19 @@ def test_input_errors(tmp_path):
     with pytest.raises(BuildError, match="not a readable .npy"):
         build_archive(checkpoint, tmp_path / "junk.npy", stddev, export_path=out)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_client_timeout_is_no_shorter_than_the_projects_clients_wait(tmp_path):
+    # A request older than clientTimeoutInMills gets no answer at all (docs/errors-and-limits.md): the
+    # backfill, which waits --timeout and sends that as its deadline, must hear its answers.
+    from img2pose_client import backfill
+
+    waits = backfill.parse_args(["photos", "--url", "http://127.0.0.1:1", "--output", str(tmp_path / "o")]).timeout
+    assert DEFAULT_CLIENT_TIMEOUT_MS == waits * 1000 == 300_000
+    for wrong in (-1, 2.5, True, "3000"):  # 0 is allowed: off, TorchServe's default
+        with pytest.raises(BuildError, match="--client-timeout-ms"):
+            with staged_archive(client_timeout_ms=wrong, quiet=True):
+                pass
 
 
 def test_checkpoint_is_checked_strictly_at_build_time(tmp_path):

@@ -7,7 +7,7 @@
 (``img2pose-build-mar`` is the same command.) What the archive holds is ``img2pose_serve.runtime.archive_layout``'s
 business: the handler, the ``img2pose_serve`` package, the weights as a tensors-only safetensors file
 (never the operator's checkpoint itself), the pose statistics, ``archive_info.json`` and a
-``model-config.yaml`` with the handler's settings plus ``responseTimeout``.
+``model-config.yaml`` with the handler's settings plus ``responseTimeout`` and ``clientTimeoutInMills``.
 
 The checkpoint is read with ``weights_only=True``: a file that pickles more than tensors is refused,
 unless ``--trust-checkpoint`` says the operator vouches for it (it is then unpickled here, once, at
@@ -18,7 +18,9 @@ Batch size, batch delay and worker counts are deliberately NOT in the archive: v
 archive's model-config.yaml override config.properties, so they live in ``config/config.properties``
 where operators tune them. ``responseTimeout`` is the exception: TorchServe 0.12 takes it only from
 the archive's model-config.yaml when the archive has one (its default there is 120 s, and
-config.properties' values are ignored), so it is set here (``--response-timeout``).
+config.properties' values are ignored), so it is set here (``--response-timeout``). So is TorchServe's
+``clientTimeoutInMills`` (``--client-timeout-ms``), which only an archive can set: how long the frontend
+keeps a request before it forgets it (see ``DEFAULT_CLIENT_TIMEOUT_MS``).
 
 The archive is written with torch-model-archiver's Python API (no hand-made zips).
 """
@@ -41,6 +43,7 @@ import numpy as np
 import yaml
 
 import img2pose_serve
+from img2pose_client.predict_client import PredictClient
 from img2pose_serve.nn import reference_data
 from img2pose_serve.nn.checkpoint import CheckpointError, read_checkpoint
 from img2pose_serve.nn.faster_dof_rcnn import MIN_SIZE_FLOOR, build_detector
@@ -60,6 +63,12 @@ DEFAULT_MODEL_NAME = "img2pose"
 # (batchSize requests x max_images_per_request images at the slowest forward on a small CPU) with
 # a safety margin; see docs/errors-and-limits.md.
 DEFAULT_RESPONSE_TIMEOUT = 1200
+# TorchServe's clientTimeoutInMills: a request that has waited longer than this is never answered (not even
+# with an error: its client hears nothing), dropped unrun only where it is not the first of its batch
+# (batchSize > 1); measured in docs/errors-and-limits.md, "Deadlines and overload". So it must not be shorter
+# than any legitimate client waits: the project's own clients' default timeout (the backfill's --timeout,
+# which it also sends as X-Img2Pose-Deadline), beyond which nobody of ours reads the answer.
+DEFAULT_CLIENT_TIMEOUT_MS = round(PredictClient.timeout * 1000)
 # Frontend settings that must never appear in the archive's model-config.yaml (they would
 # silently override config.properties).
 FRONTEND_KEYS = ("batchSize", "maxBatchDelay", "minWorkers", "maxWorkers")
@@ -217,6 +226,7 @@ def staged_archive(
     demo_seed: int = 0,
     handler_overrides: dict | None = None,
     response_timeout: int = DEFAULT_RESPONSE_TIMEOUT,
+    client_timeout_ms: int = DEFAULT_CLIENT_TIMEOUT_MS,
     trust_checkpoint: bool = False,
     quiet: bool = False,
 ) -> Iterator[StagedArchive]:
@@ -232,6 +242,9 @@ def staged_archive(
     settings = handler_settings(handler_overrides)
     if int(response_timeout) <= 0:
         raise BuildError(f"--response-timeout must be a positive number of seconds, got {response_timeout}")
+    if isinstance(client_timeout_ms, bool) or not isinstance(client_timeout_ms, int) or client_timeout_ms < 0:
+        raise BuildError(f"--client-timeout-ms must be a whole number of milliseconds >= 0 (0: off), "
+                         f"got {client_timeout_ms!r}")
     demo = checkpoint is None
     if demo:
         if not quiet:
@@ -263,8 +276,10 @@ def staged_archive(
         config_file.write_text(
             "# Batch size, batch delay and workers live in config.properties (values here would\n"
             "# override it). responseTimeout must be here: TorchServe 0.12 takes it from the archive\n"
-            "# (default 120) whenever the archive has a model-config.yaml.\n"
-            + yaml.safe_dump({"responseTimeout": int(response_timeout), "handler": settings}, sort_keys=False))
+            "# (default 120) whenever the archive has a model-config.yaml. clientTimeoutInMills (0: off):\n"
+            "# a request older than this is never answered; see docs/errors-and-limits.md.\n"
+            + yaml.safe_dump({"responseTimeout": int(response_timeout), "clientTimeoutInMills": client_timeout_ms,
+                              "handler": settings}, sort_keys=False))
         yield StagedArchive(weights, extra, config_file, info, settings)
 
 
@@ -335,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--response-timeout", type=int, default=DEFAULT_RESPONSE_TIMEOUT,
                         help="seconds a handler call may take before TorchServe restarts the worker "
                              f"(default {DEFAULT_RESPONSE_TIMEOUT}; config.properties cannot override it)")
+    parser.add_argument("--client-timeout-ms", type=int, default=DEFAULT_CLIENT_TIMEOUT_MS,
+                        help="TorchServe's clientTimeoutInMills: a request older than this gets no answer at all, and "
+                             "at batchSize > 1 is dropped unrun unless first in its batch; keep it at least the "
+                             f"longest any client waits (default {DEFAULT_CLIENT_TIMEOUT_MS}: the backfill's "
+                             "--timeout; 0: off; docs/errors-and-limits.md)")
     parser.add_argument("--precision", choices=PRECISION_SETTINGS, default=HandlerConfig().precision,
                         help="fp32 (default); bf16: faster where the hardware has bf16 arithmetic and it "
                              "measures >= 1.3x fp32 at worker start, slightly different numbers, fp32 elsewhere; "
@@ -355,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build_archive(args.checkpoint, args.pose_mean, args.pose_stddev, args.export_path,
                       args.model_name, force=args.force, response_timeout=args.response_timeout,
+                      client_timeout_ms=args.client_timeout_ms,
                       trust_checkpoint=args.trust_checkpoint,
                       handler_overrides={"precision": args.precision, "runtime": args.runtime,
                                          "min_size": args.min_size, "max_size": args.max_size})
