@@ -14,6 +14,7 @@ from PIL import Image
 from img2pose_serve.protocol.errors import InvalidInput, PayloadTooLarge, RequestError
 from img2pose_serve.runtime import image_decoding
 from img2pose_serve.runtime.image_decoding import (
+    check_resizable,
     decode_image,
     decode_tensor,
     image_size,
@@ -335,3 +336,10 @@ def test_image_to_tensor_equals_the_reference_expression_bit_for_bit() -> None:
     reference = torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1) / 255.0
     assert torch.equal(ours, reference)
     assert ours.stride() == reference.stride() and ours.dtype == reference.dtype
+
+
+def test_an_image_too_thin_for_the_resize_is_refused_from_its_size():
+    check_resizable(1400, 1, 640, 1400)  # 1 px high after the resize: the network runs it
+    with pytest.raises(InvalidInput, match=r"1401x1: too thin for this model.*at most 1400 times"):
+        check_resizable(1401, 1, 640, 1400)
+    check_resizable(1401, 1, 640, 2000)  # another model's resize keeps it

@@ -128,6 +128,9 @@ def _cases() -> list[BadCase]:
         for fraction in (0.5, 0.9):
             raw(f"{fmt}_truncated_{int(fraction * 100)}pct", 400, undecodable, data[: int(len(data) * fraction)])
     raw("jpeg_truncated_after_soi", 400, truncated_header, jpeg[:4])
+    thin = io.BytesIO()
+    Image.new("RGB", (3000, 2)).save(thin, format="PNG")
+    raw("png_3000x2_too_thin_to_resize", 400, "too thin for this model", thin.getvalue())
     raw("png_signature_only", 400, truncated_header, png[:8])
     raw("png_truncated_in_ihdr", 400, undecodable, png[:20])
     raw("gif_header_only", 400, "GIF signature, but", gif[:6])

@@ -18,7 +18,7 @@ from ..protocol.open_inference import V2Message, V2Spec
 from ..protocol.open_inference import parse as parse_v2
 from ..protocol.request_parsing import ParsedRequest, parse_request, with_align_header
 from .handler_config import HandlerConfig
-from .image_decoding import decode_with_pixels, image_size
+from .image_decoding import check_resizable, decode_with_pixels, image_size
 from .served_crops import FaceCrops, cut_crops
 
 
@@ -95,6 +95,7 @@ def read_request(row: Mapping[str, Any], content_type: str | None, config: Handl
     for n, data in enumerate(parsed.images):
         try:
             width, height = image_size(data, config.max_image_pixels)
+            check_resizable(width, height, config.min_size, config.max_size)
         except RequestError as error:
             raise error.prefixed(parsed.error_prefix(n)) from None
         request.sizes.append((height, width))

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..nn.faster_dof_rcnn import resized_shape
 from ..protocol.errors import InvalidInput, PayloadTooLarge
 
 __all__ = ["image_size", "decode_image", "to_rgb", "image_to_tensor", "decode_tensor",
@@ -55,6 +56,15 @@ _MAX_TEXT_PREVIEW_BYTES = 4096
 def image_size(data: bytes, max_pixels: int) -> tuple[int, int]:
     """(width, height) from the image's header, without decoding pixels; errors as decode_image."""
     return _open_header(data, max_pixels).size
+
+
+def check_resizable(width: int, height: int, min_size: int, max_size: int) -> None:
+    """InvalidInput (400) for an image so thin that the network's resize (``min_size``/``max_size``, the
+    model's) would leave it 0 px on a side (the reference library fails inside torchvision there)."""
+    if min(resized_shape(height, width, min_size, max_size)) < 1:
+        raise InvalidInput(f"the image is {width}x{height}: too thin for this model, whose resize (shorter side "
+                           f"{min_size} px, longer side at most {max_size} px) would leave it 0 px wide; its "
+                           f"longer side may be at most {max_size} times its shorter one")
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:

@@ -47,7 +47,7 @@ from .face_alignment import aligned_crops, check_align_size
 from .face_drawing import FaceStyle, draw_faces
 from .group_forward import run_group
 from .handler_config import HandlerConfig
-from .image_decoding import decode_image, decode_tensor, image_size, image_to_tensor, to_rgb
+from .image_decoding import check_resizable, decode_image, decode_tensor, image_size, image_to_tensor, to_rgb
 from .served_model import ServedModel
 
 __all__ = ["Img2Pose", "ImageInput", "DEFAULT_ARCHIVE", "align_face_dicts"]
@@ -149,7 +149,10 @@ class Img2Pose:
         for n, image in enumerate(images):
             try:
                 pending[n] = self._pending(image)
+                config = self.served.config
+                check_resizable(pending[n].width, pending[n].height, config.min_size, config.max_size)
             except (RequestError, OSError) as error:
+                pending.pop(n, None)
                 results[n] = _labelled(error, n, labels)
         order = list(pending)
         for group in self.served.plan([(pending[n].height, pending[n].width) for n in order]):
