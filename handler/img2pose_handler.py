@@ -119,6 +119,7 @@ class Img2PoseHandler(BaseHandler):
         """The ``customizedMetadata`` of ``GET /models/<name>?customized=true``."""
         return json.dumps({"precision": self.served.precision.as_dict(), "runtime": self.served.runtime.as_dict(),
                            "device": str(self.served.device),
+                           "resize": {"min_size": self.config.min_size, "max_size": self.config.max_size},
                            "weights_sha256": self.served.info.weights_sha256, "demo": self.served.info.demo})
 
     @staticmethod

@@ -339,6 +339,7 @@ def test_a_bf16_worker_without_native_bf16_runs_fp32_exactly(demo_model_dir, dem
     assert described["precision"]["effective"] == "fp32" and described["precision"]["requested"] == "bf16"
     assert described["runtime"] == {"requested": "auto", "effective": "openvino",
                                     "reason": "auto requested; fp32 on a CPU with openvino installed"}
+    assert described["resize"] == {"min_size": 640, "max_size": 1400}  # the archive's, the reference's defaults
     bodies = [_jpeg(320, 240, 0), _jpeg(320, 240, 2)]
     set_requests(context, [{}] * len(bodies))
     responses = [json.loads(r) for r in handler.handle([{"body": bytearray(b)} for b in bodies], context)]
