@@ -11,7 +11,8 @@ overload"). So at ``batchSize: 8`` an abandoned burst costs the worker one forwa
 One private server serves one archive under two names, at batchSize 8 and 1: the session's demo archive
 with a 3 s client timeout, small canvases (``min_size`` 160: a forward takes ~0.3 s instead of ~1.1 s) and
 tests/support/stall_handler.py, whose marked request holds the worker past the timeout without using the
-CPU, so that the burst queued behind it has expired when the worker takes it.
+CPU, so that the burst queued behind it has expired when the worker takes it. The session server shows
+that the default archive's setting (build_mar's, 300 s) reaches TorchServe.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import requests
 import yaml
 
 from img2pose_serve.runtime import archive_layout
+from img2pose_tools.build_mar import DEFAULT_CLIENT_TIMEOUT_MS
 from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import ServerSettings, start_torchserve, stop_torchserve
 from tests.support.served_models import PRIMARY_MODEL
@@ -75,6 +77,8 @@ def queue_server(tmp_path_factory, served_archives):
     server = start_torchserve(tmp_path_factory.mktemp("queue_server"), store, {BATCHED: archive, SINGLE: archive},
                               BATCHED, ServerSettings(per_model={BATCHED: {"batchSize": 8}, SINGLE: {"batchSize": 1}}))
     try:
+        for model in (BATCHED, SINGLE):  # the archive's setting as TorchServe took it
+            assert [v.get("clientTimeoutInMills") for v in server.describe(model)] == [CLIENT_TIMEOUT_S * 1000]
         with ThreadPoolExecutor(2) as pool:  # the first forward at a canvas is slower (the runtime prepares it)
             assert all(status == 200 for status, _, _ in pool.map(lambda m: post(server, m, IMAGE, 60),
                                                                   [BATCHED, SINGLE]))
@@ -154,3 +158,8 @@ def test_at_batch_1_every_abandoned_request_still_runs_and_a_late_answer_is_drop
     assert ran == 3, f"the worker ran {ran:g} images: both abandoned requests and the new one expected"
     assert new_seconds <= 3 * forward + 0.5, f"answered after {new_seconds:.2f} s, one forward takes {forward:.2f} s"
     assert stalled[0] is None, stalled
+
+
+@pytest.mark.server
+def test_the_session_servers_archive_carries_the_default_client_timeout(torchserve_server):
+    assert [v.get("clientTimeoutInMills") for v in torchserve_server.describe()] == [DEFAULT_CLIENT_TIMEOUT_MS]
