@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +31,7 @@ import yaml
 from img2pose_serve.runtime import archive_layout
 from img2pose_tools.build_mar import DEFAULT_CLIENT_TIMEOUT_MS
 from img2pose_tools.synthetic_images import photo_like_jpeg
-from img2pose_tools.torchserve_launcher import ServerSettings, start_torchserve, stop_torchserve
+from img2pose_tools.torchserve_launcher import ServerSettings, missing_tools, start_torchserve, stop_torchserve
 from tests.support.served_models import PRIMARY_MODEL
 from tests.support.stall_handler import STALL
 
@@ -69,9 +68,8 @@ def queue_test_archive(demo: Path, store: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def queue_server(tmp_path_factory, served_archives):
-    for tool in ("java", "torchserve"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not on PATH: TorchServe cannot run here")
+    if missing := missing_tools():
+        pytest.skip(f"{' and '.join(missing)} not on PATH: TorchServe cannot run here")
     store = tmp_path_factory.mktemp("queue_store")
     archive = queue_test_archive(served_archives[PRIMARY_MODEL], store)
     server = start_torchserve(tmp_path_factory.mktemp("queue_server"), store, {BATCHED: archive, SINGLE: archive},

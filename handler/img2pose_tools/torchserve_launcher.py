@@ -229,6 +229,11 @@ def _lost_a_port(workdir: Path, offset: int) -> bool:
         return False
 
 
+def missing_tools() -> list[str]:
+    """The programs a TorchServe needs that are not on PATH (a test skips where this is not empty)."""
+    return [tool for tool in ("java", "torchserve") if shutil.which(tool) is None]
+
+
 def start_torchserve(workdir: Path, model_store: Path, archives: dict[str, Path], primary: str,
                      settings: ServerSettings | None = None, base_config: Path = BASE_CONFIG) -> TorchServeServer:
     """Start TorchServe serving ``archives`` ({name: .mar in model_store}); wait until all are READY.
