@@ -38,7 +38,7 @@ def demo_archive(served_archives) -> Path:
 
 @pytest.fixture(scope="module")
 def detector(demo_archive):
-    with pytest.warns(UserWarning, match="DEMO ARCHIVE"), Img2Pose(demo_archive) as built:
+    with pytest.warns(UserWarning, match="DEMO ARCHIVE"), Img2Pose(demo_archive, device="cpu") as built:
         yield built
 
 
@@ -85,7 +85,8 @@ def test_parameters_and_their_defaults(detector, alone, demo_archive):
     for bad in ({"score_threshold": 1.5}, {"max_faces": -2}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             detector.detect_faces(RGB_JPEG, **bad)
-    with pytest.warns(UserWarning), Img2Pose(demo_archive, score_threshold=0.2, max_faces=2) as configured:
+    with pytest.warns(UserWarning), Img2Pose(demo_archive, device="cpu", score_threshold=0.2,
+                                                max_faces=2) as configured:
         assert configured.detect_faces(RGB_JPEG) == [f for f in everything if f["confidence"] >= 0.2][:2]
     with pytest.raises(HandlerConfigError, match="unknown setting"):
         Img2Pose(demo_archive, score_treshold=0.2)
@@ -113,10 +114,10 @@ def test_a_bad_image_fails_alone_and_says_which(detector, alone, tmp_path):
 
 
 def test_from_a_checkpoint_as_its_archive_answers(demo_checkpoint_file, identity_pose_stats, alone):
-    with Img2Pose.from_checkpoint(demo_checkpoint_file, *identity_pose_stats) as from_npy:
+    with Img2Pose.from_checkpoint(demo_checkpoint_file, *identity_pose_stats, device="cpu") as from_npy:
         assert from_npy.detect_faces(GRAY_PNG, score_threshold=0.0) == alone[GRAY_PNG.name]
         assert not from_npy.demo
-    with Img2Pose.from_checkpoint(demo_checkpoint_file) as identity:  # the reference's model_path default
+    with Img2Pose.from_checkpoint(demo_checkpoint_file, device="cpu") as identity:  # the reference's model_path default
         assert identity.served.info.pose_stats_source == "identity"
         assert identity.detect_faces(GRAY_PNG, score_threshold=0.0) == alone[GRAY_PNG.name]
     with pytest.raises(ValueError, match="both pose_mean and pose_stddev"):

@@ -300,7 +300,8 @@ class Detections:
         if key not in self._detectors:
             checkpoint = self._request.getfixturevalue(golden.checkpoint_fixture)
             pose_stats = golden.alt_pose_stats() if stats == "alt" else ()
-            self._detectors[key] = Img2Pose.from_checkpoint(checkpoint, *pose_stats)
+            # The golden answers are CPU arithmetic, whatever device "auto" would pick.
+            self._detectors[key] = Img2Pose.from_checkpoint(checkpoint, *pose_stats, device="cpu")
         return self._detectors[key]
 
 
