@@ -66,7 +66,9 @@ def test_rate_paces_the_requests_and_mixed_sizes_rotates_the_images(tmp_path):
     assert exit_code == 0 and report["sent"] == report["answered"] == 10
     assert _Recorder.authorizations == {"Bearer -t"}
     times = [t for t, _ in _Recorder.arrivals]
-    assert times[-1] - times[0] >= 9 / 20 - 0.01, "10 requests at 20/s span at least 0.45 s"
+    # Paced, 10 requests at 20/s span 0.45 s; unpaced, 4 threads send them within a few ms. The first
+    # arrival can lag its send time (a new connection on a busy machine: 0.43 s was seen), hence 80 %.
+    assert times[-1] - times[0] >= 0.8 * 9 / 20, "10 requests at 20/s span about 0.45 s"
     assert len({size for _, size in _Recorder.arrivals}) == len(load_test.MIXED_SIZES)
 
 
