@@ -146,13 +146,13 @@ class Img2Pose:
         params = self._params(score_threshold, max_faces)
         results: dict[int, list[FaceDict] | Exception] = {}
         pending: dict[int, _PendingImage] = {}
+        config = self.served.config
         for n, image in enumerate(images):
             try:
-                pending[n] = self._pending(image)
-                config = self.served.config
-                check_resizable(pending[n].width, pending[n].height, config.min_size, config.max_size)
+                read = self._pending(image)
+                check_resizable(read.width, read.height, config.min_size, config.max_size)
+                pending[n] = read
             except (RequestError, OSError) as error:
-                pending.pop(n, None)
                 results[n] = _labelled(error, n, labels)
         order = list(pending)
         for group in self.served.plan([(pending[n].height, pending[n].width) for n in order]):
