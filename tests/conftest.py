@@ -27,7 +27,6 @@ override it:
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -39,7 +38,7 @@ import torch
 
 from img2pose_serve.nn import reference_data
 from img2pose_serve.runtime.handler_config import TORCH_THREADS_ENV
-from img2pose_tools.torchserve_launcher import REPO, ServerSettings, start_torchserve, stop_torchserve
+from img2pose_tools.torchserve_launcher import REPO, ServerSettings, missing_tools, start_torchserve, stop_torchserve
 from tests.support.served_models import DEMO_MODEL, POISON_MODEL, PRIMARY_MODEL, SESSION_BATCH_SIZE, TRUSTED_MODEL
 
 pytest_plugins = [
@@ -159,9 +158,8 @@ def server_settings() -> ServerSettings:
 @pytest.fixture(scope="session")
 def torchserve_server(tmp_path_factory, served_archives, server_settings):
     """A running TorchServe serving ``served_archives`` (primary: ``img2pose``); stopped at session end."""
-    for tool in ("java", "torchserve"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not on PATH: TorchServe cannot run here")
+    if missing := missing_tools():
+        pytest.skip(f"{' and '.join(missing)} not on PATH: TorchServe cannot run here")
     stores = {archive.parent for archive in served_archives.values()}
     if len(stores) != 1:
         raise ValueError(f"served_archives must share one model store, got {sorted(map(str, stores))}")

@@ -20,7 +20,7 @@ from img2pose_client.backfill import exit_status, main, parse_args, run
 from img2pose_client.key_file import read_keys, renew_key, token_value_attached
 from img2pose_client.predict_client import MAX_KEY_RECOVERIES
 from img2pose_tools.synthetic_images import photo_like_jpeg
-from img2pose_tools.torchserve_launcher import ServerSettings, start_torchserve, stop_torchserve
+from img2pose_tools.torchserve_launcher import ServerSettings, missing_tools, start_torchserve, stop_torchserve
 from tests.support.photo_library import image_bytes, lines
 from tests.support.served_models import DEMO_MODEL
 from tests.support.token_stand_in import digest
@@ -148,9 +148,8 @@ def fresh_keys(server) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def short_key_server(tmp_path_factory, served_archives):
-    for tool in ("java", "torchserve"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not on PATH: TorchServe cannot run here")
+    if missing := missing_tools():
+        pytest.skip(f"{' and '.join(missing)} not on PATH: TorchServe cannot run here")
     archive = served_archives[DEMO_MODEL]
     # start_torchserve's wait_ready outlives several management keys while the model loads
     settings = ServerSettings(startup_timeout_s=120, properties={"token_expiration_min": str(KEY_LIFETIME_S / 60)})

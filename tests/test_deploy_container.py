@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from img2pose_tools.torchserve_launcher import free_ports
+from img2pose_tools.torchserve_launcher import free_ports, missing_tools
 from tests.support.deploy_files import (
     CLUSTER_CONFIG,
     IMAGE_HOME,
@@ -106,9 +106,8 @@ def container_config(home: Path, ports: dict[int, int], grpc_ports: list[int]) -
 
 @pytest.fixture
 def start_container(tmp_path, served_archives):
-    for tool in ("java", "torchserve"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not on PATH: TorchServe cannot run here")
+    if missing := missing_tools():
+        pytest.skip(f"{' and '.join(missing)} not on PATH: TorchServe cannot run here")
     started: list[Container] = []
 
     def start() -> Container:

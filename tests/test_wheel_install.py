@@ -51,7 +51,7 @@ import pytest
 
 from img2pose_serve.runtime import archive_layout
 from img2pose_serve.runtime.handler_config import TORCH_THREADS_ENV
-from img2pose_tools.torchserve_launcher import REPO
+from img2pose_tools.torchserve_launcher import REPO, missing_tools
 from tests.support.golden_set import COMMITTED, TORCH_THREADS
 
 pytestmark = pytest.mark.server
@@ -238,9 +238,8 @@ def test_the_installed_builder_packs_the_checkouts_code(built_store, checkout_fi
 
 
 def test_the_installed_launcher_serves_the_built_archive(venv, built_store, empty_dir, tmp_path, detections):
-    for tool in ("java", "torchserve"):
-        if shutil.which(tool, path=venv.env["PATH"]) is None:
-            pytest.skip(f"{tool} is not on PATH: TorchServe cannot run here")
+    if missing := missing_tools(venv.env["PATH"]):
+        pytest.skip(f"{' and '.join(missing)} not on the venv's PATH: TorchServe cannot run here")
     driver, report_file = tmp_path / "driver.py", tmp_path / "report.json"
     driver.write_text(DRIVER)
     _run([venv.python, driver, built_store, COMMITTED.image_path(IMAGE), report_file, *OUR_MODULES],

@@ -229,9 +229,10 @@ def _lost_a_port(workdir: Path, offset: int) -> bool:
         return False
 
 
-def missing_tools() -> list[str]:
-    """The programs a TorchServe needs that are not on PATH (a test skips where this is not empty)."""
-    return [tool for tool in ("java", "torchserve") if shutil.which(tool) is None]
+def missing_tools(path: str | None = None) -> list[str]:
+    """The programs a TorchServe needs that are not on ``path`` (default: PATH); a test skips where this
+    is not empty."""
+    return [tool for tool in ("java", "torchserve") if shutil.which(tool, path=path) is None]
 
 
 def start_torchserve(workdir: Path, model_store: Path, archives: dict[str, Path], primary: str,
