@@ -30,6 +30,9 @@ else
 fi
 
 mkdir -p logs
+# The workers' malloc (img2pose_tools.memory_allocator: measured in docs/errors-and-limits.md); the
+# frontend passes its environment on to the workers it starts.
+eval "$(python3 -m img2pose_tools.memory_allocator)"
 # Output to a file, never a pipe: the Java server inherits it and would keep a pipe open forever.
 if ! torchserve --start --ncs --model-store model_store --models img2pose=img2pose.mar \
     --ts-config config/config.properties > logs/torchserve.out 2>&1; then

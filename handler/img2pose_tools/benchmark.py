@@ -56,12 +56,13 @@ import requests
 from tqdm import tqdm
 
 from img2pose_client.key_file import read_keys, token_value_attached
-from img2pose_tools import request_driver
+from img2pose_tools import memory_allocator, request_driver
 from img2pose_tools.machine_facts import machine_facts, machine_line
 from img2pose_tools.served_metrics import ForwardBatchMeter
 from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import ServerSettings, start_torchserve, stop_torchserve
-from img2pose_tools.wait_ready import describe_model
+from img2pose_tools.wait_ready import describe_model, worker_pid
+from img2pose_tools.worker_memory import rss_bytes
 
 SAME_SIZE = (640, 480)
 MIXED_SIZES = [(640, 480), (480, 640), (800, 600), (320, 240), (1024, 768), (640, 360)]
@@ -87,6 +88,7 @@ class Cell:
     workers: int
     concurrency: int
     precision: str = "fp32"  # the archive's handler setting (see archive_with_precision)
+    allocator: str = memory_allocator.DEFAULT  # the server's malloc (img2pose_tools.memory_allocator)
     runs: str | None = None  # the precision its worker runs (bf16 falls back to fp32 where not native)
     requests: int = 0
     ok: int = 0
@@ -100,6 +102,7 @@ class Cell:
     in_process_images_per_s: float | None = None  # median over the rounds (see measure_in_process)
     serving_ratio: float | None = None  # images_per_s / in-process images/s at this batch size
     vs_in_process_batch1: float | None = None  # images_per_s / in-process images/s at batch 1
+    worker_rss_mb: list[int] = field(default_factory=list)  # the worker's RSS after each round (--archive)
     error_examples: list[str] = field(default_factory=list)
     latencies_s: list[float] = field(default_factory=list)  # every answered 200, all rounds
     forward_batch_totals: tuple[float, float] = (0.0, 0.0)  # (images, forwards) from the metric
@@ -270,8 +273,9 @@ def sweep_archive(args, sets: dict[str, list[bytes]], bar: tqdm, in_process: dic
                   measured: dict) -> list[Cell]:
     """All settings' servers run side by side; each round visits every setting (in rotated order),
     then times the model in-process, so slow drifts of the machine hit every setting alike."""
-    grid = [(p, ServerSettings(batch_size=b, max_batch_delay_ms=d, workers=w))
-            for p in args.precisions for w in args.workers for b in args.batch_sizes for d in args.delays]
+    grid = [(p, ServerSettings(batch_size=b, max_batch_delay_ms=d, workers=w, allocator=a))
+            for a in args.allocators for p in args.precisions for w in args.workers for b in args.batch_sizes
+            for d in args.delays]
     with tempfile.TemporaryDirectory(prefix="img2pose-bench-") as workdir:
         archives = {p: archive_with_precision(args.archive.resolve(), p, Path(workdir) / f"store-{p}")
                     for p in args.precisions}
@@ -286,18 +290,24 @@ def sweep_archive(args, sets: dict[str, list[bytes]], bar: tqdm, in_process: dic
             for target in targets:
                 warm_up(target, sets[args.image_sets[0]])
             cells = {n: new_cells(args, settings, precision) for n, (precision, settings) in enumerate(grid)}
+            pids = {}
             for n, server in enumerate(servers):
                 runs = served_precision(server.management_url, args.model, server.management_key)
+                pids[n] = worker_pid(server.describe())
                 for cell in cells[n]:
                     cell.runs = runs
             for round_ in range(args.rounds):
                 for n in [(round_ + k) % len(grid) for k in range(len(grid))]:
                     for cell in cells[n]:
                         bar.set_postfix_str(f"round {round_ + 1} {cell.image_set} {cell.precision} "
-                                            f"batch={cell.batch_size} delay={cell.max_batch_delay_ms} "
-                                            f"workers={cell.workers} conc={cell.concurrency}")
+                                            f"{cell.allocator} batch={cell.batch_size} "
+                                            f"delay={cell.max_batch_delay_ms} workers={cell.workers} "
+                                            f"conc={cell.concurrency}")
                         run_cell(cell, targets[n].endpoint, targets[n].token, sets[cell.image_set],
                                  args.requests, args.cell_seconds, targets[n].meter)
+                        rss = rss_bytes(pids[n]) if pids[n] else None
+                        if rss is not None:
+                            cell.worker_rss_mb.append(round(rss / 2**20))
                         bar.update(1)
                 for precision, model in in_process.items():
                     measure_in_process(model, args.image_sets, args.batch_sizes, measured.setdefault(precision, {}))
@@ -308,7 +318,8 @@ def sweep_archive(args, sets: dict[str, list[bytes]], bar: tqdm, in_process: dic
 
 
 def new_cells(args, settings: ServerSettings, precision: str = "fp32") -> list[Cell]:
-    return [Cell(name, settings.batch_size, settings.max_batch_delay_ms, settings.workers, concurrency, precision)
+    return [Cell(name, settings.batch_size, settings.max_batch_delay_ms, settings.workers, concurrency, precision,
+                 settings.allocator)
             for name in args.image_sets for concurrency in args.concurrency]
 
 
@@ -350,7 +361,7 @@ def sweep_clients(args, sets, target: Target, batch_size: int, delay: int, worke
 def write_reports(out: Path, cells: list[Cell], bound: dict, args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     columns = [name for name in Cell.__dataclass_fields__
-               if name not in ("error_examples", "latencies_s", "forward_batch_totals")]
+               if name not in ("error_examples", "latencies_s", "forward_batch_totals", "worker_rss_mb")]
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -408,14 +419,15 @@ def table(cells: list[Cell]) -> str:
     def shown(value) -> str:
         return "-" if value is None else str(value)
 
-    header = "set    prec runs batch delay workers conc  img/s    p50 s   p95 s   p99 s  fwd-batch ratio vs-b1 errors"
+    header = ("set    prec runs malloc        batch delay workers conc  img/s    p50 s   p95 s   p99 s  fwd-batch "
+              "ratio vs-b1 errors  worker RSS MB by round")
     rows = [header]
     for c in cells:
-        rows.append(f"{c.image_set:6} {c.precision:4} {shown(c.runs):4} {c.batch_size:5} {c.max_batch_delay_ms:5} "
-                    f"{c.workers:7} {c.concurrency:4} "
+        rows.append(f"{c.image_set:6} {c.precision:4} {shown(c.runs):4} {c.allocator:13} {c.batch_size:5} "
+                    f"{c.max_batch_delay_ms:5} {c.workers:7} {c.concurrency:4} "
                     f"{c.images_per_s:6.3f} {c.p50_s or 0:7.2f} {c.p95_s or 0:7.2f} {c.p99_s or 0:7.2f} "
                     f"{shown(c.mean_forward_batch):>9} {shown(c.serving_ratio):>5} {shown(c.vs_in_process_batch1):>5} "
-                    f"{c.errors:6}")
+                    f"{c.errors:6}  {' '.join(map(str, c.worker_rss_mb)) or '-'}")
     return "\n".join(rows)
 
 
@@ -439,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cell-seconds", type=float, default=120.0, help="no request starts later in a cell")
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "bf16-required"], default=["fp32"],
                         help="serve the archive at each of these precisions side by side (--archive)")
+    parser.add_argument("--allocators", nargs="+", choices=memory_allocator.NAMES, default=[memory_allocator.DEFAULT],
+                        help="malloc of each server (--archive): one more axis of the grid")
     parser.add_argument("--compute-bound", action="store_true", help="also time the model in-process (--archive)")
     parser.add_argument("--repeats", type=int, default=1, help="in-process timings per round (median)")
     parser.add_argument("--in-process-images", type=int, default=8, help="images per in-process measurement")
@@ -450,8 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     sets = {name: image_set(name, max(args.requests, 2 * max(args.batch_sizes))) for name in args.image_sets}
     if args.url and args.precisions != ["fp32"]:
         parser.error("--precisions needs --archive (a running server has the precision it was built with)")
-    settings_count = (len(args.precisions) * len(args.workers) * len(args.batch_sizes) * len(args.delays)
-                      if args.archive else 1)
+    if args.url and args.allocators != [memory_allocator.DEFAULT]:
+        parser.error("--allocators needs --archive (a running server has the malloc it was started with)")
+    settings_count = (len(args.allocators) * len(args.precisions) * len(args.workers) * len(args.batch_sizes)
+                      * len(args.delays) if args.archive else 1)
     in_process = {}
     if args.compute_bound:
         with tempfile.TemporaryDirectory() as scratch:

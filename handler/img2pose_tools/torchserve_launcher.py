@@ -36,6 +36,7 @@ from pathlib import Path
 import requests
 
 from img2pose_client.key_file import read_keys
+from img2pose_tools import memory_allocator
 from img2pose_tools.serve_config import ARCHIVE_VERSION, CONFIG_DIR
 from img2pose_tools.wait_ready import NotReady, describe_model, ready_workers, wait_ready
 
@@ -71,6 +72,7 @@ class ServerSettings:
     max_batch_delay_ms: int | None = None
     workers: int | None = None
     startup_timeout_s: float = 300.0  # how long start_torchserve waits for READY workers
+    allocator: str = memory_allocator.DEFAULT  # the workers' malloc (img2pose_tools.memory_allocator)
     properties: dict[str, str] = field(default_factory=dict)  # written last: they win over everything
     # {model name: {key: value}} over that model's models= entry, after the settings above, e.g.
     # {"fast": {"batchSize": 1}, "batched": {"batchSize": 8}}: two batch sizes on one server
@@ -262,7 +264,7 @@ def _start_once(workdir: Path, model_store: Path, archives: dict[str, Path], pri
     ports = tuple(free_ports(5))
     config = write_config(workdir / "config.properties", ports=ports, model_store=model_store,
                           archives=archives, settings=settings, base_config=base_config)
-    env = {**os.environ, "TMPDIR": str(tmp), "TEMP": str(tmp),
+    env = {**os.environ, **memory_allocator.environment(settings.allocator), "TMPDIR": str(tmp), "TEMP": str(tmp),
            "LOG_LOCATION": str(log_dir), "METRICS_LOCATION": str(log_dir)}
     command = ["torchserve", "--start", "--ncs", "--model-store", str(model_store),
                "--models", *[f"{name}={archive.name}" for name, archive in archives.items()],
