@@ -1,4 +1,5 @@
-"""The inference key a long-running client sends, and getting a working one when the server rejects it.
+"""The inference key a long-running client sends, and getting a working one when the server rejects it
+(or the management key: ``key_type``).
 
 TorchServe's inference key expires (``token_expiration_min``, 60 minutes by default). When a request
 is rejected, ``recover`` first reads the key file again (the operator, or another client, may have
@@ -29,6 +30,7 @@ class InferenceKey:
     key_file: Path | None = None  # TorchServe's key_file.json, read again on a rejection
     management_url: str | None = None  # renew there with the key file's "API" key
     timeout: float = 30.0
+    key_type: str = "inference"  # or "management": which key of the file this is
     rereads: int = 0  # rejections recovered by a new key found in the key file
     renewals: int = 0  # rejections recovered by renewing the key
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -56,7 +58,7 @@ class InferenceKey:
         if self.key_file is None:
             raise KeyRecoveryFailed("a fixed key (--token) cannot be recovered; give --token-file to pick up a "
                                     "renewed key, or --management-url to renew it")
-        key = self._read("inference")
+        key = self._read(self.key_type)
         if key != rejected:
             self.rereads += 1
             return key
@@ -64,12 +66,12 @@ class InferenceKey:
             raise KeyRecoveryFailed(f"{self.key_file} still holds the rejected key; renew it (see "
                                     "config/config.properties), or give --management-url to renew it automatically")
         try:
-            renew_key(self.management_url, self._read("API"), "inference", timeout=self.timeout)
+            renew_key(self.management_url, self._read("API"), self.key_type, timeout=self.timeout)
         except requests.RequestException as error:
-            raise KeyRecoveryFailed(f"renewing the inference key at {self.management_url} failed: "
+            raise KeyRecoveryFailed(f"renewing the {self.key_type} key at {self.management_url} failed: "
                                     f"{type(error).__name__}: {response_excerpt(error.response, str(error))}"
                                     ) from error
-        key = self._read("inference")
+        key = self._read(self.key_type)
         if key == rejected:
             raise KeyRecoveryFailed(f"the key was renewed at {self.management_url} but {self.key_file} still holds "
                                     "the rejected one: is it the key_file.json of that server?")

@@ -47,7 +47,8 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
-from img2pose_client.key_file import read_keys, token_value_attached
+from img2pose_client.inference_key import InferenceKey, KeyRecoveryFailed
+from img2pose_client.key_file import is_key_rejection, read_keys, response_json, token_value_attached
 from img2pose_tools import request_driver
 from img2pose_tools.bad_inputs import CASES, BadCase
 from img2pose_tools.machine_facts import machine_facts, machine_line
@@ -89,18 +90,28 @@ class Outcome:
 
 
 class Worker:
-    """The model's first worker, looked up through the management API."""
+    """The model's first worker, looked up through the management API (its key renewed when it expired)."""
 
-    def __init__(self, management_url: str, model: str, key: str | None) -> None:
+    def __init__(self, management_url: str, model: str, key: InferenceKey) -> None:
         self.url, self.model, self.key = management_url, model, key
 
     def pid(self) -> int | None:
-        if not self.key:
-            return None
-        try:
-            return worker_pid(describe_model(self.url, self.model, self.key, timeout=10))
-        except (requests.RequestException, ValueError):
-            return None
+        for _ in range(2):
+            used = self.key.key
+            if not used:
+                return None
+            try:
+                return worker_pid(describe_model(self.url, self.model, used, timeout=10))
+            except requests.HTTPError as error:
+                if not is_key_rejection(error.response.status_code, response_json(error.response)):
+                    return None
+                try:
+                    self.key.recover(used)
+                except KeyRecoveryFailed:
+                    return None
+            except (requests.RequestException, ValueError):
+                return None
+        return None
 
     def rss(self, pid: int | None = None) -> tuple[int | None, int | None]:
         """(pid, RSS in bytes) or Nones when unknown or not on this machine."""
@@ -170,6 +181,12 @@ def run(args) -> dict:
         management_key = keys.get("management")
     if not inference_key:
         raise SystemExit("load_test.py: give --token or --key-file")
+    # TorchServe's keys expire (60 minutes by default): a soak outlives them. A rejected key is read
+    # again from the key file, then renewed with its API key (img2pose_client.inference_key).
+    key_file = Path(args.key_file) if args.key_file and not args.token else None
+    key = InferenceKey(inference_key, key_file, management if key_file else None)
+    management_key_holder = InferenceKey(management_key, Path(args.key_file) if args.key_file else None,
+                                         management if args.key_file else None, key_type="management")
     if args.mixed_sizes:
         images = [photo_like_jpeg(width, height, seed=n) for n, (width, height) in enumerate(MIXED_SIZES)]
     else:
@@ -178,7 +195,7 @@ def run(args) -> dict:
     rng = random.Random(args.seed)
     plan: list[BadCase | None] = [rng.choice(CASES) if rng.random() < args.bad_fraction else None
                                   for _ in range(args.requests)]
-    worker = Worker(management, args.model, management_key)
+    worker = Worker(management, args.model, management_key_holder)
     pid_before, rss_before = worker.rss()
     fds_before = open_fds(pid_before) if pid_before else None
     progress = tqdm(total=args.requests, unit="req", disable=args.quiet)
@@ -192,7 +209,6 @@ def run(args) -> dict:
     sampler = RssSampler(worker, pid_before, lambda: answered_so_far, args.rss_every)
 
     endpoint = f"{url}/predictions/{args.model}"
-    auth = {"Authorization": f"Bearer {inference_key}"}
     started = time.monotonic()
     deadline = started + args.max_seconds
 
@@ -205,16 +221,25 @@ def run(args) -> dict:
         timeout = max(1.0, deadline + args.grace - time.monotonic())
         t0 = time.monotonic()
         try:
-            if case is None:
-                response = session.post(endpoint, data=images[index % len(images)], timeout=timeout,
-                                        headers={**auth, "Content-Type": "application/octet-stream"})
-                kind, expected = "good", 200
-            else:
-                kwargs = case.request_kwargs()
-                body = kwargs.pop("body")
-                kwargs["headers"] = {**auth, **kwargs.get("headers", {})}
-                response = session.post(endpoint, data=body, timeout=timeout, **kwargs)
-                kind, expected = case.name, case.status
+            for attempt in range(2):  # once more after a key rejection, with the recovered key
+                used = key.key
+                auth = {"Authorization": f"Bearer {used}"}
+                if case is None:
+                    response = session.post(endpoint, data=images[index % len(images)], timeout=timeout,
+                                            headers={**auth, "Content-Type": "application/octet-stream"})
+                    kind, expected = "good", 200
+                else:
+                    kwargs = case.request_kwargs()
+                    body = kwargs.pop("body")
+                    kwargs["headers"] = {**auth, **kwargs.get("headers", {})}
+                    response = session.post(endpoint, data=body, timeout=timeout, **kwargs)
+                    kind, expected = case.name, case.status
+                if attempt or not is_key_rejection(response.status_code, response_json(response)):
+                    break
+                try:
+                    key.recover(used)
+                except KeyRecoveryFailed:
+                    break
             return Outcome(kind, expected, response.status_code, time.monotonic() - t0,
                            "" if response.status_code == expected else response.text[:200])
         except requests.RequestException as error:
@@ -253,6 +278,9 @@ def run(args) -> dict:
         "unexpected_status": len(wrong),
         "unexpected_examples": [f"{o.kind}: expected {o.expected}, got {o.status}: {o.error}" for o in wrong[:10]],
         "lost_examples": [f"{o.kind}: {o.error}" for o in outcomes if o.status is None][:10],
+        "key_recoveries": {"inference": {"reread": key.rereads, "renewed": key.renewals},
+                           "management": {"reread": management_key_holder.rereads,
+                                          "renewed": management_key_holder.renewals}},
         "elapsed_s": round(elapsed, 2),
         "throughput_rps": round(len(answered) / elapsed, 3) if elapsed else None,
         "good_throughput_rps": round(len(good) / elapsed, 3) if elapsed else None,
@@ -275,6 +303,7 @@ def summary(report: dict) -> str:
         f"answered {report['answered']}, lost {report['lost']}; by status: {report['by_status']}",
         f"5xx: {report['server_errors_5xx']}; unexpected status: {report['unexpected_status']}",
         f"throughput: {report['throughput_rps']} req/s ({report['good_throughput_rps']} good req/s)",
+        f"expired keys recovered: {report['key_recoveries']}",
     ]
     for name, values in report["latency_s"].items():
         lines.append(f"latency {name:>4}: p50 {values['p50']} s, p95 {values['p95']} s, p99 {values['p99']} s")
