@@ -51,3 +51,9 @@ def test_the_shell_form_is_what_serve_demo_evaluates():
     bad = subprocess.run([sys.executable, "-m", "img2pose_tools.memory_allocator", "hoard"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "unknown allocator" in bad.stderr
+
+
+def test_the_image_sets_the_default_allocator():
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
+    for key, value in memory_allocator.environment().items():
+        assert f"{key}={value} " in dockerfile, f"deploy/Dockerfile does not set {key}={value}"
