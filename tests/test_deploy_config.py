@@ -5,13 +5,21 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+import pytest
+
+from img2pose_tools.frontend_memory import budget, jvm_size, kubernetes_bytes, vm_options
 from tests.support.deploy_files import (
     CLUSTER_CONFIG,
     GPU_CONFIG,
     IMAGE_HOME,
+    INFERENCE_SERVICE,
+    INFERENCE_SERVICE_V2,
     LOCAL_CONFIG,
+    load_yaml_documents,
     models_block,
+    only,
     read_properties,
+    render_overlay,
 )
 
 # Every other key must be present in both files with the same value.
@@ -23,7 +31,8 @@ INTENDED_DIFFERENCES = {
     "metrics_config": "absolute path inside the image (or the ConfigMap mount)",
 }
 GPU_BATCH_KEYS = {"batchSize", "maxBatchDelay"}
-GPU_THROUGHPUT_KEYS = {"job_queue_size"}  # images/s x accepted queue wait: a GPU serves more images/s
+# images/s x accepted queue wait: a GPU serves more images/s; the frontend's memory follows queue and batch
+GPU_THROUGHPUT_KEYS = {"job_queue_size", "vmargs"}
 
 
 def test_the_cluster_config_differs_from_the_local_one_only_in_the_named_keys():
@@ -65,3 +74,62 @@ def test_the_gpu_config_differs_from_the_cluster_config_only_in_batch_settings_a
     differing = {key for key in cluster_model.keys() | gpu_model.keys() if cluster_model.get(key) != gpu_model.get(key)}
     assert differing == GPU_BATCH_KEYS
     assert gpu_model["batchSize"] > cluster_model["batchSize"]
+
+
+# --- the Java frontend's memory (img2pose_tools.frontend_memory, docs/errors-and-limits.md) ---------------
+
+
+@pytest.mark.parametrize("path", [LOCAL_CONFIG, CLUSTER_CONFIG, GPU_CONFIG], ids=["local", "cluster", "gpu"])
+def test_the_frontends_heap_and_direct_memory_hold_what_the_limits_let_in(path):
+    properties = read_properties(path)
+    options = vm_options(properties["vmargs"])
+    assert options.get("ExitOnOutOfMemoryError") == "+", "a JVM out of heap must exit (the pod restarts), not hang"
+    memory = budget(properties)
+    assert memory.heap >= memory.heap_needed, memory.lines()  # queued bodies + batch + copies in progress
+    assert memory.direct >= memory.direct_needed, memory.lines()  # uploads in flight + the batch to the worker
+    # and not wildly more than needed: the pod pays for it
+    assert memory.heap < memory.heap_needed + 256 * 2**20 and memory.direct < memory.direct_needed + 256 * 2**20
+
+
+def _config_and_limit(documents) -> tuple[dict[str, str], int]:
+    configmap = only(documents, "ConfigMap")
+    deployment = only(documents, "Deployment")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    resources = container["resources"]
+    assert resources["requests"]["memory"] == resources["limits"]["memory"]  # Guaranteed QoS
+    return configmap["data"]["config.properties"], kubernetes_bytes(resources["limits"]["memory"])
+
+
+def _properties(text: str, tmp_path) -> dict[str, str]:
+    path = tmp_path / "config.properties"
+    path.write_text(text)
+    return read_properties(path)
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_the_pod_memory_limit_holds_the_frontend_the_worker_and_a_margin(overlay, tmp_path):
+    text, limit = _config_and_limit(render_overlay(overlay))
+    memory = budget(_properties(text, tmp_path))
+    assert limit >= memory.pod_needed, f"{overlay}: limit {limit / 2**30:.2f} GiB < {memory.lines()}"
+    assert limit < memory.pod_needed + 2**30, f"{overlay}: over 1 GiB more than the formula needs"
+
+
+@pytest.mark.parametrize("path", [INFERENCE_SERVICE, INFERENCE_SERVICE_V2], ids=["v1", "v2"])
+def test_the_inference_services_memory_limit_holds_the_images_config(path):
+    """KServe runs the image's baked-in config (config.cluster.properties)."""
+    [service] = [doc for doc in load_yaml_documents(path) if doc["kind"] == "InferenceService"]
+    [container] = service["spec"]["predictor"]["containers"]
+    limit = kubernetes_bytes(container["resources"]["limits"]["memory"])
+    assert container["resources"]["requests"]["memory"] == container["resources"]["limits"]["memory"]
+    memory = budget(read_properties(CLUSTER_CONFIG))
+    assert memory.pod_needed <= limit < memory.pod_needed + 2**30, memory.lines()
+
+
+def test_jvm_and_kubernetes_sizes_parse():
+    sizes = (jvm_size("1600m"), jvm_size("2g"), jvm_size("4096"), jvm_size("8K"))
+    assert sizes == (1600 * 2**20, 2 * 2**30, 4096, 8192)
+    assert (kubernetes_bytes("9Gi"), kubernetes_bytes("512Mi"), kubernetes_bytes("1G")) == (9 * 2**30, 2**29, 10**9)
+    assert vm_options("-Xmx1g -XX:MaxDirectMemorySize=512m -XX:+ExitOnOutOfMemoryError -Dx=y") == {
+        "Xmx": "1g", "MaxDirectMemorySize": "512m", "ExitOnOutOfMemoryError": "+"}
+    with pytest.raises(ValueError):
+        budget({"vmargs": "-Xmx1g"})
