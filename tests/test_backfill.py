@@ -37,6 +37,34 @@ def test_503_is_retried_until_it_succeeds(stand_in, photo, tmp_path):
     assert (summary["processed"], summary["faces"], summary["error_count"], exit_status(summary)) == (1, 1, 0, 0)
 
 
+# TorchServe 0.12's answer when its Java frontend runs out of direct memory for a body (HttpRequestHandler maps
+# OutOfMemoryError to 507 with the class name): a refusal, not a worker death.
+FRONTEND_OOM = {"code": 507, "type": "OutOfMemoryError",
+                "message": "Cannot reserve 29319136 bytes of direct buffer memory "
+                           "(allocated: 1046661716, limit: 1073741824)"}
+
+
+def test_the_frontends_507_out_of_memory_is_retried_with_back_off_not_as_a_worker_death(stand_in, photo, tmp_path):
+    stand_in.scripts["full"] = [(507, FRONTEND_OOM)] * 3 + [(200, [FACE])]
+    out = tmp_path / "out.jsonl"
+    summary = backfill(photo, "--url", stand_in.url, "--model", "full", "--output", out, "--backoff", "0.01",
+                       "--worker-death-retries", "0")
+    assert stand_in.hits()["full"] == 4  # three retries, none of them spent on the worker-death budget
+    assert lines(out) == [{"path": str(photo), "faces": [FACE]}]
+    assert summary["worker_death_retries"] == 0 and summary["error_count"] == 0
+
+
+def test_retries_of_the_frontends_507_run_out_as_an_error_that_says_so(stand_in, photo, tmp_path):
+    stand_in.scripts["full"] = [(507, FRONTEND_OOM)] * 3
+    out = tmp_path / "out.jsonl"
+    summary = backfill(photo, "--url", stand_in.url, "--model", "full", "--output", out, "--backoff", "0.01",
+                       "--retries", "2")
+    assert stand_in.hits()["full"] == 3
+    [line] = lines(out)
+    assert line["status"] == 507 and "no memory for the request" in line["error"] and "worker died" not in line["error"]
+    assert summary["worker_death_retries"] == 0 and summary["errors"] == {"507": 1}
+
+
 def test_a_4xx_is_not_retried(stand_in, photo, tmp_path):
     stand_in.scripts["strict"] = [(400, {"error": "cannot decode the image", "code": 400})]
     out = tmp_path / "out.jsonl"

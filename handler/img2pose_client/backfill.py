@@ -280,7 +280,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-faces", type=int, help="per-request override of the model's default")
     parser.add_argument("--retry-errors", action="store_true",
                         help="send again the paths whose last line in --output is an error")
-    parser.add_argument("--retries", type=int, default=5, help="retries of 429/502/503/504/no answer (default 5)")
+    parser.add_argument("--retries", type=int, default=5,
+                        help="retries of 429/502/503/504, the frontend's 507 OutOfMemoryError, no answer (default 5)")
     parser.add_argument("--worker-death-retries", type=int, default=2,
                         help="times an image is sent again, alone, after TorchServe answered 'Worker died.' "
                              "(default 2); then it is recorded as an error: it likely kills the worker")

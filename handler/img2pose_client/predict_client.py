@@ -1,7 +1,9 @@
 """POST one image to /predictions/<model>, retrying what is worth retrying.
 
 Retried, with exponential backoff and full jitter: 502/503/504 (a worker restarting, an
-overloaded server or proxy), 429, connection errors and timeouts. A rejected key (400
+overloaded server or proxy), 429, connection errors and timeouts, and the frontend's own 507
+(``{"type": "OutOfMemoryError", ...}``: TorchServe's Java frontend had no memory left for the body, too
+many uploads at once; nothing reached the worker, so it is a refusal like 503, not a worker death). A rejected key (400
 InvalidKeyException, 401, 403) is retried with the key ``InferenceKey.recover`` gives, at most
 MAX_KEY_RECOVERIES times per request. Never retried: any other answer; a 4xx will not change. An
 unknown model, or a key that cannot be recovered, raises ``FatalServerError``: every other request
@@ -43,6 +45,9 @@ from .key_file import is_key_rejection, response_excerpt, response_json
 
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
 WORKER_DIED = "Worker died."  # TorchServe's message (status 500, or 507 when the worker was SIGKILLed)
+# The ``type`` of TorchServe's 507 when its frontend runs out of (direct) memory for a request: its
+# HttpRequestHandler maps a Java OutOfMemoryError to 507 INSUFFICIENT_STORAGE with the error's class name.
+FRONTEND_OUT_OF_MEMORY = "OutOfMemoryError"
 TRANSPORT_ERROR = "connection"  # the status recorded when no HTTP answer came back
 # A request rejected again with the key it was just given: another client renewed in between, or
 # the server's keys expire as soon as they are made; the bound keeps the latter from looping.
@@ -173,7 +178,8 @@ class PredictClient:
                     worker_deaths += 1
                     self._back_off(worker_deaths - 1)  # its own budget: the worker restarts meanwhile
                     continue
-                if response.status_code not in RETRIED_STATUSES or last_try:
+                retried = response.status_code in RETRIED_STATUSES or is_frontend_refusal(response.status_code, body)
+                if not retried or last_try:
                     return self._with_crops(_outcome(response, body, worker_deaths), response)
             self._back_off(attempt)
             attempt += 1
@@ -208,12 +214,21 @@ def is_worker_death(status: int, body: Any) -> bool:
     return status in (500, 507) and isinstance(body, dict) and body.get("message") == WORKER_DIED
 
 
+def is_frontend_refusal(status: int, body: Any) -> bool:
+    """TorchServe's frontend refused the request for want of memory (507 ``OutOfMemoryError``, e.g.
+    ``Cannot reserve N bytes of direct buffer memory``): the server is overloaded, retry later; the
+    worker never saw the request and is alive."""
+    return status == 507 and isinstance(body, dict) and body.get("type") == FRONTEND_OUT_OF_MEMORY
+
+
 def _outcome(response: requests.Response, body: Any, worker_deaths: int) -> Outcome:
     demo = DEMO_HEADER in response.headers
     if response.status_code == 200 and isinstance(body, list):
         return Outcome(faces=body, status=200, demo=demo, worker_deaths=worker_deaths)
     _raise_if_unknown_model(response, body)
     message = (body.get("error") or body.get("message")) if isinstance(body, dict) else None
+    if is_frontend_refusal(response.status_code, body):
+        message = f"the server's frontend had no memory for the request (too many uploads at once; retried): {message}"
     if is_worker_death(response.status_code, body):
         message = (f"{message} (the worker died all {worker_deaths + 1} times this image was sent, "
                    f"the last {worker_deaths} with no other request of this client in flight)")
