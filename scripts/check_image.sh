@@ -4,6 +4,9 @@
 # ConfigMap's files mounted over config/, IMG2POSE_TORCH_THREADS from the CPU limit. Then:
 #   * the image's own HEALTHCHECK turns healthy (worker READY);
 #   * REST answers equal the project's in-process answers (run in the same image) for a few golden images;
+#   * the frontend's memory (scripts/frontend_memory_check.py): the queue full of maximum-size bodies and
+#     uploads in flight inside the pod's memory limit get only 200/503 (413 over max_request_size), no
+#     OutOfMemoryError in the logs, the same worker PID, and an ordinary request is answered afterwards;
 #   * the preStop hook (img2pose-drain, run inside the container) drains requests in flight: all
 #     answered, then TorchServe stops and the container exits 0;
 #   * a second start is stopped with SIGTERM (podman stop): every process of the container is gone;
@@ -295,6 +298,29 @@ for image in "${COMPARE_IMAGES[@]}"; do host_images+=("$GOLDEN/$image"); done
 python3 scripts/image_check.py compare --url "$url" --expected "$WORK/in_process.json" "${host_images[@]}" \
     || fail "REST answers differ from in-process answers"
 
+# The frontend's memory (issue 25): the queue full of maximum-size bodies and uploads in flight, inside the
+# pod's memory limit: only 200 and 503 (and 413 over max_request_size), no OutOfMemoryError, the same worker.
+worker_pid() {
+    podman exec "$1" python3 -c 'import json, urllib.request
+print(json.load(urllib.request.urlopen("http://127.0.0.1:8081/models/img2pose", timeout=10))[0]["workers"][0]["pid"])'
+}
+pid_before=$(worker_pid "$name")
+started=$(now)
+python3 scripts/frontend_memory_check.py --url "$url" --config "$WORK/config/config.properties" --container "$name" \
+    | tee "$WORK/frontend_memory.log" || fail "the frontend's memory check"
+frontend_seconds=$(since "$started")
+out_of_memory=$( { podman logs "$name" 2>&1; podman exec "$name" sh -c 'cat /home/model-server/logs/*.log'; } \
+    | grep -cE 'OutOfMemoryError(:| at )' || true)  # not the vmargs' -XX:+ExitOnOutOfMemoryError
+((out_of_memory == 0)) || fail "$out_of_memory OutOfMemoryError lines in the container's logs"
+pid_after=$(worker_pid "$name")
+[[ $pid_after == "$pid_before" ]] || fail "the worker was restarted (PID $pid_before -> $pid_after)"
+python3 scripts/image_check.py compare --url "$url" --expected "$WORK/in_process.json" "$GOLDEN/${COMPARE_IMAGES[0]}" \
+    || fail "an ordinary request after the frontend's memory check"
+frontend_result="$(grep -h '^frontend memory: answers' "$WORK/frontend_memory.log" | sed 's/^frontend memory: //');\
+ $(grep -h '^frontend memory: peak' "$WORK/frontend_memory.log" | sed 's/^frontend memory: //'); no OutOfMemoryError;\
+ worker PID unchanged; ${frontend_seconds} s"
+say "frontend memory: $frontend_result"
+
 # The preStop hook inside the container, requests in flight (--settle 0: there are no endpoints to leave).
 pre_stop=()
 for ((i = 0; i < ${#POD_PRESTOP[@]}; i++)); do
@@ -338,6 +364,7 @@ check_image: PASSED
   build time:          $build_seconds s (layer cache: $STATE/storage)
   time to healthy:     $ready_seconds s (second start: $warm_ready_seconds s)
   REST == in-process:  ${#COMPARE_IMAGES[@]} golden images, threshold 0, $POD_TORCH_THREADS torch threads
+  frontend memory:     $frontend_result
   preStop drain:       ${drain_result#drain: }
   SIGTERM stop:        $stop_seconds s, exit $exit_code, no process left
 EOF
