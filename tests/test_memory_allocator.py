@@ -57,3 +57,22 @@ def test_the_image_sets_the_default_allocator():
     dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
     for key, value in memory_allocator.environment().items():
         assert f"{key}={value} " in dockerfile, f"deploy/Dockerfile does not set {key}={value}"
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_the_rendered_deployments_set_the_default_allocator(overlay):
+    from tests.support.deploy_files import main_container, only, render_overlay
+
+    pod = only(render_overlay(overlay), "Deployment")["spec"]["template"]["spec"]
+    env = {item["name"]: item.get("value") for item in main_container(pod).get("env", [])}
+    assert memory_allocator.environment().items() <= env.items()
+
+
+@pytest.mark.parametrize("name", ["inferenceservice.yaml", "inferenceservice-v2.yaml"])
+def test_the_inference_services_set_the_default_allocator(name):
+    from tests.support.deploy_files import DEPLOY, load_yaml_documents
+
+    [service] = load_yaml_documents(DEPLOY / "kserve" / name)
+    [container] = service["spec"]["predictor"]["containers"]
+    env = {item["name"]: item.get("value") for item in container.get("env", [])}
+    assert memory_allocator.environment().items() <= env.items()
