@@ -42,7 +42,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from img2pose_serve.protocol import open_inference
-from img2pose_serve.protocol.deadline import DEADLINE_HEADER, ForwardClock
+from img2pose_serve.protocol.deadline import DEADLINE_HEADER, REQUEST_START_HEADER, ForwardClock
 from img2pose_serve.protocol.errors import RequestError, internal_error
 from img2pose_serve.protocol.facedicts import to_face_dicts
 from img2pose_serve.protocol.request_parsing import ALIGN_HEADER
@@ -96,6 +96,9 @@ class Img2PoseHandler(BaseHandler):
             logger.critical("img2pose refuses to start: %s", error)
             raise
         self.config = config
+        # TorchServe drops an answer completed later than this after its request arrived (0 or absent: never);
+        # with a gateway's arrival stamp it is each request's deadline too (protocol/deadline.py).
+        self.client_timeout_s = ((context.model_yaml_config or {}).get("clientTimeoutInMills") or 0) / 1000 or None
         version = ((context.manifest or {}).get("model") or {}).get("modelVersion") or ""
         self.model_id = open_inference.ModelId(context.model_name, version)  # named in every v2 answer
         self.model, self.device = self.served.model, device  # what BaseHandler's tooling and subclasses expect
@@ -146,7 +149,8 @@ class Img2PoseHandler(BaseHandler):
         v2 = open_inference.recognise(row, header(index, open_inference.HEADER_LENGTH))
         try:
             return read_request(row, header(index, "Content-Type"), self.config, header(index, DEADLINE_HEADER), v2,
-                                header(index, ALIGN_HEADER))
+                                header(index, ALIGN_HEADER), header(index, REQUEST_START_HEADER),
+                                self.client_timeout_s)
         except RequestError as error:
             spec = None if v2 is None else open_inference.V2Spec(request_id=open_inference.request_id(v2))
             return RequestState(error=error, v2=spec)

@@ -34,6 +34,7 @@ from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import ServerSettings, missing_tools, start_torchserve, stop_torchserve
 from tests.support.served_models import PRIMARY_MODEL
 from tests.support.stall_handler import STALL
+from tests.support.stamping_gateway import stamping_gateway
 
 pytestmark = pytest.mark.slow
 
@@ -85,12 +86,17 @@ def queue_server(tmp_path_factory, served_archives):
         stop_torchserve(server)
 
 
-def post(server, model: str, body: bytes, timeout: float) -> tuple[int | None, float, str]:
-    """(status or None when the client gave up, seconds, body) of a plain client: no deadline header."""
+def post(server, model: str, body: bytes, timeout: float, via: str | None = None) -> tuple[int | None, float, str]:
+    """(status or None when the client gave up, seconds, body) of a plain client: no deadline header.
+    ``via``: a gateway's base URL to send it through instead of the server's."""
     started = time.monotonic()
     try:
-        answer = server.predict(body, headers={"Content-Type": "application/octet-stream"}, model=model,
-                                timeout=timeout)
+        headers = {"Content-Type": "application/octet-stream"}
+        if via is None:
+            answer = server.predict(body, headers=headers, model=model, timeout=timeout)
+        else:
+            answer = requests.post(f"{via}/predictions/{model}", data=body, timeout=timeout,
+                                   headers={**headers, "Authorization": f"Bearer {server.inference_key}"})
         return answer.status_code, time.monotonic() - started, answer.text
     except requests.Timeout:
         return None, time.monotonic() - started, ""
@@ -113,11 +119,12 @@ def settled_images_run(server, model: str, at_least: float) -> float:
     return images_run(server, model)
 
 
-def abandoned_burst(server, model: str, burst: int, expected_images: int):
+def abandoned_burst(server, model: str, burst: int, expected_images: int, via: str | None = None):
     """Stall the worker, queue ``burst`` plain one-image clients that give up after GIVE_UP_S behind the
     stall, and, just before the stall ends, one that waits: (stall's client, burst's answers, new client's
     answer, one forward's time measured before and after, images the worker ran meanwhile: at least
-    ``expected_images``, once the metrics have caught up).
+    ``expected_images``, once the metrics have caught up). ``via``: the burst and the new client go
+    through this gateway.
 
     The stall's own client waits until a moment after its answer (a 400) is due: it stands for a client
     that waited past the client timeout."""
@@ -127,10 +134,10 @@ def abandoned_burst(server, model: str, burst: int, expected_images: int):
     with ThreadPoolExecutor(burst + 2) as pool:
         stalled = pool.submit(post, server, model, STALL + str(STALL_S).encode(), STALL_S + 0.5)
         time.sleep(0.15)  # the worker has taken the stall alone (maxBatchDelay is 10 ms)
-        burst_answers = [pool.submit(post, server, model, IMAGE, GIVE_UP_S) for _ in range(burst)]
+        burst_answers = [pool.submit(post, server, model, IMAGE, GIVE_UP_S, via) for _ in range(burst)]
         time.sleep(STALL_S - 0.3)
         # Answered later than the client timeout, its answer would be dropped too: no point waiting longer.
-        new = pool.submit(post, server, model, IMAGE, CLIENT_TIMEOUT_S + 1.0).result()
+        new = pool.submit(post, server, model, IMAGE, CLIENT_TIMEOUT_S + 1.0, via).result()
         stalled, burst_answers = stalled.result(), [answer.result() for answer in burst_answers]
     ran = settled_images_run(server, model, before + expected_images) - before
     _, forward_after, _ = post(server, model, IMAGE, 60)
@@ -161,3 +168,15 @@ def test_at_batch_1_every_abandoned_request_still_runs_and_a_late_answer_is_drop
 @pytest.mark.server
 def test_the_session_servers_archive_carries_the_default_client_timeout(torchserve_server):
     assert [v.get("clientTimeoutInMills") for v in torchserve_server.describe()] == [DEFAULT_CLIENT_TIMEOUT_MS]
+
+
+def test_at_batch_1_behind_a_gateway_that_stamps_arrivals_an_abandoned_burst_costs_no_forward(queue_server):
+    """What makes the client timeout work at batchSize 1: the gateway's X-Request-Start + clientTimeoutInMills
+    is each request's deadline in the handler (protocol/deadline.py), so the worker answers the expired
+    burst 504 unrun (TorchServe drops those answers: its clients get nothing, as without the gateway)."""
+    with stamping_gateway(queue_server.inference_url, upstream_timeout=CLIENT_TIMEOUT_S + 2) as gateway:
+        stalled, burst, (_, new_seconds, _), forward, ran = abandoned_burst(queue_server, SINGLE, 8, 1, gateway)
+    assert [status for status, _, _ in burst] == [None] * 8
+    assert ran == 1, f"the worker ran {ran:g} images: only the new request's expected"
+    assert new_seconds <= 3 * forward, f"answered after {new_seconds:.2f} s, one forward takes {forward:.2f} s"
+    assert stalled[0] is None, stalled

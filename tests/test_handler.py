@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from img2pose_handler import DEMO_HEADER, PRECISION_HEADER, Img2PoseHandler
-from img2pose_serve.protocol.deadline import DEADLINE_HEADER, ForwardClock
+from img2pose_serve.protocol.deadline import DEADLINE_HEADER, REQUEST_START_HEADER, ForwardClock
 from img2pose_serve.protocol.request_parsing import ALIGN_HEADER
 from img2pose_serve.runtime.handler_config import HandlerConfig
 from img2pose_serve.runtime.in_process import align_face_dicts
@@ -316,6 +316,46 @@ def test_requests_past_their_deadline_are_answered_504_without_being_run(handler
     assert bodies[0] == {"error": f"the request's deadline ({DEADLINE_HEADER}) was 3.00 s away at its forward, less "
                                   "than its forward takes here (~10.00 s): not run", "code": 504}
     assert bodies[1] == _filtered(alone["rgb_640x480.jpg"])
+
+
+def test_a_gateways_arrival_stamp_plus_the_client_timeout_is_a_deadline(handler_and_context, alone, monkeypatch):
+    """Plain clients behind a gateway that stamps X-Request-Start: a request older than the archive's
+    clientTimeoutInMills (whose answer TorchServe would drop) is not run; the client's own earlier deadline wins."""
+    handler, context = handler_and_context
+    monkeypatch.setattr(handler, "client_timeout_s", 30.0)
+    now = time.time()
+    forwards = []
+    real_detect = handler.served.model.detect
+
+    def counting_detect(images, consume_inputs=False):
+        forwards.append(len(images))
+        return real_detect(images, consume_inputs=consume_inputs)
+
+    monkeypatch.setattr(handler.served.model, "detect", counting_detect)
+    rows = [{"body": bytearray(IMAGES["gray_320x240.png"])} for _ in range(4)]
+    headers = [{REQUEST_START_HEADER: f"t={now - 31:.3f}"},  # waited past the client timeout
+               {REQUEST_START_HEADER.lower(): f"t={int((now - 2) * 1e6)}"},  # microseconds, 2 s ago
+               {REQUEST_START_HEADER: f"t={now - 2:.3f}", DEADLINE_HEADER: str(now - 1)},  # its own deadline passed
+               {REQUEST_START_HEADER: "yesterday"}]
+    bodies, statuses, _ = _handle(handler, context, rows, headers)
+    assert [status for status, _ in statuses] == [504, 200, 504, 400]
+    assert forwards == [1]
+    assert bodies[0]["error"].startswith(f"the request's deadline ({REQUEST_START_HEADER} + clientTimeoutInMills 30 s) "
+                                         "passed 1.0")
+    assert bodies[1] == _filtered(alone["gray_320x240.png"])
+    assert bodies[2]["error"].startswith(f"the request's deadline ({DEADLINE_HEADER}) passed 1.0")
+    assert f"header {REQUEST_START_HEADER} must be t=<Unix time>" in bodies[3]["error"]
+
+
+def test_the_client_timeout_comes_from_the_archives_model_config(demo_model_dir):
+    context = make_context(demo_model_dir)
+    context.model_yaml_config["clientTimeoutInMills"] = 4500
+    handler = Img2PoseHandler()
+    handler.initialize(context)
+    assert handler.client_timeout_s == 4.5
+    context.model_yaml_config["clientTimeoutInMills"] = 0  # TorchServe's "never"
+    handler.initialize(context)
+    assert handler.client_timeout_s is None
 
 
 def test_a_batch_records_handler_time_once_and_every_stage(handler_and_context, monkeypatch):

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..protocol.deadline import check_deadline, parse_deadline
+from ..protocol.deadline import check_deadline, parse_deadline, parse_request_start, request_deadline
 from ..protocol.errors import RequestError
 from ..protocol.open_inference import V2Message, V2Spec
 from ..protocol.open_inference import parse as parse_v2
@@ -30,6 +30,7 @@ class RequestState:
     error: RequestError | None = None  # the first failure of the request; it then takes no further part
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) per image, from headers
     deadline: float | None = None  # Unix time after which its client no longer waits (see deadline.py)
+    deadline_source: str = ""  # which header set it, for the 504's message
     v2: V2Spec | None = None  # how to answer it in the Open Inference Protocol; None: in the REST API
 
     def fail(self, error: RequestError) -> None:
@@ -75,23 +76,27 @@ class Batch:
 
 def read_request(row: Mapping[str, Any], content_type: str | None, config: HandlerConfig,
                  deadline_header: str | None = None, v2: V2Message | None = None,
-                 align_header: str | None = None) -> RequestState:
+                 align_header: str | None = None, request_start_header: str | None = None,
+                 client_timeout_s: float | None = None) -> RequestState:
     """Parse one request (``v2``: the row recognised as an Open Inference Protocol request) and read its
     images' sizes from their headers; raises a RequestError for a bad one (a request past its deadline
-    is not even parsed). ``align_header``: the request's X-Img2Pose-Align header, if any.
+    is not even parsed). ``align_header``: the request's X-Img2Pose-Align header, if any;
+    ``request_start_header``: a gateway's X-Request-Start, which with ``client_timeout_s`` (the archive's
+    clientTimeoutInMills) is a deadline too (see deadline.py).
 
     No pixel is decoded here: the images stay compressed until their forward, so a batch costs
     memory for one forward at a time, not for every image it carries.
     """
-    deadline = parse_deadline(deadline_header)
-    check_deadline(deadline, "it was parsed")
+    deadline, source = request_deadline(parse_deadline(deadline_header), parse_request_start(request_start_header),
+                                        client_timeout_s)
+    check_deadline(deadline, "it was parsed", source=source)
     defaults = with_align_header(config.detection_defaults, align_header)
     if v2 is None:
         parsed, spec = parse_request(row, defaults, content_type,
                                      max_images_per_request=config.max_images_per_request), None
     else:
         parsed, spec = parse_v2(v2, defaults, config.max_images_per_request)
-    request = RequestState(parsed=parsed, deadline=deadline, v2=spec)
+    request = RequestState(parsed=parsed, deadline=deadline, deadline_source=source, v2=spec)
     for n, data in enumerate(parsed.images):
         try:
             width, height = image_size(data, config.max_image_pixels)
@@ -109,7 +114,7 @@ def expire_late_requests(requests: list[RequestState], indices: set[int], now: f
         request = requests[index]
         if request.error is None:
             try:
-                check_deadline(request.deadline, "its forward", now, needed)
+                check_deadline(request.deadline, "its forward", now, needed, request.deadline_source)
             except RequestError as error:
                 request.fail(error)
 
