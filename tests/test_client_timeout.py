@@ -178,5 +178,6 @@ def test_at_batch_1_behind_a_gateway_that_stamps_arrivals_an_abandoned_burst_cos
         stalled, burst, (_, new_seconds, _), forward, ran = abandoned_burst(queue_server, SINGLE, 8, 1, gateway)
     assert [status for status, _, _ in burst] == [None] * 8
     assert ran == 1, f"the worker ran {ran:g} images: only the new request's expected"
-    assert new_seconds <= 3 * forward, f"answered after {new_seconds:.2f} s, one forward takes {forward:.2f} s"
+    # Its own forward and 8 quick 504s (without the stamp: 9 forwards); room for a busy machine.
+    assert new_seconds <= 4 * forward, f"answered after {new_seconds:.2f} s, one forward takes {forward:.2f} s"
     assert stalled[0] is None, stalled
