@@ -36,7 +36,7 @@ from tests.support.served_models import PRIMARY_MODEL
 from tests.support.stall_handler import STALL
 from tests.support.stamping_gateway import stamping_gateway
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.server]  # the queue tests start a TorchServe of their own
 
 STALL_HANDLER = Path(__file__).parent / "support" / "stall_handler.py"
 CLIENT_TIMEOUT_S = 3.0
