@@ -256,10 +256,8 @@ def test_forward_failure_is_retried_in_halves_then_reported_per_image(handler_an
     assert any("request-2" in r.getMessage() and "simulated kernel failure" in r.getMessage() for r in caplog.records)
 
 
-def test_a_forward_is_bounded_by_pixels(demo_model_dir, alone, monkeypatch):
-    context = make_context(demo_model_dir, {"max_pixels_per_forward": 640 * 480 + 1})
-    handler = Img2PoseHandler()
-    handler.initialize(context)
+def _recorded_forwards(handler, monkeypatch) -> list[int]:
+    """The handler's forwards from now on, as their image counts (the forwards still run)."""
     sizes = []
     real_detect = handler.served.model.detect
 
@@ -268,6 +266,14 @@ def test_a_forward_is_bounded_by_pixels(demo_model_dir, alone, monkeypatch):
         return real_detect(images, consume_inputs=consume_inputs)
 
     monkeypatch.setattr(handler.served.model, "detect", recording_detect)
+    return sizes
+
+
+def test_a_forward_is_bounded_by_pixels(demo_model_dir, alone, monkeypatch):
+    context = make_context(demo_model_dir, {"max_pixels_per_forward": 640 * 480 + 1})
+    handler = Img2PoseHandler()
+    handler.initialize(context)
+    sizes = _recorded_forwards(handler, monkeypatch)
     rows = [{"body": bytearray(IMAGES[name])} for name in ("rgb_640x480.jpg", "rgb_638x479.jpg")]
     bodies, _, _ = _handle(handler, context, rows, [{}, {}])
     assert sizes == [1, 1]  # same canvas, but two would exceed the pixel budget
@@ -324,14 +330,7 @@ def test_a_gateways_arrival_stamp_plus_the_client_timeout_is_a_deadline(handler_
     handler, context = handler_and_context
     monkeypatch.setattr(handler, "client_timeout_s", 30.0)
     now = time.time()
-    forwards = []
-    real_detect = handler.served.model.detect
-
-    def counting_detect(images, consume_inputs=False):
-        forwards.append(len(images))
-        return real_detect(images, consume_inputs=consume_inputs)
-
-    monkeypatch.setattr(handler.served.model, "detect", counting_detect)
+    forwards = _recorded_forwards(handler, monkeypatch)
     rows = [{"body": bytearray(IMAGES["gray_320x240.png"])} for _ in range(4)]
     headers = [{REQUEST_START_HEADER: f"t={now - 31:.3f}"},  # waited past the client timeout
                {REQUEST_START_HEADER.lower(): f"t={int((now - 2) * 1e6)}"},  # microseconds, 2 s ago
