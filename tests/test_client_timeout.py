@@ -150,7 +150,9 @@ def test_at_batch_8_an_abandoned_burst_costs_one_forward_and_a_new_request_is_an
     assert [status for status, _, _ in burst] == [None] * 8  # every burst client gave up
     # The worker took the expired burst as one batch: ran its first request and dropped the 7 others.
     assert ran == 2, f"the worker ran {ran:g} images: the burst's first and the new request's expected"
-    assert new_seconds <= 3 * forward, f"answered after {new_seconds:.2f} s, one forward takes {forward:.2f} s"
+    # Two forwards (the burst's first, its own) after the ~0.15 s it waits for the stall to end: 3 forwards'
+    # time, and 0.5 s for a busy machine (1.41 s against 3 x 0.47 s was seen there; without the timeout: 9).
+    assert new_seconds <= 3 * forward + 0.5, f"answered after {new_seconds:.2f} s, one forward takes {forward:.2f} s"
     # A client that waits past the client timeout gets nothing, although its answer (a 400) was ready.
     assert stalled[0] is None, stalled
 
