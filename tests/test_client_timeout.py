@@ -181,5 +181,5 @@ def test_at_batch_1_behind_a_gateway_that_stamps_arrivals_an_abandoned_burst_cos
     assert [status for status, _, _ in burst] == [None] * 8
     assert ran == 1, f"the worker ran {ran:g} images: only the new request's expected"
     # Its own forward and 8 quick 504s (without the stamp: 9 forwards); room for a busy machine.
-    assert new_seconds <= 4 * forward, f"answered after {new_seconds:.2f} s, one forward takes {forward:.2f} s"
+    assert new_seconds <= 4 * forward + 0.5, f"answered after {new_seconds:.2f} s, one forward takes {forward:.2f} s"
     assert stalled[0] is None, stalled
