@@ -27,12 +27,11 @@ from pathlib import Path
 
 # Debian's multiarch directories, newest first; the image and the CI machines are Debian.
 LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
-PRELOADED = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}
 SETTINGS = {"glibc": {}, "glibc-arenas2": {"MALLOC_ARENA_MAX": "2"}}
-NAMES = ("glibc", "glibc-arenas2", "jemalloc", "tcmalloc")
+PRELOADED = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}
+APT_PACKAGES = {"jemalloc": "libjemalloc2", "tcmalloc": "libtcmalloc-minimal4"}  # where PRELOADED come from
+NAMES = (*SETTINGS, *PRELOADED)  # every choice (the benchmark's --allocators)
 DEFAULT = "glibc-arenas2"
-# What the benchmark compares; DEFAULT is one of them.
-APT_PACKAGES = {"jemalloc": "libjemalloc2", "tcmalloc": "libtcmalloc-minimal4"}
 
 
 def library_path(name: str) -> Path | None:
