@@ -10,7 +10,8 @@ Three rooms, each importing only the ones above it in this list:
     ``passes``           running a batch's per-image stages in passes of a few images
     ``pose``             6DoF geometry: global poses, face boxes, keypoints; the pose-statistics check
     ``bf16``             bf16 copies of the heavy stages and the float32 islands between them
-    ``openvino_stages``  the heavy stages (body, FPN, RPN head convs, RoI MLPs) compiled by OpenVINO for the CPU
+    ``openvino_stages``  the CPU runtime's heavy stages: body, FPN top-down and RoI MLPs compiled by OpenVINO
+    ``pyramid_convs``    the CPU runtime's pyramid convs: the finest levels' 3x3 by Winograd, 1x1 as matrix products
     ``checkpoint``       reading official-layout checkpoints strictly (data only unless trusted)
     ``reference_data``   facts of the official release shipped in ``nn/data/`` (3D points, pose statistics)
 

@@ -1,31 +1,34 @@
-"""The heavy stages run by OpenVINO's CPU plugin: the convolution trunk (ResNet body with its FPN, the RPN
-head's convs) and the RoI heads' two-layer MLPs.
+"""The heavy stages run by OpenVINO's CPU plugin: the ResNet body with the FPN's top-down pathway, and the
+RoI heads' two-layer MLPs; the pyramid's convs beside them in torch, the finest levels' by Winograd (``pyramid_convs``).
 
 The trunk holds about three quarters of a forward's arithmetic and the MLPs most of the rest. torch's
 eager kernels run them at 60-70 % of what the same CPU reaches on its best fp32 kernel; OpenVINO's CPU
-plugin, made for inference, runs the trunk at 85-95 % of it (figures in docs/speed-and-tuning.md). The
-stages here replace ``backbone``, ``rpn.head``, ``roi_heads.class_head`` and ``roi_heads.box_head`` of a
-``FasterDoFRCNN`` (``FasterDoFRCNN.set_runtime``) with the same interfaces: they are converted from those
-torch modules, weights included, with batch, height and width (rows, for the MLPs) left dynamic, so one
-model serves every canvas without a compile per shape.
+plugin, made for inference, runs them at 90-100 % of it (figures in docs/speed-and-tuning.md). The
+FPN's output convs and the RPN head's conv (3x3, 256 channels on every level) need less arithmetic by
+Winograd's algorithm than any direct convolution, so they run in torch (``pyramid_convs``).
+The stages here replace ``backbone``, ``rpn.head``, ``roi_heads.class_head`` and ``roi_heads.box_head``
+of a ``FasterDoFRCNN`` (``FasterDoFRCNN.set_runtime``) with the same interfaces: the OpenVINO parts are
+converted from those torch modules, weights included, with batch, height and width (rows, for the
+MLPs) left dynamic, so one model serves every canvas without a compile per shape.
 
-OpenVINO computes in float32 with kernels of its own, so numbers differ from torch's in the last bits
-(well within the golden tolerances). Each pass of images is one inference of the shape the image
-alone would have, so a batch still equals one image at a time, bit for bit.
+OpenVINO and Winograd compute in float32 with arithmetic of their own, so numbers differ from torch's
+in the last bits (well within the golden tolerances). Each pass of images is one inference of the shape
+the image alone would have, so a batch still equals one image at a time, bit for bit.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 import threading
 import warnings
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .passes import cat_feature_maps, cat_levels, pass_slices
+from .passes import cat_feature_maps, pass_slices
+from .pyramid_convs import PyramidRPNHead, level_conv
 
 # The trunk is traced at this small canvas (tracing cost grows with its size), the MLPs on this many
 # rows; the converted models take any size.
@@ -55,28 +58,21 @@ def openvino_config(threads: int) -> dict:
     return {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
 
 
-class _BodyAndFpn(nn.Module):
+class _BodyAndTopDown(nn.Module):
+    """The ResNet body and the FPN up to its output convs: image -> the FPN's inner maps, finest first."""
+
     def __init__(self, body: nn.Module, fpn: nn.Module) -> None:
         super().__init__()
-        self.body, self.fpn = body, fpn
+        self.body = body
+        # torchvision's FPN forward itself, on a shallow copy whose output convs pass their input through
+        # and which adds no extra level: it returns the top-down pathway's maps, sharing the lateral convs.
+        self.top_down = copy.copy(fpn)
+        self.top_down._modules = OrderedDict(fpn._modules)
+        self.top_down.layer_blocks = nn.ModuleList(nn.Identity() for _ in fpn.layer_blocks)
+        self.top_down.extra_blocks = None
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        return tuple(self.fpn(self.body(x)).values())
-
-
-class _RpnHeadConvs(nn.Module):
-    """torchvision's RPN head, every level: (features...) -> (logits_0, deltas_0, logits_1, ...)."""
-
-    def __init__(self, head: nn.Module) -> None:
-        super().__init__()
-        self.head = head
-
-    def forward(self, *features: Tensor) -> tuple[Tensor, ...]:
-        outputs = []
-        for feature in features:
-            shared = F.relu(self.head.conv(feature))
-            outputs += [self.head.cls_logits(shared), self.head.bbox_pred(shared)]
-        return tuple(outputs)
+        return tuple(self.top_down(self.body(x)).values())
 
 
 class _CompiledStage:
@@ -123,30 +119,29 @@ class _CompiledStage:
 
 
 class OpenVinoBackbone(nn.Module):
-    """``BackboneInPasses`` (body + FPN) in OpenVINO: images (N, 3, H, W) -> {level: (N, 256, h, w)}."""
+    """``BackboneInPasses`` (body + FPN): images (N, 3, H, W) -> {level: (N, 256, h, w)}.
 
-    def __init__(self, stage: _CompiledStage, level_names: list[str], out_channels: int,
+    OpenVINO runs the body and the top-down pathway, torch the FPN's output convs (``level_conv``), and
+    the FPN's own extra block (the max-pooled level) follows in torch.
+    """
+
+    def __init__(self, stage: _CompiledStage, level_names: list[str], fpn: nn.Module,
                  images_per_pass: int | None) -> None:
         super().__init__()
-        self.stage, self.level_names = stage, level_names
-        self.out_channels, self.images_per_pass = out_channels, images_per_pass
+        self.stage, self.level_names, self.images_per_pass = stage, level_names, images_per_pass
+        self.output_convs = nn.ModuleList(level_conv(block[0], level) for level, block in enumerate(fpn.layer_blocks))
+        self.extra_blocks = fpn.extra_blocks
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        return cat_feature_maps([OrderedDict(zip(self.level_names, self.stage(x[part])))
+        return cat_feature_maps([self._pyramid(self.stage(x[part]))
                                  for part in pass_slices(x.shape[0], self.images_per_pass)])
 
-
-class OpenVinoRPNHead(nn.Module):
-    """``SingleConvRPNHead`` in OpenVINO: per-level features -> (per-level logits, per-level deltas)."""
-
-    def __init__(self, stage: _CompiledStage, images_per_pass: int | None) -> None:
-        super().__init__()
-        self.stage, self.images_per_pass = stage, images_per_pass
-
-    def forward(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        passes = [self.stage(*(level[part] for level in x))
-                  for part in pass_slices(x[0].shape[0], self.images_per_pass)]
-        return cat_levels([outputs[0::2] for outputs in passes]), cat_levels([outputs[1::2] for outputs in passes])
+    def _pyramid(self, inner: list[Tensor]) -> OrderedDict[str, Tensor]:
+        levels = [conv(level) for conv, level in zip(self.output_convs, inner, strict=True)]
+        names = list(self.level_names)
+        if self.extra_blocks is not None:
+            levels, names = self.extra_blocks(levels, [], names)
+        return OrderedDict(zip(names, levels))
 
 
 class OpenVinoMLP(nn.Module):
@@ -191,8 +186,8 @@ def openvino_stages(model: nn.Module, threads: int, weights_key: str | None = No
             _COMPILED.move_to_end(key)
     stages, level_names = compiled
     return {
-        "backbone": OpenVinoBackbone(stages["backbone"], level_names, backbone.out_channels, backbone.images_per_pass),
-        "rpn.head": OpenVinoRPNHead(stages["rpn.head"], head.images_per_pass),
+        "backbone": OpenVinoBackbone(stages["backbone"], level_names, backbone.fpn, backbone.images_per_pass),
+        "rpn.head": PyramidRPNHead(head),
         **{name: OpenVinoMLP(stages[name], model.get_submodule(name).fc7.out_features) for name in MLP_STAGES},
     }
 
@@ -200,11 +195,9 @@ def openvino_stages(model: nn.Module, threads: int, weights_key: str | None = No
 def _compile(model: nn.Module, threads: int) -> tuple[dict[str, _CompiledStage], list[str]]:
     backbone = model.get_submodule("backbone")
     image = torch.zeros(TRACE_CANVAS)
-    with torch.no_grad():
-        features = backbone.fpn(backbone.body(image))
     pooled = torch.zeros((TRACE_ROWS, backbone.out_channels, 7, 7))
-    stages = {"backbone": _CompiledStage(_BodyAndFpn(backbone.body, backbone.fpn), (image,), (0, 2, 3), threads),
-              "rpn.head": _CompiledStage(_RpnHeadConvs(model.get_submodule("rpn.head")), tuple(features.values()),
-                                         (0, 2, 3), threads),
+    stages = {"backbone": _CompiledStage(_BodyAndTopDown(backbone.body, backbone.fpn), (image,), (0, 2, 3), threads),
               **{name: _CompiledStage(model.get_submodule(name), (pooled,), (0,), threads) for name in MLP_STAGES}}
-    return stages, list(features.keys())
+    with torch.no_grad():
+        level_names = list(backbone.body(image).keys())
+    return stages, level_names
