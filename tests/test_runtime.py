@@ -70,6 +70,17 @@ def test_a_worker_that_cannot_run_openvino_refuses_before_loading(demo_model_dir
 def test_the_served_demo_runs_openvino_on_this_cpu(demo_served):
     assert demo_served.runtime.effective == "openvino" and demo_served.model.runtime == "openvino"
     assert demo_served.model.roi_heads.pose_on_candidates
+    assert demo_served.runtime.reason.endswith("the finest pyramid levels' 3x3 convs by Winograd (NNPACK)")
+
+
+def test_a_cpu_without_nnpack_is_told_its_pyramid_convs_run_direct(monkeypatch):
+    from img2pose_serve.nn import pyramid_convs
+
+    monkeypatch.setattr(pyramid_convs, "nnpack_ready", lambda: False)
+    choice = runtime_choice.RuntimeChoice.for_device("auto", "cpu", "fp32")
+    assert choice.effective == "openvino"
+    assert choice.reason.endswith("NNPACK does not run on this CPU: the pyramid's 3x3 convs are direct (slower)")
+    assert "Winograd" not in runtime_choice.RuntimeChoice.for_device("auto", "cuda", "fp32").reason
 
 
 def test_an_openvino_model_cannot_switch_back_or_to_bf16(demo_served):

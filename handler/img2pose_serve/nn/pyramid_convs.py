@@ -43,6 +43,13 @@ def nnpack_ready() -> bool:
     return bool(torch._nnpack_available())
 
 
+def winograd_status() -> str:
+    """Whether the finest levels' convs run by Winograd on this CPU, in words for a worker's log."""
+    if nnpack_ready():
+        return "the finest pyramid levels' 3x3 convs by Winograd (NNPACK)"
+    return "NNPACK does not run on this CPU: the pyramid's 3x3 convs are direct (slower)"
+
+
 class WinogradConv3x3(nn.Module):
     """A 3x3, stride-1, padding-1 ``nn.Conv2d`` run by NNPACK on big float32 CPU maps, directly elsewhere.
 

@@ -1,16 +1,19 @@
 """Which runtime runs a worker's forwards: what the ``runtime`` handler setting asks for, against the device.
 
 ``torch`` computes exactly what the reference library computes (bit for bit on the same machine).
-``openvino`` runs the heavy stages in OpenVINO and poses only the candidate faces (``nn.openvino_stages``,
-``FasterDoFRCNN.set_runtime``): faster on a CPU, equal to the reference within the golden tolerances.
-``auto`` (the default) takes ``openvino`` where it can run (fp32 on a CPU, the package installed) and
-``torch`` elsewhere: CUDA, and bf16, stay on torch.
+``openvino`` runs the heavy stages in OpenVINO, the finest pyramid levels' convs by Winograd, and poses
+only the candidate faces (``nn.openvino_stages``, ``nn.pyramid_convs``, ``FasterDoFRCNN.set_runtime``):
+faster on a CPU, equal to the reference within the golden tolerances. ``auto`` (the default) takes
+``openvino`` where it can run (fp32 on a CPU, the package installed) and ``torch`` elsewhere: CUDA, and
+bf16, stay on torch.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+
+from ..nn import pyramid_convs
 
 RUNTIME_SETTINGS = ("auto", "torch", "openvino")
 
@@ -59,7 +62,10 @@ class RuntimeChoice:
 
     @classmethod
     def for_device(cls, requested: str, device_type: str, precision: str) -> RuntimeChoice:
-        return cls(requested, *resolve_runtime(requested, device_type, precision, openvino_installed()))
+        effective, reason = resolve_runtime(requested, device_type, precision, openvino_installed())
+        if effective == "openvino":
+            reason = f"{reason}; {pyramid_convs.winograd_status()}"
+        return cls(requested, effective, reason)
 
     def as_dict(self) -> dict[str, str]:
         return {"requested": self.requested, "effective": self.effective, "reason": self.reason}
