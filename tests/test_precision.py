@@ -13,6 +13,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 import img2pose_handler
 from img2pose_handler import PRECISION_HEADER, Img2PoseHandler
+from img2pose_serve.nn import pyramid_convs
 from img2pose_serve.nn.bf16 import fold_frozen_batch_norms
 from img2pose_serve.nn.faster_dof_rcnn import BF16_STAGES
 from img2pose_serve.protocol.facedicts import to_face_dicts
@@ -338,7 +339,8 @@ def test_a_bf16_worker_without_native_bf16_runs_fp32_exactly(demo_model_dir, dem
     described = _describe(handler, context)
     assert described["precision"]["effective"] == "fp32" and described["precision"]["requested"] == "bf16"
     assert described["runtime"] == {"requested": "auto", "effective": "openvino",
-                                    "reason": "auto requested; fp32 on a CPU with openvino installed"}
+                                    "reason": "auto requested; fp32 on a CPU with openvino installed; "
+                                              f"{pyramid_convs.winograd_status()}"}
     assert described["resize"] == {"min_size": 640, "max_size": 1400}  # the archive's, the reference's defaults
     bodies = [_jpeg(320, 240, 0), _jpeg(320, 240, 2)]
     set_requests(context, [{}] * len(bodies))
