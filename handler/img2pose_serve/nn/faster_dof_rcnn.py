@@ -129,12 +129,13 @@ class FasterDoFRCNN(GeneralizedRCNN):
     def set_runtime(self, runtime: str, threads: int | None = None, weights_key: str | None = None) -> None:
         """``torch`` (the default: the reference's arithmetic, bit for bit) or ``openvino`` (faster on a CPU).
 
-        ``openvino`` replaces ``backbone``, ``rpn.head`` and the RoI heads' MLPs with OpenVINO models converted
-        from them (``openvino_stages``; ``threads``: its thread count, torch's by default; ``weights_key``: see
-        ``openvino_stages``) and runs the pose branch only on the proposals whose face score passes the
-        RoI heads' cut (``DoFRoIHeads.pose_on_candidates``). Both change answers only in the last bits;
-        a batch still equals one image at a time. One way only, fp32 on a CPU only: the torch modules it
-        replaces are released.
+        ``openvino`` replaces ``backbone``, ``rpn.head`` and the RoI heads' MLPs: OpenVINO models converted
+        from them, and the pyramid's convs by Winograd (``openvino_stages``, ``pyramid_convs``; ``threads``:
+        OpenVINO's thread count, torch's by default; ``weights_key``: see ``openvino_stages``). It also runs
+        the pose branch only on the proposals whose face score passes the RoI heads' cut
+        (``DoFRoIHeads.pose_on_candidates``). Both change answers only in the last bits; a batch still
+        equals one image at a time. One way only, fp32 on a CPU only: the torch modules it replaces are
+        released.
         """
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {list(RUNTIMES)}, got {runtime!r}")
