@@ -198,6 +198,5 @@ def _compile(model: nn.Module, threads: int) -> tuple[dict[str, _CompiledStage],
     pooled = torch.zeros((TRACE_ROWS, backbone.out_channels, 7, 7))
     stages = {"backbone": _CompiledStage(_BodyAndTopDown(backbone.body, backbone.fpn), (image,), (0, 2, 3), threads),
               **{name: _CompiledStage(model.get_submodule(name), (pooled,), (0,), threads) for name in MLP_STAGES}}
-    with torch.no_grad():
-        level_names = list(backbone.body(image).keys())
-    return stages, level_names
+    # The body (torchvision's IntermediateLayerGetter) names its outputs, in order, by its return_layers.
+    return stages, list(backbone.body.return_layers.values())
