@@ -15,6 +15,9 @@ override it:
   built with ``trust_checkpoint``; its marker is removed after the build, so a worker that unpickled
   the file again would re-create it), and ``img2pose_poison`` (the demo weights behind
   tests/support/poison_handler.py, for the worker-death tests).
+* ``small_served``, ``small_torch_detector``, ``small_alone``: the demo archive's model at
+  tests/support/served_models.py's SMALL_SIZES (openvino as served; torch one image per pass; answers
+  of images run alone, cached), for the tests of mechanics.
 * ``server_settings``: overrides of config/config.properties' batch size, batch delay and workers
   (img2pose_tools.torchserve_launcher.ServerSettings): batchSize 8 (SESSION_BATCH_SIZE), so that
   requests are aggregated into batches, and ``ts_open_inference_protocol=true`` as
@@ -26,6 +29,7 @@ override it:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -148,6 +152,35 @@ def demo_torch_detector(demo_model_dir):
 
     model, _ = archive_layout.load_detector(demo_model_dir, images_per_pass=1)
     return model
+
+
+@pytest.fixture(scope="session")
+def small_served(demo_model_dir):
+    """The demo archive's model as its worker loads it, at SMALL_SIZES (the mechanics tests' resize)."""
+    from img2pose_serve.runtime import archive_layout
+    from img2pose_serve.runtime.served_model import ServedModel
+    from tests.support.served_models import SMALL_SIZES
+
+    config = dataclasses.replace(archive_layout.read_handler_config(demo_model_dir), **SMALL_SIZES)
+    return ServedModel.load(demo_model_dir, config)
+
+
+@pytest.fixture(scope="session")
+def small_torch_detector(demo_model_dir):
+    """The demo archive's network on the torch runtime, one image per pass, at SMALL_SIZES."""
+    from img2pose_serve.runtime import archive_layout
+    from tests.support.served_models import SMALL_SIZES
+
+    model, _ = archive_layout.load_detector(demo_model_dir, images_per_pass=1, **SMALL_SIZES)
+    return model
+
+
+@pytest.fixture(scope="session")
+def small_alone(small_served):
+    """FaceDicts (threshold 0) of encoded images, each run alone on ``small_served``, kept for the session."""
+    from tests.support.alone import AloneCache
+
+    return AloneCache(small_served)
 
 
 @pytest.fixture(scope="session")

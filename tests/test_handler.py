@@ -19,11 +19,15 @@ from img2pose_serve.protocol.request_parsing import ALIGN_HEADER
 from img2pose_serve.runtime.handler_config import HandlerConfig
 from img2pose_serve.runtime.in_process import align_face_dicts
 from img2pose_tools.synthetic_images import photo_like_pil
-from tests.support.alone import faces_alone
 from tests.support.golden_set import COMMITTED, compare_faces
+from tests.support.served_models import SMALL_SIZE_KEY, SMALL_SIZES
 from tests.support.torchserve_context import make_context, set_requests
 
 pytestmark = pytest.mark.slow  # a worker's model and forwards in every test
+
+# The handler runs the demo model at SMALL_SIZES here: what is tested is how requests become forwards
+# and answers, the same at any resize (tests/test_server.py serves the default sizes).
+SETTINGS = {"max_images_per_forward": 8, **SMALL_SIZES}
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
@@ -45,7 +49,7 @@ def _b64(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def handler_and_context(demo_model_dir):
-    context = make_context(demo_model_dir, {"max_images_per_forward": 8})
+    context = make_context(demo_model_dir, SETTINGS)
     handler = Img2PoseHandler()
     handler.initialize(context)
     return handler, context
@@ -60,13 +64,9 @@ def test_initialize_leaves_what_basehandler_leaves(handler_and_context):
     assert Image.MAX_IMAGE_PIXELS is None  # the worker's process: its own bomb checks replace Pillow's
 
 @pytest.fixture(scope="module")
-def alone(demo_served, detections):
-    """Each test image run on its own, at threshold 0 (FaceDicts); the golden images' come from the
-    session's golden detections (the same weights and statistics: test_golden checks them)."""
-    faces = {name: detections.identity_stats(COMMITTED, golden) for name, golden in GOLDEN_NAMES.items()}
-    data = IMAGES["rgb_638x479.jpg"]
-    faces["rgb_638x479.jpg"] = faces_alone(demo_served, data)
-    return faces
+def alone(small_alone):
+    """Each test image run on its own, at threshold 0 (FaceDicts), by the model the handler serves."""
+    return {name: small_alone(data) for name, data in IMAGES.items()}
 
 
 def _filtered(faces, threshold=0.5, max_faces=-1):
@@ -177,7 +177,7 @@ def test_a_bad_align_value_fails_its_request_alone(mixed_batch):
 
 
 def test_crops_stop_at_max_aligned_faces(demo_model_dir, alone):
-    context = make_context(demo_model_dir, {"max_aligned_faces": 2})
+    context = make_context(demo_model_dir, {**SETTINGS, "max_aligned_faces": 2})
     handler = Img2PoseHandler()
     handler.initialize(context)
     (faces,), (status,), _ = _handle(handler, context, [{"body": {"image": _b64("rgb_333x517.png"), "align": 112}}],
@@ -199,11 +199,14 @@ def test_every_format_answers_exactly_what_each_image_gets_alone(mixed_batch, al
 
 
 def test_handler_results_match_the_reference_library(mixed_batch):
+    """Against the reference's own answer at these sizes (its other images are matched at the default
+    sizes by test_golden and test_server, through the same model)."""
     bodies, _, _ = mixed_batch
-    for body, name in ((bodies[0], "rgb_640x480.jpg"), (bodies[2][0], "gray_320x240.png"),
-                       (bodies[2][1], "rgb_333x517.png")):
-        golden = GOLDEN_NAMES[name]
-        assert compare_faces(body, COMMITTED.reference["sequential"][golden], 0.5, COMMITTED.image_size(golden)) == []
+    golden = GOLDEN_NAMES["rgb_640x480.jpg"]
+    theirs = COMMITTED.other_sizes["sizes"][SMALL_SIZE_KEY]["sequential"][golden]
+    sizes = (SMALL_SIZES["min_size"], SMALL_SIZES["max_size"])
+    assert theirs and compare_faces(bodies[0], theirs, 0.5, COMMITTED.image_size(golden), sizes) == []
+    assert compare_faces(bodies[9], theirs, 0.5, COMMITTED.image_size(golden), sizes) == []  # crops asked too
 
 
 def test_max_faces_zero_means_no_faces(mixed_batch, alone):
@@ -270,7 +273,7 @@ def _recorded_forwards(handler, monkeypatch) -> list[int]:
 
 
 def test_a_forward_is_bounded_by_pixels(demo_model_dir, alone, monkeypatch):
-    context = make_context(demo_model_dir, {"max_pixels_per_forward": 640 * 480 + 1})
+    context = make_context(demo_model_dir, {**SETTINGS, "max_pixels_per_forward": 640 * 480 + 1})
     handler = Img2PoseHandler()
     handler.initialize(context)
     sizes = _recorded_forwards(handler, monkeypatch)
@@ -431,7 +434,8 @@ def test_v2_requests_join_the_batch_and_answer_the_facedicts_exactly(handler_and
     most = max(len(f) for f in expected)
     assert keypoints.shape == (2, most, 5, 2)
     for i, image in enumerate(expected):
-        assert np.array_equal(keypoints[i, :len(image)], np.float32([list(f["keypoints"].values()) for f in image]))
+        points = np.float32([list(f["keypoints"].values()) for f in image]).reshape(-1, 5, 2)
+        assert np.array_equal(keypoints[i, :len(image)], points)
         assert not keypoints[i, len(image):].any()
 
     # JSON outputs (every one when none is named): float32 values of the FaceDicts, exactly.

@@ -22,9 +22,13 @@ from img2pose_serve.runtime.face_alignment import aligned_crops
 from img2pose_serve.runtime.handler_config import HandlerConfig, HandlerConfigError
 from tests.support.golden_set import COMMITTED
 from tests.support.photo_library import backfill, lines
-from tests.support.served_models import DEMO_MODEL, REST_GOLDEN_IMAGES
+from tests.support.served_models import DEMO_MODEL, REST_GOLDEN_IMAGES, SMALL_SIZES
 
 pytestmark = pytest.mark.slow  # every test runs forwards of its own
+
+# The API's own behaviour (inputs, lists, parameters, crops, drawing) is the same at any resize: the
+# detectors here run the demo archive at SMALL_SIZES (the default sizes are test_golden's and the
+# server test's below).
 
 RGB_JPEG = COMMITTED.image_path("01_rgb_640x480.jpg")
 RGBA_PNG = COMMITTED.image_path("02_rgba_480x640.png")
@@ -38,16 +42,34 @@ def demo_archive(served_archives) -> Path:
 
 @pytest.fixture(scope="module")
 def detector(demo_archive):
-    with pytest.warns(UserWarning, match="DEMO ARCHIVE"), Img2Pose(demo_archive, device="cpu") as built:
+    with pytest.warns(UserWarning, match="DEMO ARCHIVE"), Img2Pose(demo_archive, device="cpu", **SMALL_SIZES) as built:
         yield built
 
 
+class _Alone(dict):
+    """A committed golden image's FaceDicts (threshold 0) by name, each image run alone when first asked."""
+
+    def __init__(self, faces_of) -> None:
+        super().__init__()
+        self._faces_of = faces_of
+
+    def __missing__(self, name: str) -> list[dict]:
+        self[name] = self._faces_of(name)
+        return self[name]
+
+
 @pytest.fixture(scope="module")
-def alone(detections) -> dict[str, list[dict]]:
-    """Every committed golden image, one ``detect_faces`` call each, threshold 0: golden_set's session
-    detections (``Img2Pose.from_checkpoint`` with the demo checkpoint and identity statistics, which is
-    what the demo archive holds; the tests below check the archive's detector against them)."""
-    return {name: detections.identity_stats(COMMITTED, name) for name in COMMITTED.image_names()}
+def alone(small_alone) -> dict[str, list[dict]]:
+    """One image alone through the served model's path (``run_group``), at SMALL_SIZES, as the
+    detector above runs it."""
+    return _Alone(lambda name: small_alone(COMMITTED.image_path(name).read_bytes()))
+
+
+@pytest.fixture(scope="module")
+def golden_alone(detections) -> dict[str, list[dict]]:
+    """At the default sizes: golden_set's session detections (``Img2Pose.from_checkpoint`` with the demo
+    checkpoint and identity statistics, which is what the demo archive holds; test_golden checks them)."""
+    return _Alone(lambda name: detections.identity_stats(COMMITTED, name))
 
 
 def test_every_kind_of_image_gives_the_same_faces(detector, alone):
@@ -72,7 +94,7 @@ def test_a_list_is_planned_into_exact_forwards(detector, alone, monkeypatch):
                         or real_forward(tensors))
     together = detector.detect_faces([COMMITTED.image_path(name) for name in names], score_threshold=0.0)
     assert together == [alone[name] for name in names]
-    canvases = {padded_canvas_shape(*reversed(COMMITTED.image_size(name))) for name in names}
+    canvases = {padded_canvas_shape(*reversed(COMMITTED.image_size(name)), **SMALL_SIZES) for name in names}
     assert len(forwards) == len(canvases) < len(names), "images of one canvas share a forward"
 
 
@@ -86,7 +108,7 @@ def test_parameters_and_their_defaults(detector, alone, demo_archive):
         with pytest.raises(ValueError, match=next(iter(bad))):
             detector.detect_faces(RGB_JPEG, **bad)
     with pytest.warns(UserWarning), Img2Pose(demo_archive, device="cpu", score_threshold=0.2,
-                                                max_faces=2) as configured:
+                                                max_faces=2, **SMALL_SIZES) as configured:
         assert configured.detect_faces(RGB_JPEG) == [f for f in everything if f["confidence"] >= 0.2][:2]
     with pytest.raises(HandlerConfigError, match="unknown setting"):
         Img2Pose(demo_archive, score_treshold=0.2)
@@ -96,7 +118,7 @@ def test_parameters_and_their_defaults(detector, alone, demo_archive):
 
 def test_a_bad_image_fails_alone_and_says_which(detector, alone, tmp_path):
     huge = tmp_path / "huge.png"
-    Image.new("L", (20_000, 20_000)).save(huge)
+    Image.new("1", (20_000, 20_000)).save(huge)  # 400 Mpx, past the pixel limit
     missing = tmp_path / "missing.jpg"
     results = detector.detect_each([RGB_JPEG, b"not an image", huge, missing, GRAY_PNG], score_threshold=0.0)
     assert results[0] == alone[RGB_JPEG.name] and results[4] == alone[GRAY_PNG.name]
@@ -114,10 +136,11 @@ def test_a_bad_image_fails_alone_and_says_which(detector, alone, tmp_path):
 
 
 def test_from_a_checkpoint_as_its_archive_answers(demo_checkpoint_file, identity_pose_stats, alone):
-    with Img2Pose.from_checkpoint(demo_checkpoint_file, *identity_pose_stats, device="cpu") as from_npy:
+    with Img2Pose.from_checkpoint(demo_checkpoint_file, *identity_pose_stats, device="cpu", **SMALL_SIZES) as from_npy:
         assert from_npy.detect_faces(GRAY_PNG, score_threshold=0.0) == alone[GRAY_PNG.name]
         assert not from_npy.demo
-    with Img2Pose.from_checkpoint(demo_checkpoint_file, device="cpu") as identity:  # the reference's model_path default
+    # The identity statistics: the reference's model_path default.
+    with Img2Pose.from_checkpoint(demo_checkpoint_file, device="cpu", **SMALL_SIZES) as identity:
         assert identity.served.info.pose_stats_source == "identity"
         assert identity.detect_faces(GRAY_PNG, score_threshold=0.0) == alone[GRAY_PNG.name]
     with pytest.raises(ValueError, match="both pose_mean and pose_stddev"):
@@ -125,7 +148,7 @@ def test_from_a_checkpoint_as_its_archive_answers(demo_checkpoint_file, identity
 
 
 @pytest.mark.server
-def test_in_process_answers_equal_the_servers_on_the_golden_images(torchserve_server, alone):
+def test_in_process_answers_equal_the_servers_on_the_golden_images(torchserve_server, golden_alone):
     """What README promises: the same FaceDicts with or without the server (test_server.py compares the
     REST_GOLDEN_IMAGES; here the others, so that every committed golden image is compared once)."""
     def served(name: str) -> list[dict]:
@@ -139,11 +162,11 @@ def test_in_process_answers_equal_the_servers_on_the_golden_images(torchserve_se
     assert len(names) >= 5
     with ThreadPoolExecutor(len(names)) as pool:
         answers = dict(zip(names, pool.map(served, names)))
-    assert answers == {name: alone[name] for name in names}
+    assert answers == {name: golden_alone[name] for name in names}
     assert sum(map(len, answers.values())) > 100
 
 
-def test_img2pose_detect_prints_one_line_per_image(demo_archive, alone, tmp_path, capsys):
+def test_img2pose_detect_prints_one_line_per_image(demo_archive, golden_alone, tmp_path, capsys):
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a photo")
     status = detect.main([str(RGB_JPEG), str(bad), str(GRAY_PNG), "--archive", str(demo_archive),
@@ -151,9 +174,9 @@ def test_img2pose_detect_prints_one_line_per_image(demo_archive, alone, tmp_path
     out, err = capsys.readouterr()
     records = [json.loads(line) for line in out.splitlines()]
     assert status == 1 and "DEMO ARCHIVE" in err
-    assert records[0] == {"path": str(RGB_JPEG), "faces": alone[RGB_JPEG.name]}
+    assert records[0] == {"path": str(RGB_JPEG), "faces": golden_alone[RGB_JPEG.name]}
     assert records[1]["path"] == str(bad) and records[1]["status"] == 400 and "it is text" in records[1]["error"]
-    assert records[2] == {"path": str(GRAY_PNG), "faces": alone[GRAY_PNG.name]}
+    assert records[2] == {"path": str(GRAY_PNG), "faces": golden_alone[GRAY_PNG.name]}
     assert detect.main([str(RGB_JPEG), "--archive", str(demo_archive), "--max-faces", "-5"]) == 2
     assert "max_faces must be >= -1" in capsys.readouterr().err
 
@@ -199,7 +222,12 @@ def test_the_reference_constructor_keywords(demo_archive, demo_checkpoint_file):
                     reason="HandlerConfig has no min_size / max_size settings yet: Img2Pose passes them through "
                            "once it has")
 def test_min_size_and_max_size_are_passed_as_handler_settings(demo_archive, detector):
-    assert (detector.served.config.min_size, detector.served.config.max_size) == (640, 1400)  # not given: the archive's
+    given = (SMALL_SIZES["min_size"], SMALL_SIZES["max_size"])
+    assert (detector.served.config.min_size, detector.served.config.max_size) == given
+    assert (detector.served.model.min_size, detector.served.model.max_size) == given
+    with pytest.warns(UserWarning), Img2Pose(demo_archive, device="cpu", runtime="torch") as default:
+        # not given: the archive's
+        assert (default.served.config.min_size, default.served.config.max_size) == (640, 1400)
     with pytest.warns(UserWarning), Img2Pose(demo_archive, device="cpu", runtime="torch", min_size=480,
                                              max_size=1000) as resized:
         assert (resized.served.config.min_size, resized.served.config.max_size) == (480, 1000)
@@ -233,7 +261,7 @@ def test_visualize_draws_the_boxes_and_keypoints(detector, alone):
 
 
 def test_align_faces_and_its_batch(detector, alone):
-    faces = _confident(alone[RGB_JPEG.name])[:4]
+    faces = alone[RGB_JPEG.name][:4]
     crops = detector.align_faces(RGB_JPEG, faces)
     assert [(type(crop), crop.size) for crop in crops] == [(Image.Image, (224, 224))] * 4
     arrays = detector.align_faces(str(RGB_JPEG), faces, 112, return_array=True)

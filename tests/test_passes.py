@@ -15,6 +15,7 @@ from img2pose_serve.protocol.facedicts import to_face_dicts
 from img2pose_serve.runtime import archive_layout
 from img2pose_serve.runtime.image_decoding import decode_tensor
 from tests.support.golden_set import COMMITTED
+from tests.support.served_models import SMALL_SIZES
 
 
 @pytest.mark.parametrize("batch, per_pass, expected", [
@@ -30,16 +31,16 @@ def test_pass_slices(batch, per_pass, expected):
 
 
 @pytest.mark.slow
-def test_one_pass_for_the_whole_batch_gives_identical_detections(demo_torch_detector, demo_model_dir):
+def test_one_pass_for_the_whole_batch_gives_identical_detections(small_torch_detector, demo_model_dir):
     """Passes of one image (the CPU default) are what every other batched test runs; here the other
     end: the whole batch in one pass, as on CUDA (whose runtime is torch), against each image alone."""
     names = ["01_rgb_640x480.jpg", "04_gray_320x240.png"]  # one padded canvas
     images = [decode_tensor(COMMITTED.image_path(n).read_bytes(), 10**8) for n in names]
-    whole_batch, _ = archive_layout.load_detector(demo_model_dir, images_per_pass=None)
-    assert demo_torch_detector.images_per_pass == 1 and whole_batch.images_per_pass is None
+    whole_batch, _ = archive_layout.load_detector(demo_model_dir, images_per_pass=None, **SMALL_SIZES)
+    assert small_torch_detector.images_per_pass == 1 and whole_batch.images_per_pass is None
     batched = whole_batch.detect([image.clone() for image in images])
     for name, image, prediction in zip(names, images, batched, strict=True):
-        alone = to_face_dicts(demo_torch_detector.detect([image])[0], 0.0, -1)
+        alone = to_face_dicts(small_torch_detector.detect([image])[0], 0.0, -1)
         assert alone and to_face_dicts(prediction, 0.0, -1) == alone, name
 
 
@@ -49,12 +50,12 @@ def test_images_per_pass_must_be_positive():
 
 
 @pytest.mark.slow
-def test_a_detect_that_consumes_its_inputs_leaves_a_concurrent_callers_inputs_alone(demo_detector, monkeypatch):
+def test_a_detect_that_consumes_its_inputs_leaves_a_concurrent_callers_inputs_alone(small_served, monkeypatch):
     """``consume_inputs`` belongs to its call: another thread's detect, running meanwhile, normalises copies."""
     image = decode_tensor(COMMITTED.image_path("04_gray_320x240.png").read_bytes(), 10**8)
     consumed, kept = image.clone(), image.clone()
     inside, release = threading.Event(), threading.Event()
-    real_backbone = demo_detector.backbone.forward
+    real_backbone = small_served.model.backbone.forward
     worker = threading.current_thread()
 
     def backbone_that_waits_in_the_other_thread(x):
@@ -63,14 +64,14 @@ def test_a_detect_that_consumes_its_inputs_leaves_a_concurrent_callers_inputs_al
             assert release.wait(120)
         return real_backbone(x)
 
-    monkeypatch.setattr(demo_detector.backbone, "forward", backbone_that_waits_in_the_other_thread)
+    monkeypatch.setattr(small_served.model.backbone, "forward", backbone_that_waits_in_the_other_thread)
     results = {}
-    other = threading.Thread(target=lambda: results.update(consumed=demo_detector.detect([consumed],
+    other = threading.Thread(target=lambda: results.update(consumed=small_served.model.detect([consumed],
                                                                                         consume_inputs=True)))
     other.start()
     try:
         assert inside.wait(120)
-        results["kept"] = demo_detector.detect([kept])
+        results["kept"] = small_served.model.detect([kept])
     finally:
         release.set()
         other.join(120)

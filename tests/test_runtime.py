@@ -67,10 +67,10 @@ def test_a_worker_that_cannot_run_openvino_refuses_before_loading(demo_model_dir
     assert loads == []
 
 
-def test_the_served_demo_runs_openvino_on_this_cpu(demo_served):
-    assert demo_served.runtime.effective == "openvino" and demo_served.model.runtime == "openvino"
-    assert demo_served.model.roi_heads.pose_on_candidates
-    assert demo_served.runtime.reason.endswith("the finest pyramid levels' 3x3 convs by Winograd (NNPACK)")
+def test_the_served_demo_runs_openvino_on_this_cpu(small_served):
+    assert small_served.runtime.effective == "openvino" and small_served.model.runtime == "openvino"
+    assert small_served.model.roi_heads.pose_on_candidates
+    assert small_served.runtime.reason.endswith("the finest pyramid levels' 3x3 convs by Winograd (NNPACK)")
 
 
 def test_a_cpu_without_nnpack_is_told_its_pyramid_convs_run_direct(monkeypatch):
@@ -83,24 +83,24 @@ def test_a_cpu_without_nnpack_is_told_its_pyramid_convs_run_direct(monkeypatch):
     assert "Winograd" not in runtime_choice.RuntimeChoice.for_device("auto", "cuda", "fp32").reason
 
 
-def test_an_openvino_model_cannot_switch_back_or_to_bf16(demo_served):
+def test_an_openvino_model_cannot_switch_back_or_to_bf16(small_served):
     with pytest.raises(RuntimeError, match="build it again for the torch runtime"):
-        demo_served.model.set_runtime("torch")
+        small_served.model.set_runtime("torch")
     with pytest.raises(RuntimeError, match="precision bf16 needs the torch runtime"):
-        demo_served.model.set_precision("bf16")
+        small_served.model.set_precision("bf16")
 
 
-def test_a_bf16_model_is_not_moved_to_openvino(demo_torch_detector):
-    model = copy.deepcopy(demo_torch_detector)
+def test_a_bf16_model_is_not_moved_to_openvino(small_torch_detector):
+    model = copy.deepcopy(small_torch_detector)
     model.set_precision("bf16", reversible=False)
     with pytest.raises(ValueError, match="the openvino runtime runs fp32 on a CPU; this model is bf16 on cpu"):
         model.set_runtime("openvino")
 
 
 @pytest.mark.slow
-def test_posing_only_the_candidates_changes_no_answer_beyond_rounding(demo_torch_detector):
+def test_posing_only_the_candidates_changes_no_answer_beyond_rounding(small_torch_detector):
     image = photo_like_tensors(1, 320, 240)[0]
-    model = copy.deepcopy(demo_torch_detector)
+    model = copy.deepcopy(small_torch_detector)
     every_row = model.detect([image.clone()])[0]
     model.roi_heads.pose_on_candidates = True
     candidates_only = model.detect([image.clone()])[0]
@@ -125,11 +125,11 @@ def test_the_torch_runtime_matches_the_reference(torch_runtime_detector, name):
     assert compare_faces(ours, theirs, 0.0, COMMITTED.image_size(name)) == []
 
 
-def test_openvino_and_torch_runtimes_answer_alike(demo_served, demo_torch_detector):
+def test_openvino_and_torch_runtimes_answer_alike(small_served, small_torch_detector):
     """The same image through both runtimes of the same weights: the same faces, within rounding."""
     image = photo_like_tensors(1, 320, 240)[0]
-    torch_faces = to_face_dicts(demo_torch_detector.detect([image.clone()])[0], 0.5, -1)
-    openvino_faces = to_face_dicts(demo_served.forward([image.clone()])[0], 0.5, -1)
+    torch_faces = to_face_dicts(small_torch_detector.detect([image.clone()])[0], 0.5, -1)
+    openvino_faces = to_face_dicts(small_served.forward([image.clone()])[0], 0.5, -1)
     assert len(torch_faces) == len(openvino_faces) > 0
     for ours, theirs in zip(openvino_faces, torch_faces, strict=True):
         assert ours["confidence"] == pytest.approx(theirs["confidence"], abs=1e-4)
@@ -144,10 +144,11 @@ def test_a_pt2_section_is_ignored_with_a_warning_that_says_why(demo_model_dir, c
     assert PT2_IGNORED in caplog.text
 
 
-def test_the_openvino_mlps_take_any_row_count_even_none(demo_served, demo_torch_detector):
+def test_the_openvino_mlps_take_any_row_count_even_none(small_served, small_torch_detector):
     pooled = torch.rand(3, 256, 7, 7)
     for name in ("class_head", "box_head"):
-        served_mlp, torch_mlp = getattr(demo_served.model.roi_heads, name), getattr(demo_torch_detector.roi_heads, name)
+        served_mlp = getattr(small_served.model.roi_heads, name)
+        torch_mlp = getattr(small_torch_detector.roi_heads, name)
         with torch.inference_mode():
             torch.testing.assert_close(served_mlp(pooled), torch_mlp(pooled), rtol=1e-5, atol=1e-5)
             assert served_mlp(pooled[:0]).shape == (0, 1024)

@@ -3,6 +3,7 @@ truth that batched, served and in-process answers are compared with."""
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
 from img2pose_serve.protocol.facedicts import FaceDict, to_face_dicts
@@ -23,3 +24,18 @@ def predict_alone(served: ServedModel, data: bytes) -> Prediction:
 
 def faces_alone(served: ServedModel, data: bytes, score_threshold: float = 0.0, max_faces: int = -1) -> list[FaceDict]:
     return to_face_dicts(predict_alone(served, data), score_threshold, max_faces)
+
+
+class AloneCache:
+    """``faces_alone`` at threshold 0 per image content, each computed once: tests that compare batched or
+    served answers with the same images alone share these forwards."""
+
+    def __init__(self, served: ServedModel) -> None:
+        self.served = served
+        self._faces: dict[str, list[FaceDict]] = {}
+
+    def __call__(self, data: bytes) -> list[FaceDict]:
+        key = hashlib.sha256(data).hexdigest()
+        if key not in self._faces:
+            self._faces[key] = faces_alone(self.served, data)
+        return self._faces[key]
