@@ -4,6 +4,7 @@ against the Kubernetes 1.33 schemas (and KServe's CRD), and checked for what mat
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
@@ -83,7 +84,13 @@ def kserve_schema() -> dict:
     """The CRD's v1beta1 schema, strict: unknown fields are errors (see ../shared/kserve/README.md)."""
     if not KSERVE_CRD.is_file():
         pytest.skip(f"KServe CRD not present: {KSERVE_CRD} (../shared is absent)")
-    crd = yaml.safe_load(KSERVE_CRD.read_text())
+    return _strict_kserve_schema()
+
+
+@functools.cache
+def _strict_kserve_schema() -> dict:
+    """Read once: the CRD is megabytes of YAML (seconds to parse); no test changes the schema."""
+    crd = yaml.load(KSERVE_CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
     schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
     schema["properties"]["metadata"] = {"type": "object"}  # the API server checks metadata, not the CRD
