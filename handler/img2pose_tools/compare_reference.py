@@ -3,6 +3,7 @@
 
     pip install --no-deps "git+https://github.com/TalHassner/img2pose"   # the reference, beside this package
     python scripts/compare_reference.py --checkpoint img2pose_v1.pth one_size/ mixed_sizes/ [--memory]
+        [--min-size 640 --max-size 1400]   # both constructors' resize (py-feat runs others)
 
 Each directory is a set (its image files, not recursive). Both libraries get the same checkpoint
 (identity pose statistics, as the reference's ``Img2Pose(model_path=...)`` uses), the same thread count
@@ -34,6 +35,7 @@ import torch
 
 from img2pose_client.inputs import is_image_name
 from img2pose_serve import Img2Pose
+from img2pose_serve.nn.faster_dof_rcnn import DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE, check_resize_sizes
 from img2pose_tools.machine_facts import machine_facts, machine_line
 from img2pose_tools.worker_memory import PeakRss
 
@@ -45,8 +47,10 @@ def build(library: str, args: argparse.Namespace):
     torch.set_num_threads(args.threads)
     if library == "reference":
         reference = importlib.import_module(args.reference_module)
-        return reference.Img2Pose(model_path=str(args.checkpoint), device="cpu", score_threshold=args.score_threshold)
-    return Img2Pose.from_checkpoint(args.checkpoint, device="cpu", score_threshold=args.score_threshold)
+        return reference.Img2Pose(model_path=str(args.checkpoint), device="cpu", score_threshold=args.score_threshold,
+                                  min_size=args.min_size, max_size=args.max_size)
+    return Img2Pose.from_checkpoint(args.checkpoint, device="cpu", score_threshold=args.score_threshold,
+                                    min_size=args.min_size, max_size=args.max_size)
 
 
 def image_sets(directories: list[Path]) -> dict[str, list[str]]:
@@ -98,7 +102,8 @@ def timings(args: argparse.Namespace, sets: dict[str, list[str]]) -> dict:
                                            for r, h in zip(single["reference"], single["here"])],
         }
     return {"seconds": seconds, "agreement": agreement,
-            "here": {"runtime": detectors["here"].runtime, "precision": detectors["here"].precision}}
+            "here": {"runtime": detectors["here"].runtime, "precision": detectors["here"].precision,
+                     "min_size": args.min_size, "max_size": args.max_size}}
 
 
 def memory(args: argparse.Namespace, library: str, paths: list[str]) -> dict:
@@ -120,7 +125,8 @@ def memory_in_fresh_processes(args: argparse.Namespace, sets: dict[str, list[str
         for library in LIBRARIES:
             command = [sys.executable, "-m", __spec__.name, *args.directories, "--checkpoint", str(args.checkpoint),
                        "--threads", str(args.threads), "--reference-module", args.reference_module,
-                       "--score-threshold", str(args.score_threshold), "--memory-of", library, name]
+                       "--score-threshold", str(args.score_threshold), "--min-size", str(args.min_size),
+                       "--max-size", str(args.max_size), "--memory-of", library, name]
             done = subprocess.run(command, check=True, capture_output=True, text=True)
             results[f"{name}|{library}"] = json.loads(done.stdout.strip().splitlines()[-1])
     return results
@@ -128,7 +134,8 @@ def memory_in_fresh_processes(args: argparse.Namespace, sets: dict[str, list[str
 
 def report(facts: dict, sets: dict[str, list[str]], measured: dict) -> str:
     lines = [machine_line(facts), f"torch {facts['torch']}, {facts['torch_threads']} threads; here: runtime "
-             f"{measured['here']['runtime']}, precision {measured['here']['precision']}", "",
+             f"{measured['here']['runtime']}, precision {measured['here']['precision']}; min_size/max_size "
+             f"{measured['here']['min_size']}/{measured['here']['max_size']}", "",
              "| set (images) | call | reference s (img/s) | here s (img/s) | here / reference |",
              "|---|---|---|---|---|"]
     for name, paths in sets.items():
@@ -152,6 +159,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--score-threshold", type=float, default=0.5)
+    parser.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE,
+                        help="both libraries' resize (their constructors' min_size; default the reference's)")
+    parser.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE, help="and max_size")
     parser.add_argument("--reference-module", default="img2pose", help="the module that has the reference's Img2Pose")
     parser.add_argument("--memory", action="store_true", help="also measure each list call's memory, fresh processes")
     parser.add_argument("--memory-of", nargs=2, metavar=("LIBRARY", "SET"), help=argparse.SUPPRESS)
@@ -159,6 +169,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.threads < 1:
         parser.error("--rounds and --threads must be >= 1")
+    try:
+        check_resize_sizes(args.min_size, args.max_size)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
