@@ -49,6 +49,7 @@ pytest_plugins = [
     "tests.support.photo_library",  # the photo library the backfill tests share
     "tests.support.golden_set",  # our detections of the golden images, shared by test_golden and test_handler
     "tests.support.token_stand_in",  # a server with TorchServe's token rules: the backfill's and wait_ready's tests
+    "tests.support.fresh_interpreter",  # one untouched process's imports: Pillow's guard, OpenVINO's telemetry
 ]
 
 SHARED = REPO.parent / "shared" / "img2pose"

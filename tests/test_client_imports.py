@@ -71,11 +71,13 @@ def test_backfill_help_imports_no_torch(tmp_path):
     assert _heavy_modules_after(body, tmp_path) == []
 
 
-@pytest.mark.slow
 def test_the_archive_mode_still_finds_the_in_process_api(tmp_path):
-    """The lazy import (backfill.detect_in_process) names a module that exists and exports Img2Pose."""
-    body = "from img2pose_serve.runtime.in_process import Img2Pose\nassert callable(Img2Pose)\n"
-    assert "torch" in _heavy_modules_after(body, tmp_path)
+    """The lazy import (backfill.detect_in_process) names a module that exists and exports Img2Pose (this
+    process has torch already); and the probe above does see a heavy import when there is one."""
+    from img2pose_serve.runtime.in_process import Img2Pose
+
+    assert callable(Img2Pose)
+    assert _heavy_modules_after("import safetensors", tmp_path) == ["safetensors"]
 
 
 def test_each_console_script_has_an_img2pose_name_and_the_first_names_still_work():

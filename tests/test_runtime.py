@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -154,17 +151,8 @@ def test_the_openvino_mlps_take_any_row_count_even_none(small_served, small_torc
             assert served_mlp(pooled[:0]).shape == (0, 1024)
 
 
-def test_neither_the_worker_nor_the_openvino_runtime_sends_openvino_telemetry(tmp_path):
+def test_neither_the_worker_nor_the_openvino_runtime_sends_openvino_telemetry(fresh_interpreter):
     """``import openvino`` and ``ov.convert_model`` report usage to Google Analytics and write their
     client id under $HOME unless CI=true or the user opted out; TorchServe's base handler imports openvino."""
-    script = (
-        "import sys, torch\n"
-        "import img2pose_handler\n"  # the worker's first import: TorchServe's base handler imports openvino
-        "import openvino as ov\n"
-        "ov.convert_model(torch.nn.Linear(2, 2), example_input=torch.zeros(1, 2))\n"
-        "assert sys.modules['openvino_telemetry'] is None\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
-    env["HOME"] = str(tmp_path)
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, timeout=300)
-    assert list(tmp_path.iterdir()) == [], "OpenVINO wrote its telemetry files"
+    assert fresh_interpreter.openvino_telemetry == "None"  # blocked: the module can never be imported
+    assert list(fresh_interpreter.home.iterdir()) == [], "OpenVINO wrote its telemetry files"

@@ -1,0 +1,54 @@
+"""One fresh interpreter that imports what a worker and a library user import, for the checks that need a
+process this test session has not touched (Pillow's guard, OpenVINO's telemetry): one torch import serves
+them all. A pytest plugin (tests/conftest.py lists it): the ``fresh_interpreter`` fixture."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PILLOW_GUARD_SET_BY_THE_USER = 12345
+
+# Pillow's guard is set before our packages are imported, as a library user would set it; the worker's
+# first import is img2pose_handler (TorchServe's base handler imports openvino), then a conversion, which
+# is where OpenVINO would send its telemetry.
+PROBE = f"""
+import json, sys
+from PIL import Image
+Image.MAX_IMAGE_PIXELS = {PILLOW_GUARD_SET_BY_THE_USER}
+import img2pose_handler, img2pose_serve, img2pose_client.backfill, img2pose_tools.build_mar
+from img2pose_serve import Img2Pose
+pillow_guard = Image.MAX_IMAGE_PIXELS
+import torch
+import openvino as ov
+ov.convert_model(torch.nn.Linear(2, 2), example_input=torch.zeros(1, 2))
+print(json.dumps({{"pillow_guard": pillow_guard,
+                  "openvino_telemetry": repr(sys.modules.get("openvino_telemetry", "not imported"))}}))
+"""
+
+
+@dataclass(frozen=True)
+class FreshInterpreter:
+    pillow_guard: int | None  # PIL.Image.MAX_IMAGE_PIXELS after our packages were imported
+    openvino_telemetry: str  # repr of sys.modules["openvino_telemetry"]: "None" when it is blocked
+    home: Path  # the process's $HOME: whatever OpenVINO's telemetry wrote there is left in it
+
+
+@pytest.fixture(scope="session")
+def fresh_interpreter(tmp_path_factory) -> FreshInterpreter:
+    """PROBE's findings, run once, outside CI's opt-out (CI, TF_BUILD and JENKINS_URL removed: OpenVINO
+    sends no telemetry where they are set) and with a $HOME of its own."""
+    home = tmp_path_factory.mktemp("fresh_home")
+    env = {key: value for key, value in os.environ.items() if key not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env["HOME"] = str(home)
+    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    return FreshInterpreter(found["pillow_guard"], found["openvino_telemetry"], home)
