@@ -3,8 +3,10 @@
 Every input of the server is a fixture, so a test module (or a conftest closer to the tests) can
 override it:
 
+* ``background``: tests/support/background.py's jobs (work that is mostly another process), those the
+  collected tests need started as the session starts.
 * ``golden_checkpoint``: ../shared's golden-set checkpoint (seed 0), for the extra parity check
-  against ../shared's golden outputs; tests using it skip without ../shared.
+  against ../shared's golden outputs (a background job); tests using it skip without ../shared.
 * ``demo_checkpoint_file``: the project's demo checkpoint (img2pose_tools.demo_checkpoint) as a file.
 * ``code_running_checkpoint``: the demo weights in a file that also pickles an object which creates a
   marker file when unpickled: (checkpoint, marker).
@@ -43,6 +45,7 @@ import torch
 from img2pose_serve.nn import reference_data
 from img2pose_serve.runtime.handler_config import TORCH_THREADS_ENV
 from img2pose_tools.torchserve_launcher import REPO, ServerSettings, missing_tools, start_torchserve, stop_torchserve
+from tests.support.background import Background, background_job
 from tests.support.served_models import DEMO_MODEL, POISON_MODEL, PRIMARY_MODEL, SESSION_BATCH_SIZE, TRUSTED_MODEL
 
 pytest_plugins = [
@@ -56,15 +59,29 @@ SHARED = REPO.parent / "shared" / "img2pose"
 MAKE_CKPT = SHARED / "golden" / "make_ckpt.py"
 
 
-@pytest.fixture(scope="session")
-def golden_checkpoint(tmp_path_factory) -> Path:
+@pytest.fixture(scope="session", autouse=True)
+def background(request, tmp_path_factory):
+    """tests/support/background.py's jobs, those the collected tests will need started now."""
+    jobs = Background(tmp_path_factory, dict(os.environ))
+    jobs.start_wanted(set(item.fixturenames) for item in request.session.items)
+    yield jobs
+    jobs.close()
+
+
+@background_job("golden_checkpoint", wanted_by=["detections"])  # detections asks for it by name
+def make_golden_checkpoint(directory: Path, environment: dict[str, str]) -> Path:
     """../shared/img2pose/golden/make_ckpt.py's checkpoint, seed 0, official key layout."""
     if not MAKE_CKPT.is_file():
         pytest.skip(f"golden checkpoint recipe not present: {MAKE_CKPT} (../shared is absent)")
-    out = tmp_path_factory.mktemp("golden") / "golden_seed0.pth"
+    out = directory / "golden_seed0.pth"
     subprocess.run([sys.executable, str(MAKE_CKPT), str(out), "--manifest",
-                    str(SHARED / "state_dict_manifest.json"), "--seed", "0"], check=True, cwd=REPO)
+                    str(SHARED / "state_dict_manifest.json"), "--seed", "0"], check=True, cwd=REPO, env=environment)
     return out
+
+
+@pytest.fixture(scope="session")
+def golden_checkpoint(background) -> Path:
+    return background.result("golden_checkpoint")
 
 
 @pytest.fixture(scope="session")

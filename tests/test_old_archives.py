@@ -61,6 +61,7 @@ from img2pose_tools.serve_config import CONFIG_DIR
 from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import REPO
 from img2pose_tools.wait_ready import ready_workers
+from tests.support.background import background_job
 
 pytestmark = pytest.mark.slow  # an old archive built and two workers started
 
@@ -82,10 +83,10 @@ def frontend_pythonpath(model_dir: Path, inherited: str | None) -> str:
     return os.pathsep.join([*([inherited] if inherited else []), str(model_dir.resolve()), ""])
 
 
-def worker_environment(model_dir: Path) -> dict[str, str]:
-    """The environment a deployed worker gets: the frontend's (here: this process's) without PYTHONPATH, as
+def worker_environment(model_dir: Path, frontend: dict[str, str]) -> dict[str, str]:
+    """The environment a deployed worker gets: the frontend's (here: this session's) without PYTHONPATH, as
     the image runs it, plus the worker's PYTHONPATH and the backend settings."""
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
+    env = {key: value for key, value in frontend.items() if key not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
     return {**env, **BACKEND_ENVIRONMENT, "PYTHONPATH": frontend_pythonpath(model_dir, None)}
 
 
@@ -168,9 +169,10 @@ class WorkerRun:
     log: str
 
 
-def run_worker(model_dir: Path, model_name: str, image: bytes | None, scratch: Path) -> WorkerRun:
-    """Start TorchServe's worker on ``model_dir`` as the frontend does, load the model, send ``image`` (None:
-    load only)."""
+def run_worker(model_dir: Path, model_name: str, image: bytes | None, scratch: Path,
+               frontend: dict[str, str]) -> WorkerRun:
+    """Start TorchServe's worker on ``model_dir`` as the frontend with environment ``frontend`` does, load the
+    model, send ``image`` (None: load only)."""
     manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
     # The socket's path must fit a sockaddr_un (108 bytes): pytest's tmp_path may not.
     sock_dir = Path(tempfile.mkdtemp(prefix="ts-sock-"))
@@ -179,8 +181,8 @@ def run_worker(model_dir: Path, model_name: str, image: bytes | None, scratch: P
     command = [sys.executable, str(WORKER_SCRIPT), "--sock-type", "unix", "--sock-name", str(sock_name),
                "--metrics-config", str(METRICS_CONFIG)]
     with open(log_path, "wb") as log:
-        worker = subprocess.Popen(command, cwd=model_dir, env=worker_environment(model_dir), stdin=subprocess.DEVNULL,
-                                  stdout=log, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(command, cwd=model_dir, env=worker_environment(model_dir, frontend),
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + WORKER_TIMEOUT_S
         while not sock_name.exists():
@@ -233,9 +235,8 @@ def assert_face_dicts(answer: Answer) -> list[dict]:
     return faces
 
 
-@pytest.fixture(scope="module")
-def old_handler_tree(tmp_path_factory) -> Path:
-    """``handler/`` of commit 6899c44 (the flat package and its tools), extracted from git."""
+def extract_old_handler_tree(root: Path) -> Path:
+    """``handler/`` of commit 6899c44 (the flat package and its tools), extracted from git under ``root``."""
     found = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{OLD_COMMIT}^{{commit}}"],
                            capture_output=True) if (REPO / ".git").exists() else None
     if found is None or found.returncode != 0:
@@ -243,18 +244,17 @@ def old_handler_tree(tmp_path_factory) -> Path:
                     "the pre-split package cannot be extracted")
     tar = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", OLD_COMMIT, "handler"],
                          capture_output=True, check=True).stdout
-    root = tmp_path_factory.mktemp("old_tree")
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
         archive.extractall(root, filter="data")
     return root / "handler"
 
 
-def build_old_archive(store: Path, old_handler_tree: Path) -> Path:
+def build_old_archive(store: Path, old_handler_tree: Path, environment: dict[str, str]) -> Path:
     """The demo archive as 6899c44's builder wrote it, run with 6899c44's package (checked below)."""
     build = ("import sys, img2pose_serve; print('PACKAGE', img2pose_serve.__file__)\n"
              "from img2pose_tools.build_mar import main\n"
              f"sys.exit(main(['--export-path', {str(store)!r}, '--model-name', 'old', '--force']))")
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env = {key: value for key, value in environment.items() if key != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-c", build], cwd=store, env={**env, "PYTHONPATH": str(old_handler_tree)},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -275,38 +275,45 @@ def installed_package(tmp_path_factory) -> Path:
     return Path(found).parent
 
 
-@pytest.fixture(scope="module")
-def worker_runs(request, tmp_path_factory) -> dict[str, tuple[Path, WorkerRun] | pytest.skip.Exception]:
-    """{"old": ..., "new": ...}: each archive built, unpacked and its worker run (see the tests below). Both
-    run at once: each is mostly one process importing torch, and the machine has more than one core. The
-    old archive cannot be had without the old commit: its entry is then that skip."""
-    from img2pose_tools.build_mar import build_archive
+@background_job("worker_runs")
+def run_both_workers(directory: Path, environment: dict[str, str]) -> dict[str, tuple[Path, WorkerRun] | Exception]:
+    """{"old": ..., "new": ...}: each archive built, unpacked and its worker run (see the tests below), both at
+    once (each is mostly one process importing torch), in the background (tests/support/background.py).
+    The old archive cannot be had without the old commit: its entry is then that skip."""
+    def old_run() -> tuple[Path, WorkerRun]:
+        tree = extract_old_handler_tree(directory / "old_tree")
+        (directory / "old_store").mkdir()
+        model_dir = unpack(build_old_archive(directory / "old_store", tree, environment), directory / "models" / "old")
+        return model_dir, run_worker(model_dir, "old", photo_like_jpeg(320, 240, seed=1), directory, environment)
 
-    def old_run(tree: Path, store: Path, models: Path) -> tuple[Path, WorkerRun]:
-        model_dir = unpack(build_old_archive(store, tree), models / "old")
-        return model_dir, run_worker(model_dir, "old", photo_like_jpeg(320, 240, seed=1), models)
+    def new_run() -> tuple[Path, WorkerRun]:
+        # Built by the command, in a process of its own: the archiver points tempfile at its staging
+        # directory for the whole process while it runs, which the tests in the main thread would see.
+        store = directory / "new_store"
+        subprocess.run([sys.executable, "-m", "img2pose_tools.build_mar", "--export-path", str(store), "--model-name",
+                        "new", "--force"], env=environment, capture_output=True, check=True, timeout=300)
+        model_dir = unpack(store / "new.mar", directory / "models" / "new")
+        return model_dir, run_worker(model_dir, "new", None, directory, environment)
 
-    def new_run(store: Path, models: Path) -> tuple[Path, WorkerRun]:
-        model_dir = unpack(build_archive(None, export_path=store, model_name="new", quiet=True), models / "new")
-        return model_dir, run_worker(model_dir, "new", None, models)
-
-    runs: dict = {}
-    try:
-        old_tree = request.getfixturevalue("old_handler_tree")
-    except pytest.skip.Exception as skipped:
-        runs["old"] = skipped
     with ThreadPoolExecutor(2) as pool:
-        futures = {"new": pool.submit(new_run, tmp_path_factory.mktemp("new_store"), tmp_path_factory.mktemp("models"))}
-        if "old" not in runs:
-            futures["old"] = pool.submit(old_run, old_tree, tmp_path_factory.mktemp("old_store"),
-                                         tmp_path_factory.mktemp("models"))
-        runs.update({name: future.result() for name, future in futures.items()})
+        futures = {"old": pool.submit(old_run), "new": pool.submit(new_run)}
+        runs: dict = {}
+        for name, future in futures.items():
+            try:
+                runs[name] = future.result()
+            except pytest.skip.Exception as skipped:
+                runs[name] = skipped
     return runs
+
+
+@pytest.fixture(scope="module")
+def worker_runs(background) -> dict[str, tuple[Path, WorkerRun] | Exception]:
+    return background.result("worker_runs")
 
 
 def _run(worker_runs: dict, name: str) -> tuple[Path, WorkerRun]:
     if isinstance(worker_runs[name], pytest.skip.Exception):
-        pytest.skip(worker_runs[name].msg)
+        raise worker_runs[name]
     return worker_runs[name]
 
 

@@ -32,6 +32,7 @@ import dataclasses
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -181,20 +182,25 @@ def handler_settings(overrides: dict | None = None) -> dict:
     return settings
 
 
+_ARCHIVER_LOCK = threading.Lock()
+
+
 @contextmanager
 def _private_tempdir(parent: Path):
     """Point tempfile at a private directory while the archiver runs.
 
     torch-model-archiver stages files in ``<tempfile.gettempdir()>/<model_name>`` and deletes that
     directory first: two builds of the same model name at once (parallel tests, two shells) would
-    otherwise clobber each other's staging area.
+    otherwise clobber each other's staging area. ``tempfile.tempdir`` is the whole process's, so builds in
+    two threads of one process take turns (``_ARCHIVER_LOCK``).
     """
-    saved = tempfile.tempdir
-    tempfile.tempdir = str(parent)
-    try:
-        yield
-    finally:
-        tempfile.tempdir = saved
+    with _ARCHIVER_LOCK:
+        saved = tempfile.tempdir
+        tempfile.tempdir = str(parent)
+        try:
+            yield
+        finally:
+            tempfile.tempdir = saved
 
 
 def _run_archiver(staging: Path, **settings) -> None:
@@ -383,3 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build_mar.py: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,17 +1,19 @@
 """One fresh interpreter that imports what a worker and a library user import, for the checks that need a
 process this test session has not touched (Pillow's guard, OpenVINO's telemetry): one torch import serves
-them all. A pytest plugin (tests/conftest.py lists it): the ``fresh_interpreter`` fixture."""
+them all, in the background (tests/support/background.py). A pytest plugin (tests/conftest.py lists it):
+the ``fresh_interpreter`` fixture."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support.background import background_job
 
 PILLOW_GUARD_SET_BY_THE_USER = 12345
 
@@ -40,15 +42,20 @@ class FreshInterpreter:
     home: Path  # the process's $HOME: whatever OpenVINO's telemetry wrote there is left in it
 
 
-@pytest.fixture(scope="session")
-def fresh_interpreter(tmp_path_factory) -> FreshInterpreter:
-    """PROBE's findings, run once, outside CI's opt-out (CI, TF_BUILD and JENKINS_URL removed: OpenVINO
-    sends no telemetry where they are set) and with a $HOME of its own."""
-    home = tmp_path_factory.mktemp("fresh_home")
-    env = {key: value for key, value in os.environ.items() if key not in ("CI", "TF_BUILD", "JENKINS_URL")}
+@background_job("fresh_interpreter")
+def run_probe(home: Path, environment: dict[str, str]) -> FreshInterpreter:
+    """PROBE's findings, outside CI's opt-out (CI, TF_BUILD and JENKINS_URL removed: OpenVINO sends no
+    telemetry where they are set) and with a $HOME of its own."""
+    env = {key: value for key, value in environment.items() if key not in ("CI", "TF_BUILD", "JENKINS_URL")}
     env["HOME"] = str(home)
     done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300,
                           check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     return FreshInterpreter(found["pillow_guard"], found["openvino_telemetry"], home)
+
+
+@pytest.fixture(scope="session")
+def fresh_interpreter(background) -> FreshInterpreter:
+    """PROBE run once (a background job)."""
+    return background.result("fresh_interpreter")
