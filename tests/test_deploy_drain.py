@@ -44,11 +44,12 @@ def test_the_barrier_is_a_json_request_without_an_image_to_the_model(stand_in):
 
 
 @pytest.mark.slow
-def test_a_full_queue_is_retried_and_a_queue_that_stays_full_fails(stand_in):
+def test_a_full_queue_is_retried_and_a_queue_that_stays_full_fails(stand_in, monkeypatch):
+    monkeypatch.setattr(drain, "FULL_QUEUE_RETRY_S", 0.1)  # a tenth of the real wait, and of the timeouts below
     stand_in["statuses"] = [503, 503, 400]
     assert run_drain(stand_in, "--timeout", "30") == 0 and len(stand_in["posts"]) == 3
     stand_in["statuses"], stand_in["posts"] = [503], []
-    assert run_drain(stand_in, "--timeout", "2.5") == 1 and 1 <= len(stand_in["posts"]) <= 3
+    assert run_drain(stand_in, "--timeout", "0.25") == 1 and 1 <= len(stand_in["posts"]) <= 3
 
 
 def test_no_server_is_a_failed_drain():

@@ -46,6 +46,9 @@ def queued_requests(management: str, model: str) -> int | None:
         return None
 
 
+FULL_QUEUE_RETRY_S = 1.0  # how long the barrier waits before it is sent again to a full queue
+
+
 def send_barrier(inference: str, model: str, timeout: float) -> int:
     """POST the barrier; returns its HTTP status once every earlier request has been answered.
 
@@ -56,9 +59,9 @@ def send_barrier(inference: str, model: str, timeout: float) -> int:
         answer = requests.post(f"{inference.rstrip('/')}/predictions/{model}", data=BARRIER_BODY,
                                headers={"Content-Type": "application/json"},
                                timeout=max(deadline - time.monotonic(), 1.0))
-        if answer.status_code != 503 or time.monotonic() + 1.0 >= deadline:
+        if answer.status_code != 503 or time.monotonic() + FULL_QUEUE_RETRY_S >= deadline:
             return answer.status_code
-        time.sleep(1.0)
+        time.sleep(FULL_QUEUE_RETRY_S)
 
 
 def drain(model: str, inference: str, management: str, settle: float, timeout: float) -> bool:
