@@ -25,8 +25,8 @@ override it:
   requests are aggregated into batches, and ``ts_open_inference_protocol=true`` as
   deploy/kserve/inferenceservice-v2.yaml runs it (TorchServe's /v2 health routes and Open Inference
   gRPC service; tests/test_open_inference_server.py); everything else is what operators run.
-* ``torchserve_server``: the running server (img2pose_tools.torchserve_launcher.TorchServeServer);
-  skipped when java or torchserve is not on PATH.
+* ``torchserve_server``: the running server (img2pose_tools.torchserve_launcher.TorchServeServer), started
+  in the background as the session starts; skipped when java or torchserve is not on PATH.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ MAKE_CKPT = SHARED / "golden" / "make_ckpt.py"
 @pytest.fixture(scope="session", autouse=True)
 def background(request, tmp_path_factory):
     """tests/support/background.py's jobs, those the collected tests will need started now."""
-    jobs = Background(tmp_path_factory, dict(os.environ))
+    jobs = Background(request, tmp_path_factory, dict(os.environ))
     jobs.start_wanted(set(item.fixturenames) for item in request.session.items)
     yield jobs
     jobs.close()
@@ -206,8 +206,9 @@ def server_settings() -> ServerSettings:
     return ServerSettings(batch_size=SESSION_BATCH_SIZE, properties={"ts_open_inference_protocol": "true"})
 
 
-@pytest.fixture(scope="session")
-def torchserve_server(tmp_path_factory, served_archives, server_settings):
+@background_job("torchserve_server", inputs=["served_archives", "server_settings"], stop=stop_torchserve)
+def start_session_server(directory: Path, environment: dict[str, str], served_archives: dict[str, Path],
+                         server_settings: ServerSettings):
     """A running TorchServe serving ``served_archives`` (primary: ``img2pose``); stopped at session end."""
     if missing := missing_tools():
         pytest.skip(f"{' and '.join(missing)} not on PATH: TorchServe cannot run here")
@@ -218,26 +219,22 @@ def torchserve_server(tmp_path_factory, served_archives, server_settings):
     # with exactly (the low bits of a float sum depend on how it is split between threads).
     from tests.support.golden_set import TORCH_THREADS  # a plugin module: imported once pytest registered it
 
-    saved = os.environ.get(TORCH_THREADS_ENV)
-    os.environ[TORCH_THREADS_ENV] = str(TORCH_THREADS)
-    try:
-        server = start_torchserve(tmp_path_factory.mktemp("torchserve"), stores.pop(), served_archives,
-                                  primary=PRIMARY_MODEL, settings=server_settings)
-    finally:
-        if saved is None:
-            del os.environ[TORCH_THREADS_ENV]
-        else:
-            os.environ[TORCH_THREADS_ENV] = saved
-    try:
-        yield server
-    finally:
-        stop_torchserve(server)
+    return start_torchserve(directory, stores.pop(), served_archives, primary=PRIMARY_MODEL, settings=server_settings,
+                            environment={**environment, TORCH_THREADS_ENV: str(TORCH_THREADS)})
+
+
+@pytest.fixture(scope="session")
+def torchserve_server(background):
+    """The session's TorchServe (a background job: it starts with the session when a collected test needs it)."""
+    return background.result("torchserve_server")
 
 
 def pytest_collection_modifyitems(config, items):
     """A test that starts TorchServe (the session server) must say so with the ``server`` marker, so that
-    the fast tier never starts one."""
+    the fast tier never starts one. The ``server`` tests run after the others (in their files' order):
+    meanwhile the session server starts in the background (tests/support/background.py)."""
     unmarked = [item.nodeid for item in items
                 if "torchserve_server" in item.fixturenames and item.get_closest_marker("server") is None]
     if unmarked:
         raise pytest.UsageError("tests that start TorchServe without @pytest.mark.server: " + ", ".join(unmarked))
+    items.sort(key=lambda item: item.get_closest_marker("server") is not None)

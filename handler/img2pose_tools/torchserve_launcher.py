@@ -30,6 +30,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,8 +239,10 @@ def missing_tools(path: str | None = None) -> list[str]:
 
 
 def start_torchserve(workdir: Path, model_store: Path, archives: dict[str, Path], primary: str,
-                     settings: ServerSettings | None = None, base_config: Path = BASE_CONFIG) -> TorchServeServer:
+                     settings: ServerSettings | None = None, base_config: Path = BASE_CONFIG,
+                     environment: Mapping[str, str] | None = None) -> TorchServeServer:
     """Start TorchServe serving ``archives`` ({name: .mar in model_store}); wait until all are READY.
+    ``environment``: the frontend's, which its workers inherit (default: this process's).
     A start that lost one of its ports to another process is tried again on other ports."""
     if shutil.which("java") is None:
         raise RuntimeError("java is not on PATH")
@@ -249,22 +252,23 @@ def start_torchserve(workdir: Path, model_store: Path, archives: dict[str, Path]
     for _ in range(START_ATTEMPTS - 1):
         offset = out.stat().st_size if out.exists() else 0
         try:
-            return _start_once(workdir, model_store, archives, primary, settings, base_config)
+            return _start_once(workdir, model_store, archives, primary, settings, base_config, environment)
         except RuntimeError:
             if not _lost_a_port(workdir, offset):
                 raise
-    return _start_once(workdir, model_store, archives, primary, settings, base_config)
+    return _start_once(workdir, model_store, archives, primary, settings, base_config, environment)
 
 
 def _start_once(workdir: Path, model_store: Path, archives: dict[str, Path], primary: str,
-                settings: ServerSettings, base_config: Path) -> TorchServeServer:
+                settings: ServerSettings, base_config: Path, environment: Mapping[str, str] | None) -> TorchServeServer:
     tmp, log_dir = workdir / "tmp", workdir / "logs"
     tmp.mkdir(exist_ok=True)
     log_dir.mkdir(exist_ok=True)
     ports = tuple(free_ports(5))
     config = write_config(workdir / "config.properties", ports=ports, model_store=model_store,
                           archives=archives, settings=settings, base_config=base_config)
-    env = {**os.environ, **memory_allocator.environment(settings.allocator), "TMPDIR": str(tmp), "TEMP": str(tmp),
+    inherited = os.environ if environment is None else environment
+    env = {**inherited, **memory_allocator.environment(settings.allocator), "TMPDIR": str(tmp), "TEMP": str(tmp),
            "LOG_LOCATION": str(log_dir), "METRICS_LOCATION": str(log_dir)}
     command = ["torchserve", "--start", "--ncs", "--model-store", str(model_store),
                "--models", *[f"{name}={archive.name}" for name, archive in archives.items()],

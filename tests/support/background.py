@@ -15,7 +15,6 @@ import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,17 +22,21 @@ import pytest
 
 @dataclass(frozen=True)
 class Job:
-    run: Callable[[Path, dict[str, str]], Any]
+    run: Callable[..., Any]  # (directory, environment, *the inputs' values) -> result
     wanted_by: frozenset[str]  # fixture names: a collected test that uses one of them will need this job
+    inputs: tuple[str, ...]  # fixtures whose values the job takes after (directory, environment)
+    stop: Callable[[Any], None] | None  # called on the result at the session's end (a server: stopped)
 
 
 JOBS: dict[str, Job] = {}
 
 
-def background_job(name: str, wanted_by: Iterable[str] = ()) -> Callable:
-    """Register ``function`` as the job ``name``; a test using fixture ``name`` or one of ``wanted_by`` wants it."""
-    def register(function: Callable[[Path, dict[str, str]], Any]) -> Callable[[Path, dict[str, str]], Any]:
-        JOBS[name] = Job(function, frozenset({name, *wanted_by}))
+def background_job(name: str, wanted_by: Iterable[str] = (), inputs: Iterable[str] = (),
+                   stop: Callable[[Any], None] | None = None) -> Callable:
+    """Register ``function`` as the job ``name``; a test using fixture ``name`` or one of ``wanted_by`` wants it.
+    ``inputs``: fixtures resolved in the main thread and passed to it; ``stop``: its result's clean-up."""
+    def register(function: Callable[..., Any]) -> Callable[..., Any]:
+        JOBS[name] = Job(function, frozenset({name, *wanted_by}), tuple(inputs), stop)
         return function
     return register
 
@@ -46,7 +49,9 @@ def _lowest_priority() -> None:
 
 
 class Background:
-    def __init__(self, tmp_path_factory: pytest.TempPathFactory, environment: dict[str, str]) -> None:
+    def __init__(self, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                 environment: dict[str, str]) -> None:
+        self._request = request
         self._factory = tmp_path_factory
         self._environment = environment
         self._pool = ThreadPoolExecutor(max_workers=len(JOBS) or 1, thread_name_prefix="background-job",
@@ -61,7 +66,10 @@ class Background:
 
     def start(self, name: str) -> None:
         if name not in self._futures:
-            self._futures[name] = self._pool.submit(JOBS[name].run, self._factory.mktemp(name), dict(self._environment))
+            job = JOBS[name]
+            inputs = [self._request.getfixturevalue(fixture) for fixture in job.inputs]
+            self._futures[name] = self._pool.submit(job.run, self._factory.mktemp(name), dict(self._environment),
+                                                    *inputs)
 
     def result(self, name: str) -> Any:
         self.start(name)
@@ -69,3 +77,6 @@ class Background:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        for name, future in self._futures.items():
+            if JOBS[name].stop is not None and not future.cancelled() and future.exception() is None:
+                JOBS[name].stop(future.result())
