@@ -15,7 +15,7 @@ override it:
 * ``served_archives``: {model name: .mar}, built once per session: ``img2pose`` (the demo archive,
   exactly what README's serve command builds) and ``img2pose_trusted`` (the code-running checkpoint,
   built with ``trust_checkpoint``; its marker is removed after the build, so a worker that unpickled
-  the file again would re-create it), and ``img2pose_poison`` (the demo weights behind
+  the file again would re-create it), and ``img2pose_poison`` (the demo weights at SMALL_SIZES behind
   tests/support/poison_handler.py, for the worker-death tests).
 * ``small_served``, ``small_torch_detector``, ``small_alone``: the demo archive's model at
   tests/support/served_models.py's SMALL_SIZES (openvino as served; torch one image per pass; answers
@@ -46,7 +46,14 @@ from img2pose_serve.nn import reference_data
 from img2pose_serve.runtime.handler_config import TORCH_THREADS_ENV
 from img2pose_tools.torchserve_launcher import REPO, ServerSettings, missing_tools, start_torchserve, stop_torchserve
 from tests.support.background import Background, background_job
-from tests.support.served_models import DEMO_MODEL, POISON_MODEL, PRIMARY_MODEL, SESSION_BATCH_SIZE, TRUSTED_MODEL
+from tests.support.served_models import (
+    DEMO_MODEL,
+    POISON_MODEL,
+    PRIMARY_MODEL,
+    SESSION_BATCH_SIZE,
+    SMALL_SIZES,
+    TRUSTED_MODEL,
+)
 
 pytest_plugins = [
     "tests.support.photo_library",  # the photo library the backfill tests share
@@ -133,7 +140,8 @@ def served_archives(tmp_path_factory, code_running_checkpoint, identity_pose_sta
         TRUSTED_MODEL: build_archive(checkpoint, *identity_pose_stats, export_path=store, model_name=TRUSTED_MODEL,
                                      trust_checkpoint=True, quiet=True),
         POISON_MODEL: build_archive(None, export_path=store, model_name=POISON_MODEL, quiet=True,
-                                    handler=Path(__file__).parent / "support" / "poison_handler.py"),
+                                    handler=Path(__file__).parent / "support" / "poison_handler.py",
+                                    handler_overrides=SMALL_SIZES),
     }
     assert marker.exists(), "the trusted build should have unpickled the checkpoint (and run its code)"
     marker.unlink()

@@ -21,6 +21,7 @@ from img2pose_client.key_file import read_keys, renew_key, token_value_attached
 from img2pose_client.predict_client import MAX_KEY_RECOVERIES
 from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import ServerSettings, missing_tools, start_torchserve, stop_torchserve
+from tests.support.background import background_job
 from tests.support.photo_library import image_bytes, lines
 from tests.support.served_models import DEMO_MODEL
 from tests.support.token_stand_in import digest
@@ -146,8 +147,17 @@ def fresh_keys(server) -> dict[str, str]:
     return keys
 
 
-@pytest.fixture(scope="module")
-def short_key_server(tmp_path_factory, served_archives):
+def stop_short_key_server(server) -> None:
+    try:
+        fresh_keys(server)  # so that stop_torchserve can ask for the worker pids
+    except (requests.RequestException, OSError, KeyError, ValueError):
+        pass
+    stop_torchserve(server)
+
+
+@background_job("short_key_server", inputs=["served_archives"], stop=stop_short_key_server)
+def start_short_key_server(directory: Path, environment: dict[str, str], served_archives: dict[str, Path]):
+    """Started in the background as the session starts (tests/support/background.py)."""
     if missing := missing_tools():
         pytest.skip(f"{' and '.join(missing)} not on PATH: TorchServe cannot run here")
     archive = served_archives[DEMO_MODEL]
@@ -155,9 +165,8 @@ def short_key_server(tmp_path_factory, served_archives):
     settings = ServerSettings(startup_timeout_s=120, properties={"token_expiration_min": str(KEY_LIFETIME_S / 60)})
     for attempt in (1, 2):
         try:
-            server = start_torchserve(tmp_path_factory.mktemp("short_keys"), archive.parent, {DEMO_MODEL: archive},
-                                      primary=DEMO_MODEL, settings=settings)
-            break
+            return start_torchserve(directory / f"attempt{attempt}", archive.parent, {DEMO_MODEL: archive},
+                                    primary=DEMO_MODEL, settings=settings, environment=environment)
         except RuntimeError as error:
             # Seen once in about six runs here: a TorchServe 0.12 started with 3-second keys rejected,
             # from its first second on, the management and API keys it had just written to
@@ -166,14 +175,15 @@ def short_key_server(tmp_path_factory, served_archives):
                 raise
             warnings.warn(f"the short-key TorchServe did not get ready; starting it once more: {str(error)[:300]}",
                           stacklevel=2)
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="module")
+def short_key_server(background):
     try:
-        yield server
+        yield background.result("short_key_server")
     finally:
-        try:
-            fresh_keys(server)  # so that stop_torchserve can ask for the worker pids
-        except (requests.RequestException, OSError, KeyError, ValueError):
-            pass
-        stop_torchserve(server)
+        background.stop("short_key_server")
 
 
 @pytest.mark.server

@@ -32,6 +32,7 @@ from img2pose_serve.runtime import archive_layout
 from img2pose_tools.build_mar import DEFAULT_CLIENT_TIMEOUT_MS
 from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import ServerSettings, missing_tools, start_torchserve, stop_torchserve
+from tests.support.background import background_job
 from tests.support.served_models import PRIMARY_MODEL
 from tests.support.stall_handler import STALL
 from tests.support.stamping_gateway import stamping_gateway
@@ -67,14 +68,22 @@ def queue_test_archive(demo: Path, store: Path) -> Path:
     return copy
 
 
-@pytest.fixture(scope="module")
-def queue_server(tmp_path_factory, served_archives):
+@background_job("queue_server", inputs=["served_archives"], stop=stop_torchserve)
+def start_queue_server(directory: Path, environment: dict[str, str], served_archives: dict[str, Path]):
+    """The private server, started in the background as the session starts (tests/support/background.py)."""
     if missing := missing_tools():
         pytest.skip(f"{' and '.join(missing)} not on PATH: TorchServe cannot run here")
-    store = tmp_path_factory.mktemp("queue_store")
+    store = directory / "store"
+    store.mkdir()
     archive = queue_test_archive(served_archives[PRIMARY_MODEL], store)
-    server = start_torchserve(tmp_path_factory.mktemp("queue_server"), store, {BATCHED: archive, SINGLE: archive},
-                              BATCHED, ServerSettings(per_model={BATCHED: {"batchSize": 8}, SINGLE: {"batchSize": 1}}))
+    return start_torchserve(directory / "server", store, {BATCHED: archive, SINGLE: archive}, BATCHED,
+                            ServerSettings(per_model={BATCHED: {"batchSize": 8}, SINGLE: {"batchSize": 1}}),
+                            environment=environment)
+
+
+@pytest.fixture(scope="module")
+def queue_server(background):
+    server = background.result("queue_server")
     try:
         for model in (BATCHED, SINGLE):  # the archive's setting as TorchServe took it
             assert [v.get("clientTimeoutInMills") for v in server.describe(model)] == [CLIENT_TIMEOUT_S * 1000]
@@ -83,7 +92,7 @@ def queue_server(tmp_path_factory, served_archives):
                                                                   [BATCHED, SINGLE]))
         yield server
     finally:
-        stop_torchserve(server)
+        background.stop("queue_server")
 
 
 def post(server, model: str, body: bytes, timeout: float, via: str | None = None) -> tuple[int | None, float, str]:

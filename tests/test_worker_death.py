@@ -22,7 +22,7 @@ from img2pose_client.predict_client import PredictClient, SoloGate
 from img2pose_tools.wait_ready import wait_ready, worker_pid
 from tests.support.photo_library import backfill, image_bytes, lines
 from tests.support.poison_handler import POISON
-from tests.support.served_models import DEMO_MODEL, POISON_MODEL
+from tests.support.served_models import POISON_MODEL
 from tests.support.stand_in_http import JsonHandler, serving
 
 WORKER_DIED = {"code": 507, "type": "InternalServerException", "message": "Worker died."}
@@ -143,10 +143,11 @@ def _library(root: Path, count: int, poison_at: int | None = None) -> list[Path]
 
 
 def _direct(server, paths: list[Path]) -> dict[str, list]:
-    """What each path's photo gets from a plain request to the demo model (one request per distinct photo)."""
+    """What each path's photo gets from a plain request to the poison model, which runs the demo model for
+    every image but the marked one (one request per distinct photo)."""
     by_content: dict[bytes, list] = {}
     for data in {path.read_bytes() for path in paths}:
-        answer = server.predict(data, model=DEMO_MODEL, headers={"Content-Type": "application/octet-stream"})
+        answer = server.predict(data, model=POISON_MODEL, headers={"Content-Type": "application/octet-stream"})
         assert answer.status_code == 200, answer.text
         by_content[data] = answer.json()
     return {str(path): by_content[path.read_bytes()] for path in paths}

@@ -57,6 +57,7 @@ class Background:
         self._pool = ThreadPoolExecutor(max_workers=len(JOBS) or 1, thread_name_prefix="background-job",
                                         initializer=_lowest_priority)
         self._futures: dict[str, Future] = {}
+        self._stopped: set[str] = set()
 
     def start_wanted(self, fixture_names: Iterable[set[str]]) -> None:
         needed = set().union(*fixture_names)
@@ -75,8 +76,16 @@ class Background:
         self.start(name)
         return self._futures[name].result()
 
+    def stop(self, name: str) -> None:
+        """The job's clean-up on its result, once (a fixture that is done with a server stops it)."""
+        future = self._futures.get(name)
+        if name in self._stopped or future is None or JOBS[name].stop is None:
+            return
+        self._stopped.add(name)
+        if not future.cancelled() and future.exception() is None:
+            JOBS[name].stop(future.result())
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        for name, future in self._futures.items():
-            if JOBS[name].stop is not None and not future.cancelled() and future.exception() is None:
-                JOBS[name].stop(future.result())
+        for name in self._futures:
+            self.stop(name)
