@@ -89,7 +89,7 @@ def kserve_schema() -> dict:
 
 @functools.cache
 def _strict_kserve_schema() -> dict:
-    """Read once: the CRD is megabytes of YAML (seconds to parse); no test changes the schema."""
+    """Read once: the CRD is megabytes of YAML, slow to parse; no test changes the schema."""
     crd = yaml.load(KSERVE_CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
     schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
