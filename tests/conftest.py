@@ -15,8 +15,9 @@ override it:
 * ``served_archives``: {model name: .mar}, built once per session: ``img2pose`` (the demo archive,
   exactly what README's serve command builds) and ``img2pose_trusted`` (the code-running checkpoint,
   built with ``trust_checkpoint``; its marker is removed after the build, so a worker that unpickled
-  the file again would re-create it), and ``img2pose_poison`` (the demo weights at SMALL_SIZES behind
-  tests/support/poison_handler.py, for the worker-death tests).
+  the file again would re-create it), and ``img2pose_poison`` (the demo weights at SMALL_SIZES on the
+  torch runtime, which a restarted worker loads sooner, behind tests/support/poison_handler.py, for the
+  worker-death tests).
 * ``small_served``, ``small_torch_detector``, ``small_alone``: the demo archive's model at
   tests/support/served_models.py's SMALL_SIZES (openvino as served; torch one image per pass; answers
   of images run alone, cached), for the tests of mechanics.
@@ -141,7 +142,7 @@ def served_archives(tmp_path_factory, code_running_checkpoint, identity_pose_sta
                                      trust_checkpoint=True, quiet=True),
         POISON_MODEL: build_archive(None, export_path=store, model_name=POISON_MODEL, quiet=True,
                                     handler=Path(__file__).parent / "support" / "poison_handler.py",
-                                    handler_overrides=SMALL_SIZES),
+                                    handler_overrides={**SMALL_SIZES, "runtime": "torch"}),
     }
     assert marker.exists(), "the trusted build should have unpickled the checkpoint (and run its code)"
     marker.unlink()

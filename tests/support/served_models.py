@@ -2,7 +2,8 @@
 
 PRIMARY_MODEL = DEMO_MODEL = "img2pose"
 TRUSTED_MODEL = "img2pose_trusted"
-POISON_MODEL = "img2pose_poison"  # the demo model at SMALL_SIZES, except that a marked image kills its worker
+# The demo model at SMALL_SIZES on the torch runtime, except that a marked image kills its worker.
+POISON_MODEL = "img2pose_poison"
 
 # config/config.properties serves batchSize 1 (best for online callers on CPU); the session server
 # aggregates batches of 8, as GPU deployments do, so that the tests exercise exact batching.
