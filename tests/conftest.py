@@ -71,7 +71,7 @@ MAKE_CKPT = SHARED / "golden" / "make_ckpt.py"
 def background(request, tmp_path_factory):
     """tests/support/background.py's jobs, those the collected tests will need started now."""
     jobs = Background(request, tmp_path_factory, dict(os.environ))
-    jobs.start_wanted(set(item.fixturenames) for item in request.session.items)
+    jobs.start_wanted(set(item.fixturenames) for item in request.session.items)  # in the order they run
     yield jobs
     jobs.close()
 

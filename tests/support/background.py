@@ -29,6 +29,7 @@ class Job:
 
 
 JOBS: dict[str, Job] = {}
+CONCURRENT_JOBS = 2
 
 
 def background_job(name: str, wanted_by: Iterable[str] = (), inputs: Iterable[str] = (),
@@ -54,16 +55,19 @@ class Background:
         self._request = request
         self._factory = tmp_path_factory
         self._environment = environment
-        self._pool = ThreadPoolExecutor(max_workers=len(JOBS) or 1, thread_name_prefix="background-job",
+        # Two at a time, in the order the tests will need them: more would compete with each other for the
+        # idle core, and a test waiting for a starved job would wait longer than if it had run in front.
+        self._pool = ThreadPoolExecutor(max_workers=CONCURRENT_JOBS, thread_name_prefix="background-job",
                                         initializer=_lowest_priority)
         self._futures: dict[str, Future] = {}
         self._stopped: set[str] = set()
 
     def start_wanted(self, fixture_names: Iterable[set[str]]) -> None:
-        needed = set().union(*fixture_names)
-        for name, job in sorted(JOBS.items()):
-            if job.wanted_by & needed:
-                self.start(name)
+        """Start the jobs that the tests (their fixture names, in the order they run) will need, in that order."""
+        for names in fixture_names:
+            for name, job in JOBS.items():
+                if job.wanted_by & names:
+                    self.start(name)
 
     def start(self, name: str) -> None:
         if name not in self._futures:
