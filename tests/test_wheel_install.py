@@ -52,6 +52,7 @@ import pytest
 from img2pose_serve.runtime import archive_layout
 from img2pose_serve.runtime.handler_config import TORCH_THREADS_ENV
 from img2pose_tools.torchserve_launcher import REPO, missing_tools
+from tests.support.background import background_job
 from tests.support.golden_set import COMMITTED, TORCH_THREADS
 
 pytestmark = pytest.mark.server
@@ -98,15 +99,8 @@ def _checkout_files() -> list[str]:
     return [name for name in listing.split("\0") if name and (REPO / name).is_file()]
 
 
-@pytest.fixture(scope="module")
-def checkout_files() -> list[str]:
-    return _checkout_files()
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory, checkout_files) -> Path:
+def build_wheel(work: Path, checkout_files: list[str]) -> Path:
     """The wheel ``pip install .`` would install, built from a copy (the build writes build/ and egg-info)."""
-    work = tmp_path_factory.mktemp("wheel")
     source = work / "source"
     for name in checkout_files:
         (source / name).parent.mkdir(parents=True, exist_ok=True)
@@ -155,16 +149,14 @@ class Venv:
         return self.root / "bin" / "python"
 
 
-@pytest.fixture(scope="module")
-def venv(tmp_path_factory, wheel) -> Venv:
-    root = tmp_path_factory.mktemp("venv") / "venv"
+def make_venv(root: Path, wheel: Path, environment: dict[str, str]) -> Venv:
     _run([sys.executable, "-m", "venv", "--without-pip", root])
     site_packages = Path(_run([root / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"])
                          .stdout.strip())
     # The test interpreter's packages as plain directories (see the module docstring), after the venv's own.
     dependencies = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
     (site_packages / "_test_dependencies.pth").write_text("".join(f"{d}\n" for d in dependencies))
-    env = {key: value for key, value in os.environ.items()
+    env = {key: value for key, value in environment.items()
            if key not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PYTHONSAFEPATH")}
     # bin/ of the test interpreter after the venv's: the torchserve launcher script (a dependency's).
     env["PATH"] = os.pathsep.join([str(root / "bin"), str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -175,22 +167,130 @@ def venv(tmp_path_factory, wheel) -> Venv:
     return Venv(root, site_packages, env)
 
 
-@pytest.fixture(scope="module")
-def empty_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("user")
+@dataclass
+class Installed:
+    """What the background job did with the installed wheel: each step's result, or the exception it raised
+    (raised again by the test that reads it)."""
+
+    checkout_files: list[str]
+    wheel: Path
+    venv: Venv
+    empty_dir: Path  # the user's directory the commands ran from
+    steps: dict[str, object]
+
+    def step(self, name: str):
+        if isinstance(self.steps[name], BaseException):
+            raise self.steps[name]
+        return self.steps[name]
 
 
-def test_every_console_script_answers_help_from_the_venv(venv, wheel, empty_dir):
-    scripts = _entry_points(wheel)
-    for name in scripts:
-        first_line = (venv.root / "bin" / name).read_text().splitlines()[0]
-        assert first_line == f"#!{venv.python}", (name, first_line)
-
+def _help_texts(installed: Installed) -> dict[str, str]:
     def help_text(name):
-        return _run([venv.root / "bin" / name, "--help"], cwd=empty_dir, env=venv.env).stdout
+        return _run([installed.venv.root / "bin" / name, "--help"], cwd=installed.empty_dir,
+                    env=installed.venv.env).stdout
 
+    scripts = _entry_points(installed.wheel)
     with ThreadPoolExecutor(max_workers=3) as pool:
-        answers = dict(zip(scripts, pool.map(help_text, scripts)))
+        return dict(zip(scripts, pool.map(help_text, scripts)))
+
+
+def _build_store(installed: Installed, demo_checkpoint_file: Path) -> Path:
+    """img2pose-build-mar run from the empty directory: the demo archive, and one from --checkpoint (both at
+    once: each is mostly a process importing torch)."""
+    builder = installed.venv.root / "bin" / "img2pose-build-mar"
+    commands = [[builder], [builder, "--checkpoint", demo_checkpoint_file, "--model-name", "from_checkpoint"]]
+    with ThreadPoolExecutor(len(commands)) as pool:
+        list(pool.map(lambda command: _run(command, cwd=installed.empty_dir, env=installed.venv.env), commands))
+    return installed.empty_dir / "model_store"
+
+
+def _serve(installed: Installed, store: Path, scratch: Path) -> dict:
+    """DRIVER's report: the launcher (packaged config) serving the built demo archive, from the empty directory."""
+    if missing := missing_tools(installed.venv.env["PATH"]):
+        pytest.skip(f"{' and '.join(missing)} not on the venv's PATH: TorchServe cannot run here")
+    driver, report_file = scratch / "driver.py", scratch / "report.json"
+    driver.write_text(DRIVER)
+    _run([installed.venv.python, driver, store, COMMITTED.image_path(IMAGE), report_file, *OUR_MODULES],
+         cwd=installed.empty_dir, env=installed.venv.env, timeout=900)
+    return json.loads(report_file.read_text())
+
+
+def _in_process_commands(installed: Installed, store: Path, scratch: Path) -> tuple[str, str]:
+    """README's try-it-on-your-photos commands, from the empty directory: ``img2pose-detect`` (its default
+    archive, ./model_store/img2pose.mar) and ``backfill --archive``, no server: (detect's output, backfill's
+    results file)."""
+    image = COMMITTED.image_path(IMAGE)
+    results = scratch / "results.jsonl"
+    bin_dir = installed.venv.root / "bin"
+    commands = [[bin_dir / "img2pose-detect", image, "--score-threshold", "0"],
+                [bin_dir / "backfill", image, "--archive", store / "img2pose.mar", "--output", results,
+                 "--score-threshold", "0", "--quiet"]]
+    with ThreadPoolExecutor(len(commands)) as pool:  # both at once: each is mostly a process importing torch
+        printed = list(pool.map(lambda command: _run(command, cwd=installed.empty_dir, env=installed.venv.env),
+                                commands))[0].stdout
+    return printed, results.read_text()
+
+
+@background_job("installed_wheel", inputs=["demo_checkpoint_file"])
+def install_the_wheel_and_run_it(directory: Path, environment: dict[str, str], demo_checkpoint_file: Path) -> Installed:
+    """The wheel built and installed in a new venv, and every slow thing the tests below check run with it,
+    in the background (tests/support/background.py): each is mostly processes importing torch and a
+    TorchServe starting, which take the idle core while the session server's tests wait on their server."""
+    checkout_files = _checkout_files()
+    (directory / "wheel").mkdir()
+    wheel = build_wheel(directory / "wheel", checkout_files)
+    venv = make_venv(directory / "venv", wheel, environment)
+    (directory / "user").mkdir()
+    installed = Installed(checkout_files, wheel, venv, directory / "user", {})
+
+    def step(name: str, run, *args) -> None:
+        try:
+            installed.steps[name] = run(*args)
+        except BaseException as error:  # noqa: BLE001 - a skip or a failure, raised again by its test
+            installed.steps[name] = error
+
+    step("help", _help_texts, installed)
+    step("store", _build_store, installed, demo_checkpoint_file)
+    if not isinstance(installed.steps["store"], BaseException):
+        step("served", _serve, installed, installed.steps["store"], directory)
+        step("in_process", _in_process_commands, installed, installed.steps["store"], directory)
+    else:
+        installed.steps["served"] = installed.steps["in_process"] = installed.steps["store"]
+    return installed
+
+
+@pytest.fixture(scope="module")
+def installed(background) -> Installed:
+    return background.result("installed_wheel")
+
+
+@pytest.fixture(scope="module")
+def checkout_files(installed) -> list[str]:
+    return installed.checkout_files
+
+
+@pytest.fixture(scope="module")
+def wheel(installed) -> Path:
+    return installed.wheel
+
+
+@pytest.fixture(scope="module")
+def venv(installed) -> Venv:
+    return installed.venv
+
+
+@pytest.fixture(scope="module")
+def empty_dir(installed) -> Path:
+    return installed.empty_dir
+
+
+def test_every_console_script_answers_help_from_the_venv(installed):
+    scripts = _entry_points(installed.wheel)
+    for name in scripts:
+        first_line = (installed.venv.root / "bin" / name).read_text().splitlines()[0]
+        assert first_line == f"#!{installed.venv.python}", (name, first_line)
+    answers = installed.step("help")
+    assert sorted(answers) == sorted(scripts)
     assert [name for name, text in answers.items() if not text.startswith("usage:")] == []
 
 
@@ -208,14 +308,8 @@ def test_write_config_gives_a_user_without_a_checkout_the_repositorys_config(ven
 
 
 @pytest.fixture(scope="module")
-def built_store(venv, empty_dir, demo_checkpoint_file) -> Path:
-    """img2pose-build-mar run from the empty directory: the demo archive, and one from --checkpoint (both at
-    once: each is mostly a process importing torch)."""
-    builder = venv.root / "bin" / "img2pose-build-mar"
-    commands = [[builder], [builder, "--checkpoint", demo_checkpoint_file, "--model-name", "from_checkpoint"]]
-    with ThreadPoolExecutor(len(commands)) as pool:
-        list(pool.map(lambda command: _run(command, cwd=empty_dir, env=venv.env), commands))
-    return empty_dir / "model_store"
+def built_store(installed) -> Path:
+    return installed.step("store")
 
 
 def _archive_info(mar: Path) -> dict:
@@ -239,14 +333,8 @@ def test_the_installed_builder_packs_the_checkouts_code(built_store, checkout_fi
     assert from_checkpoint["pose_stats_source"].startswith("published")  # img2pose_serve/nn/data's statistics
 
 
-def test_the_installed_launcher_serves_the_built_archive(venv, built_store, empty_dir, tmp_path, detections):
-    if missing := missing_tools(venv.env["PATH"]):
-        pytest.skip(f"{' and '.join(missing)} not on the venv's PATH: TorchServe cannot run here")
-    driver, report_file = tmp_path / "driver.py", tmp_path / "report.json"
-    driver.write_text(DRIVER)
-    _run([venv.python, driver, built_store, COMMITTED.image_path(IMAGE), report_file, *OUR_MODULES],
-         cwd=empty_dir, env=venv.env, timeout=900)
-    report = json.loads(report_file.read_text())
+def test_the_installed_launcher_serves_the_built_archive(installed, venv, detections):
+    report = installed.step("served")
 
     site_packages = venv.site_packages.resolve()
     assert [name for name, origin in report["modules"].items()
@@ -258,16 +346,11 @@ def test_the_installed_launcher_serves_the_built_archive(venv, built_store, empt
     assert json.loads(report["answer"]) == detections.identity_stats(COMMITTED, IMAGE)
 
 
-def test_the_installed_in_process_commands_answer_as_the_server(venv, built_store, empty_dir, tmp_path, detections):
+def test_the_installed_in_process_commands_answer_as_the_server(installed, detections):
     """README's try-it-on-your-photos commands, from the empty directory: ``img2pose-detect`` (its default
     archive, ./model_store/img2pose.mar) and ``backfill --archive``, no server."""
     expected = detections.identity_stats(COMMITTED, IMAGE)
     image = COMMITTED.image_path(IMAGE)
-    results = tmp_path / "results.jsonl"
-    commands = [[venv.root / "bin" / "img2pose-detect", image, "--score-threshold", "0"],
-                [venv.root / "bin" / "backfill", image, "--archive", built_store / "img2pose.mar", "--output", results,
-                 "--score-threshold", "0", "--quiet"]]
-    with ThreadPoolExecutor(len(commands)) as pool:  # both at once: each is mostly a process importing torch
-        printed = list(pool.map(lambda command: _run(command, cwd=empty_dir, env=venv.env), commands))[0].stdout
+    printed, results = installed.step("in_process")
     assert [json.loads(line) for line in printed.splitlines()] == [{"path": str(image), "faces": expected}]
-    assert [json.loads(line) for line in results.read_text().splitlines()] == [{"path": str(image), "faces": expected}]
+    assert [json.loads(line) for line in results.splitlines()] == [{"path": str(image), "faces": expected}]
