@@ -208,6 +208,7 @@ def _serve(installed: Installed, store: Path, scratch: Path) -> dict:
     """DRIVER's report: the launcher (packaged config) serving the built demo archive, from the empty directory."""
     if missing := missing_tools(installed.venv.env["PATH"]):
         pytest.skip(f"{' and '.join(missing)} not on the venv's PATH: TorchServe cannot run here")
+    scratch.mkdir()
     driver, report_file = scratch / "driver.py", scratch / "report.json"
     driver.write_text(DRIVER)
     _run([installed.venv.python, driver, store, COMMITTED.image_path(IMAGE), report_file, *OUR_MODULES],
@@ -220,6 +221,7 @@ def _in_process_commands(installed: Installed, store: Path, scratch: Path) -> tu
     archive, ./model_store/img2pose.mar) and ``backfill --archive``, no server: (detect's output, backfill's
     results file)."""
     image = COMMITTED.image_path(IMAGE)
+    scratch.mkdir()
     results = scratch / "results.jsonl"
     bin_dir = installed.venv.root / "bin"
     commands = [[bin_dir / "img2pose-detect", image, "--score-threshold", "0"],
@@ -249,13 +251,21 @@ def install_the_wheel_and_run_it(directory: Path, environment: dict[str, str], d
         except BaseException as error:  # noqa: BLE001 - a skip or a failure, raised again by its test
             installed.steps[name] = error
 
-    step("help", _help_texts, installed)
-    step("store", _build_store, installed, demo_checkpoint_file)
-    if not isinstance(installed.steps["store"], BaseException):
-        step("served", _serve, installed, installed.steps["store"], directory)
-        step("in_process", _in_process_commands, installed, installed.steps["store"], directory)
-    else:
-        installed.steps["served"] = installed.steps["in_process"] = installed.steps["store"]
+    def with_the_store(name: str, run) -> None:
+        store = installed.steps["store"]
+        if isinstance(store, BaseException):
+            installed.steps[name] = store
+        else:
+            step(name, run, installed, store, directory / name)
+
+    # Side by side where one does not need the other: each is mostly processes starting.
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(step, "help", _help_texts, installed),
+                     pool.submit(step, "store", _build_store, installed, demo_checkpoint_file)]:
+            done.result()
+        for done in [pool.submit(with_the_store, "served", _serve),
+                     pool.submit(with_the_store, "in_process", _in_process_commands)]:
+            done.result()
     return installed
 
 

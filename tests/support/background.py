@@ -29,7 +29,7 @@ class Job:
 
 
 JOBS: dict[str, Job] = {}
-CONCURRENT_JOBS = 2
+CONCURRENT_JOBS = 3
 
 
 def background_job(name: str, wanted_by: Iterable[str] = (), inputs: Iterable[str] = (),
@@ -55,7 +55,7 @@ class Background:
         self._request = request
         self._factory = tmp_path_factory
         self._environment = environment
-        # Two at a time, in the order the tests will need them: more would compete with each other for the
+        # Three at a time, in the order the tests will need them: more would compete with each other for the
         # idle core, and a test waiting for a starved job would wait longer than if it had run in front.
         self._pool = ThreadPoolExecutor(max_workers=CONCURRENT_JOBS, thread_name_prefix="background-job",
                                         initializer=_lowest_priority)
