@@ -46,7 +46,7 @@ import torch
 from img2pose_serve.nn import reference_data
 from img2pose_serve.runtime.handler_config import TORCH_THREADS_ENV
 from img2pose_tools.torchserve_launcher import REPO, ServerSettings, missing_tools, start_torchserve, stop_torchserve
-from tests.support.background import Background, background_job
+from tests.support.background import Background, background_job, runs_last
 from tests.support.served_models import (
     DEMO_MODEL,
     POISON_MODEL,
@@ -241,9 +241,10 @@ def torchserve_server(background):
 def pytest_collection_modifyitems(config, items):
     """A test that starts TorchServe (the session server) must say so with the ``server`` marker, so that
     the fast tier never starts one. The ``server`` tests run after the others (in their files' order):
-    meanwhile the session server starts in the background (tests/support/background.py)."""
+    meanwhile the session server starts in the background (tests/support/background.py); in each tier,
+    the tests of a job that asks for it (``tests_last``) run last."""
     unmarked = [item.nodeid for item in items
                 if "torchserve_server" in item.fixturenames and item.get_closest_marker("server") is None]
     if unmarked:
         raise pytest.UsageError("tests that start TorchServe without @pytest.mark.server: " + ", ".join(unmarked))
-    items.sort(key=lambda item: item.get_closest_marker("server") is not None)
+    items.sort(key=lambda item: (item.get_closest_marker("server") is not None, runs_last(item.fixturenames)))

@@ -233,7 +233,7 @@ def _in_process_commands(installed: Installed, store: Path, scratch: Path) -> tu
     return printed, results.read_text()
 
 
-@background_job("installed_wheel", inputs=["demo_checkpoint_file"])
+@background_job("installed_wheel", wanted_by=["installed"], inputs=["demo_checkpoint_file"], tests_last=True)
 def install_the_wheel_and_run_it(directory: Path, environment: dict[str, str], demo_checkpoint_file: Path) -> Installed:
     """The wheel built and installed in a new venv, and every slow thing the tests below check run with it,
     in the background (tests/support/background.py): each is mostly processes importing torch and a

@@ -26,6 +26,7 @@ class Job:
     wanted_by: frozenset[str]  # fixture names: a collected test that uses one of them will need this job
     inputs: tuple[str, ...]  # fixtures whose values the job takes after (directory, environment)
     stop: Callable[[Any], None] | None  # called on the result at the session's end (a server: stopped)
+    tests_last: bool  # its tests run after the others of their tier, giving it the longest head start
 
 
 JOBS: dict[str, Job] = {}
@@ -33,11 +34,12 @@ CONCURRENT_JOBS = 3
 
 
 def background_job(name: str, wanted_by: Iterable[str] = (), inputs: Iterable[str] = (),
-                   stop: Callable[[Any], None] | None = None) -> Callable:
+                   stop: Callable[[Any], None] | None = None, tests_last: bool = False) -> Callable:
     """Register ``function`` as the job ``name``; a test using fixture ``name`` or one of ``wanted_by`` wants it.
-    ``inputs``: fixtures resolved in the main thread and passed to it; ``stop``: its result's clean-up."""
+    ``inputs``: fixtures resolved in the main thread and passed to it; ``stop``: its result's clean-up;
+    ``tests_last``: see Job."""
     def register(function: Callable[..., Any]) -> Callable[..., Any]:
-        JOBS[name] = Job(function, frozenset({name, *wanted_by}), tuple(inputs), stop)
+        JOBS[name] = Job(function, frozenset({name, *wanted_by}), tuple(inputs), stop, tests_last)
         return function
     return register
 
@@ -47,6 +49,12 @@ def _lowest_priority() -> None:
     take only the CPU the tests leave idle, so they do not slow a test that is timing something."""
     if hasattr(os, "nice"):
         os.nice(19)
+
+
+def runs_last(fixture_names: Iterable[str]) -> bool:
+    """Whether a test with these fixtures takes the result of a job whose tests run last."""
+    names = set(fixture_names)
+    return any(job.tests_last and job.wanted_by & names for job in JOBS.values())
 
 
 class Background:
