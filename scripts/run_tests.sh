@@ -16,5 +16,5 @@ if [ "${CI:-}" = "true" ] || [ "$(cat "$stamp" 2>/dev/null || true)" != "$instal
     mkdir -p .pytest_cache
     printf '%s' "$installed" > "$stamp"
 fi
-# --durations: where the time goes, in every run (the budget is 6 minutes on 2 cores: issue 22).
+# --durations: where the time goes, in every run (the budget is 6 minutes on 2 cores).
 exec python3 -m pytest -ra --durations=25 "$@"
