@@ -167,26 +167,10 @@ def demo_served(demo_model_dir):
 
 
 @pytest.fixture(scope="session")
-def demo_detector(demo_served):
-    """The network the demo archive serves (FasterDoFRCNN, the worker's images per pass)."""
-    return demo_served.model
-
-
-@pytest.fixture(scope="session")
-def demo_torch_detector(demo_model_dir):
-    """The demo archive's network on the torch runtime (the reference's arithmetic), one image per pass."""
-    from img2pose_serve.runtime import archive_layout
-
-    model, _ = archive_layout.load_detector(demo_model_dir, images_per_pass=1)
-    return model
-
-
-@pytest.fixture(scope="session")
 def small_served(demo_model_dir):
     """The demo archive's model as its worker loads it, at SMALL_SIZES (the mechanics tests' resize)."""
     from img2pose_serve.runtime import archive_layout
     from img2pose_serve.runtime.served_model import ServedModel
-    from tests.support.served_models import SMALL_SIZES
 
     config = dataclasses.replace(archive_layout.read_handler_config(demo_model_dir), **SMALL_SIZES)
     return ServedModel.load(demo_model_dir, config)
@@ -196,7 +180,6 @@ def small_served(demo_model_dir):
 def small_torch_detector(demo_model_dir):
     """The demo archive's network on the torch runtime, one image per pass, at SMALL_SIZES."""
     from img2pose_serve.runtime import archive_layout
-    from tests.support.served_models import SMALL_SIZES
 
     model, _ = archive_layout.load_detector(demo_model_dir, images_per_pass=1, **SMALL_SIZES)
     return model

@@ -19,4 +19,4 @@ REST_GOLDEN_IMAGES = ("01_rgb_640x480.jpg", "02_rgba_480x640.png", "04_gray_320x
 # 640/1400 (README, "Tests", has the figures). Parity at the default sizes is test_golden's and
 # test_server's; the reference's answers at these sizes are in tests/golden/other_sizes.json.
 SMALL_SIZES = {"min_size": 200, "max_size": 400}
-SMALL_SIZE_KEY = "200/400"  # its entry in other_sizes.json
+SMALL_SIZE_KEY = "{min_size}/{max_size}".format(**SMALL_SIZES)  # its entry in other_sizes.json
