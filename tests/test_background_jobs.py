@@ -84,3 +84,10 @@ def test_every_registered_job_is_wanted_by_a_fixture_that_exists(request):
     defined = set(request.session._fixturemanager._arg2fixturedefs)  # every fixture of the collected modules
     assert background.JOBS, "no job registered: the conftest's jobs should be"
     assert {name: sorted(job.wanted_by) for name, job in background.JOBS.items() if not job.wanted_by & defined} == {}
+
+
+def test_a_part_of_a_job_keeps_its_result_or_what_it_raised():
+    assert background.unwrapped(background.outcome(lambda x: x + 1, 1)) == 2
+    kept = background.outcome(pytest.skip, "no old commit")
+    with pytest.raises(pytest.skip.Exception, match="no old commit"):
+        background.unwrapped(kept)

@@ -61,7 +61,7 @@ from img2pose_tools.serve_config import CONFIG_DIR
 from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import REPO
 from img2pose_tools.wait_ready import ready_workers
-from tests.support.background import background_job
+from tests.support.background import background_job, outcome, unwrapped
 
 pytestmark = pytest.mark.slow  # an old archive built and two workers started
 
@@ -279,7 +279,7 @@ def installed_package(tmp_path_factory) -> Path:
 def run_both_workers(directory: Path, environment: dict[str, str]) -> dict[str, tuple[Path, WorkerRun] | Exception]:
     """{"old": ..., "new": ...}: each archive built, unpacked and its worker run (see the tests below), both at
     once (each is mostly one process importing torch), in the background (tests/support/background.py).
-    The old archive cannot be had without the old commit: its entry is then that skip."""
+    Each entry is its run or what it raised (``background.outcome``): without the old commit, the skip."""
     def old_run() -> tuple[Path, WorkerRun]:
         tree = extract_old_handler_tree(directory / "old_tree")
         (directory / "old_store").mkdir()
@@ -296,14 +296,8 @@ def run_both_workers(directory: Path, environment: dict[str, str]) -> dict[str, 
         return model_dir, run_worker(model_dir, "new", None, directory, environment)
 
     with ThreadPoolExecutor(2) as pool:
-        futures = {"old": pool.submit(old_run), "new": pool.submit(new_run)}
-        runs: dict = {}
-        for name, future in futures.items():
-            try:
-                runs[name] = future.result()
-            except pytest.skip.Exception as skipped:
-                runs[name] = skipped
-    return runs
+        futures = {"old": pool.submit(outcome, old_run), "new": pool.submit(outcome, new_run)}
+        return {name: future.result() for name, future in futures.items()}
 
 
 @pytest.fixture(scope="module")
@@ -311,18 +305,12 @@ def worker_runs(background) -> dict[str, tuple[Path, WorkerRun] | Exception]:
     return background.result("worker_runs")
 
 
-def _run(worker_runs: dict, name: str) -> tuple[Path, WorkerRun]:
-    if isinstance(worker_runs[name], pytest.skip.Exception):
-        raise worker_runs[name]
-    return worker_runs[name]
-
-
 def test_old_archive_loads_and_answers_with_its_own_code(worker_runs, installed_package):
     # The premise: the installed package is the split one, without the modules the old handler imports.
     assert (installed_package / "runtime" / "served_model.py").is_file()
     assert not [m for m in OLD_ONLY_MODULES if (installed_package / f"{m}.py").exists()]
 
-    model_dir, run = _run(worker_runs, "old")
+    model_dir, run = unwrapped(worker_runs["old"])
     assert (model_dir / "img2pose_serve" / "served_model.py").is_file()  # the flat package travelled
 
     assert run.load[0] == 200, f"{run.load}\n{run.log[-6000:]}"
@@ -338,7 +326,7 @@ def test_new_archive_worker_imports_its_own_copy_too(worker_runs, installed_pack
     """The control: the same worker loads an archive of the current code from the archive's files too (the
     installed copy holds the same modules and would serve as well: only the .pyc files tell which one was
     imported). Load only: the session server's tests send new archives every kind of request."""
-    model_dir, run = _run(worker_runs, "new")
+    model_dir, run = unwrapped(worker_runs["new"])
 
     assert run.load[0] == 200, f"{run.load}\n{run.log[-6000:]}"
     assert imported_from(model_dir, "img2pose_handler") == {"img2pose_handler": True}

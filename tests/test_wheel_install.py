@@ -52,7 +52,7 @@ import pytest
 from img2pose_serve.runtime import archive_layout
 from img2pose_serve.runtime.handler_config import TORCH_THREADS_ENV
 from img2pose_tools.torchserve_launcher import REPO, missing_tools
-from tests.support.background import background_job
+from tests.support.background import background_job, outcome, unwrapped
 from tests.support.golden_set import COMMITTED, TORCH_THREADS
 
 pytestmark = pytest.mark.server
@@ -179,9 +179,7 @@ class Installed:
     steps: dict[str, object]
 
     def step(self, name: str):
-        if isinstance(self.steps[name], BaseException):
-            raise self.steps[name]
-        return self.steps[name]
+        return unwrapped(self.steps[name])
 
 
 def _help_texts(installed: Installed) -> dict[str, str]:
@@ -246,10 +244,7 @@ def install_the_wheel_and_run_it(directory: Path, environment: dict[str, str], d
     installed = Installed(checkout_files, wheel, venv, directory / "user", {})
 
     def step(name: str, run, *args) -> None:
-        try:
-            installed.steps[name] = run(*args)
-        except BaseException as error:  # noqa: BLE001 - a skip or a failure, raised again by its test
-            installed.steps[name] = error
+        installed.steps[name] = outcome(run, *args)
 
     def with_the_store(name: str, run) -> None:
         store = installed.steps["store"]

@@ -1,12 +1,13 @@
 """Session work that is mostly a separate process (a fresh interpreter importing torch, a TorchServe worker,
 a checkpoint script), started in a thread as the session starts when a collected test will need it. It then
-runs beside the tests before that one, on the core they leave idle (they keep about one of two busy), instead
-of in front of it, at the lowest priority.
+runs beside the tests before that one, on what CPU they leave idle, instead of in front of it, at the lowest
+priority.
 
 A job is a function ``(directory, environment) -> result``: a directory of its own (made in the main thread)
 and os.environ as it was when the session started (tests change it for themselves meanwhile). A fixture
 takes its result with ``Background.result(name)``; a job no collected test announced runs there and then.
-An exception a job raises (a skip included) is raised again in every fixture that takes its result.
+An exception a job raises (a skip included) is raised again in every fixture that takes its result; a job of
+several parts keeps each part's with ``outcome`` and its test raises it with ``unwrapped``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,21 @@ def background_job(name: str, wanted_by: Iterable[str] = (), inputs: Iterable[st
         JOBS[name] = Job(function, frozenset({name, *wanted_by}), tuple(inputs), stop, tests_last)
         return function
     return register
+
+
+def outcome(run: Callable[..., Any], *args: Any) -> Any:
+    """``run(*args)``, or the exception it raised (a skip included): one part of a job, kept for its test."""
+    try:
+        return run(*args)
+    except BaseException as error:  # noqa: BLE001 - raised again by the test that reads it (``unwrapped``)
+        return error
+
+
+def unwrapped(value: Any) -> Any:
+    """A part's result, or its exception raised again."""
+    if isinstance(value, BaseException):
+        raise value
+    return value
 
 
 def _lowest_priority() -> None:
