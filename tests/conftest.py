@@ -46,7 +46,7 @@ import torch
 from img2pose_serve.nn import reference_data
 from img2pose_serve.runtime.handler_config import TORCH_THREADS_ENV
 from img2pose_tools.torchserve_launcher import REPO, ServerSettings, missing_tools, start_torchserve, stop_torchserve
-from tests.support.background import Background, background_job, runs_last
+from tests.support.background import Background, background_job, fixtures_used, runs_last
 from tests.support.served_models import (
     DEMO_MODEL,
     POISON_MODEL,
@@ -71,7 +71,7 @@ MAKE_CKPT = SHARED / "golden" / "make_ckpt.py"
 def background(request, tmp_path_factory):
     """tests/support/background.py's jobs, those the collected tests will need started now."""
     jobs = Background(request, tmp_path_factory, dict(os.environ))
-    jobs.start_wanted(set(item.fixturenames) for item in request.session.items)  # in the order they run
+    jobs.start_wanted(fixtures_used(item) for item in request.session.items)  # in the order they run
     yield jobs
     jobs.close()
 
@@ -230,4 +230,4 @@ def pytest_collection_modifyitems(config, items):
                 if "torchserve_server" in item.fixturenames and item.get_closest_marker("server") is None]
     if unmarked:
         raise pytest.UsageError("tests that start TorchServe without @pytest.mark.server: " + ", ".join(unmarked))
-    items.sort(key=lambda item: (item.get_closest_marker("server") is not None, runs_last(item.fixturenames)))
+    items.sort(key=lambda item: (item.get_closest_marker("server") is not None, runs_last(fixtures_used(item))))

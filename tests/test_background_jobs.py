@@ -80,6 +80,19 @@ def test_a_job_whose_tests_run_last_marks_them():
         del background.JOBS["probe_job"]
 
 
+@pytest.fixture
+def indirect_probe(request):
+    return request.param
+
+
+@pytest.mark.parametrize("installed", [True])  # named like the wheel job's fixture: test_runtime.py has one
+@pytest.mark.parametrize(("indirect_probe", "other"), [(1, 2)], indirect=["indirect_probe"])
+def test_a_directly_parametrized_argument_is_not_a_fixture_the_test_uses(request, installed, indirect_probe, other):
+    used = background.fixtures_used(request.node)
+    assert {"request", "indirect_probe"} <= used
+    assert not {"installed", "other"} & used
+
+
 def test_every_registered_job_is_wanted_by_a_fixture_that_exists(request):
     defined = set(request.session._fixturemanager._arg2fixturedefs)  # every fixture of the collected modules
     assert background.JOBS, "no job registered: the conftest's jobs should be"

@@ -67,6 +67,18 @@ def _lowest_priority() -> None:
         os.nice(19)
 
 
+def fixtures_used(item: pytest.Item) -> set[str]:
+    """The fixtures ``item`` takes: its fixture names without the arguments it parametrizes directly (pytest
+    lists those among them too, and a parameter named like a job's fixture must not start the job)."""
+    direct = set()
+    for mark in item.iter_markers("parametrize"):
+        names = mark.args[0] if mark.args else mark.kwargs["argnames"]
+        names = [name.strip() for name in names.split(",")] if isinstance(names, str) else list(names)
+        indirect = mark.kwargs.get("indirect", False)
+        direct.update(name for name in names if not (indirect is True or name in (indirect or ())))
+    return set(getattr(item, "fixturenames", ())) - direct
+
+
 def runs_last(fixture_names: Iterable[str]) -> bool:
     """Whether a test with these fixtures takes the result of a job whose tests run last."""
     names = set(fixture_names)
