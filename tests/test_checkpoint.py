@@ -7,7 +7,7 @@ import torch
 
 from img2pose_serve.nn import reference_data
 from img2pose_serve.nn.checkpoint import CheckpointError, canonical_state_dict, load_into, read_checkpoint
-from img2pose_serve.nn.faster_dof_rcnn import FasterDoFRCNN
+from img2pose_serve.nn.faster_dof_rcnn import FasterDoFRCNN, build_detector
 from img2pose_serve.nn.pose import PoseDecoder
 from img2pose_tools.demo_checkpoint import state_dict_manifest
 
@@ -61,11 +61,32 @@ def test_every_official_layout_loads_strictly_with_identical_values(model, offic
 
 
 def test_missing_batchnorm_counter_is_tolerated(model, official_state):
-    state = {k: v for k, v in official_state.items() if not k.endswith("dof_pred.1.num_batches_tracked")}
+    counter = "roi_heads.box_predictor.dof_pred.1.num_batches_tracked"
+    state = {k: v for k, v in official_state.items() if k != counter}
     assert len(state) == len(official_state) - 1
+    model.get_buffer(counter).fill_(7)
     load_into(model, state)
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    assert loaded[counter].item() == 0  # a fresh counter, whatever the model held before
+
+
+def test_build_detector_fills_every_tensor_from_the_checkpoint(official_state):
+    """It builds the network without initialising it (uninitialised memory the checkpoint then fills)."""
+    built = build_detector(official_state)
+    loaded = built.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in official_state.items())
+    assert not any(t.is_meta for t in [*built.parameters(), *built.buffers()])
+
+
+def test_a_buffer_no_checkpoint_holds_is_refused(official_state):
+    class WithScratch(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("scratch", torch.empty(3), persistent=False)
+
+    with pytest.raises(TypeError, match="buffers a checkpoint does not hold: scratch"):
+        load_into(WithScratch(), {})
 
 
 def test_missing_and_unexpected_keys_are_named(model, official_state):

@@ -103,9 +103,12 @@ def load_into(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     """Load ``state`` into ``model`` strictly, with an error naming every missing or unexpected key."""
     state = canonical_state_dict(state)
     expected = model.state_dict()
+    unsaved = sorted(set(dict(model.named_buffers())) - set(expected))
+    if unsaved:  # build_detector's model holds uninitialised memory until the checkpoint fills it
+        raise TypeError(f"{type(model).__name__} has buffers a checkpoint does not hold: {_listing(unsaved)}")
     for key in _OPTIONAL_KEYS:
         if key in expected and key not in state:
-            state[key] = expected[key].clone()
+            state[key] = torch.zeros_like(expected[key])  # a fresh counter's value
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [
