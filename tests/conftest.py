@@ -33,6 +33,7 @@ override it:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import subprocess
 import sys
@@ -231,3 +232,15 @@ def pytest_collection_modifyitems(config, items):
     if unmarked:
         raise pytest.UsageError("tests that start TorchServe without @pytest.mark.server: " + ", ".join(unmarked))
     items.sort(key=lambda item: (item.get_closest_marker("server") is not None, runs_last(fixtures_used(item))))
+
+
+def pytest_collection_finish(session):
+    """What collection imported (torch, torchvision, TorchServe, ...) is frozen out of the garbage
+    collector: it lives as long as the session, and every full collection would walk it again."""
+    gc.freeze()
+
+
+def pytest_unconfigure(config):
+    """The same for the session's objects, so that the interpreter's exit skips collecting them again and
+    again (2-3 s of every run)."""
+    gc.freeze()
