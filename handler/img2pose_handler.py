@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,8 +39,21 @@ from img2pose_serve.nn.openvino_stages import disable_openvino_telemetry
 
 disable_openvino_telemetry()  # first: TorchServe's base handler imports openvino, which then reports its use
 
+# TorchServe's base handler imports openvino.torch, torch.compile's OpenVINO backend, wherever OpenVINO is
+# installed: about 1 s of every worker start (docs/speed-and-tuning.md),
+# for a backend this handler never uses (PT2_IGNORED). That one import is skipped (TorchServe then logs
+# "OpenVINO is not enabled", about torch.compile only); the module stays importable for anyone else.
+_SKIPPED_BACKEND = "openvino.torch"
+_skipping = _SKIPPED_BACKEND not in sys.modules
+if _skipping:
+    sys.modules[_SKIPPED_BACKEND] = None  # an import of it raises ImportError, which the base handler expects
+try:
+    from ts.torch_handler.base_handler import BaseHandler
+finally:
+    if _skipping and sys.modules.get(_SKIPPED_BACKEND, "") is None:
+        del sys.modules[_SKIPPED_BACKEND]
+
 from ts.metrics.metric_type_enum import MetricTypes
-from ts.torch_handler.base_handler import BaseHandler
 
 from img2pose_serve.protocol import open_inference
 from img2pose_serve.protocol.deadline import DEADLINE_HEADER, REQUEST_START_HEADER, ForwardClock

@@ -156,3 +156,10 @@ def test_neither_the_worker_nor_the_openvino_runtime_sends_openvino_telemetry(fr
     client id under $HOME unless CI=true or the user opted out; TorchServe's base handler imports openvino."""
     assert fresh_interpreter.openvino_telemetry == "None"  # blocked: the module can never be imported
     assert list(fresh_interpreter.home.iterdir()) == [], "OpenVINO wrote its telemetry files"
+
+
+def test_the_worker_skips_torch_compiles_openvino_backend_and_leaves_it_importable(fresh_interpreter):
+    """TorchServe's base handler imports openvino.torch (about 1 s of a worker's start) for torch.compile,
+    which the handler never uses; the import is skipped for that one import only."""
+    assert not fresh_interpreter.worker_imported_the_compile_backend
+    assert fresh_interpreter.compile_backend_importable

@@ -1,5 +1,6 @@
 """One fresh interpreter that imports what a worker and a library user import, for the checks that need a
-process this test session has not touched (Pillow's guard, OpenVINO's telemetry): one torch import serves
+process this test session has not touched (Pillow's guard, OpenVINO's telemetry, the skipped
+torch.compile backend): one torch import serves
 them all, in the background (tests/support/background.py). A pytest plugin (tests/conftest.py lists it):
 the ``fresh_interpreter`` fixture."""
 
@@ -24,14 +25,20 @@ PROBE = f"""
 import json, sys
 from PIL import Image
 Image.MAX_IMAGE_PIXELS = {PILLOW_GUARD_SET_BY_THE_USER}
-import img2pose_handler, img2pose_serve, img2pose_client.backfill, img2pose_tools.build_mar
+import img2pose_handler
+import importlib.util
+worker_imported_the_compile_backend = "openvino.torch" in sys.modules
+compile_backend_importable = importlib.util.find_spec("openvino.torch") is not None
+import img2pose_serve, img2pose_client.backfill, img2pose_tools.build_mar
 from img2pose_serve import Img2Pose
 pillow_guard = Image.MAX_IMAGE_PIXELS
 import torch
 import openvino as ov
 ov.convert_model(torch.nn.Linear(2, 2), example_input=torch.zeros(1, 2))
 print(json.dumps({{"pillow_guard": pillow_guard,
-                  "openvino_telemetry": repr(sys.modules.get("openvino_telemetry", "not imported"))}}))
+                  "openvino_telemetry": repr(sys.modules.get("openvino_telemetry", "not imported")),
+                  "worker_imported_the_compile_backend": worker_imported_the_compile_backend,
+                  "compile_backend_importable": compile_backend_importable}}))
 """
 
 
@@ -40,6 +47,8 @@ class FreshInterpreter:
     pillow_guard: int | None  # PIL.Image.MAX_IMAGE_PIXELS after our packages were imported
     openvino_telemetry: str  # repr of sys.modules["openvino_telemetry"]: "None" when it is blocked
     home: Path  # the process's $HOME: whatever OpenVINO's telemetry wrote there is left in it
+    worker_imported_the_compile_backend: bool  # openvino.torch in sys.modules after import img2pose_handler
+    compile_backend_importable: bool  # and importlib still finds it there
 
 
 @background_job("fresh_interpreter")
@@ -52,7 +61,8 @@ def run_probe(home: Path, environment: dict[str, str]) -> FreshInterpreter:
                           check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    return FreshInterpreter(found["pillow_guard"], found["openvino_telemetry"], home)
+    return FreshInterpreter(found["pillow_guard"], found["openvino_telemetry"], home,
+                            found["worker_imported_the_compile_backend"], found["compile_backend_importable"])
 
 
 @pytest.fixture(scope="session")
