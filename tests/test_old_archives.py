@@ -62,6 +62,7 @@ from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import REPO
 from img2pose_tools.wait_ready import ready_workers
 from tests.support.background import background_job, outcome, unwrapped
+from tests.support.served_models import DEMO_MODEL
 
 pytestmark = pytest.mark.slow  # an old archive built and two workers started
 
@@ -275,11 +276,13 @@ def installed_package(tmp_path_factory) -> Path:
     return Path(found).parent
 
 
-@background_job("worker_runs")
-def run_both_workers(directory: Path, environment: dict[str, str]) -> dict[str, tuple[Path, WorkerRun] | Exception]:
-    """{"old": ..., "new": ...}: each archive built, unpacked and its worker run (see the tests below), both at
-    once (each is mostly one process importing torch), in the background (tests/support/background.py).
-    Each entry is its run or what it raised (``background.outcome``): without the old commit, the skip."""
+@background_job("worker_runs", inputs=["served_archives"])
+def run_both_workers(directory: Path, environment: dict[str, str], served_archives: dict[str, Path]
+                     ) -> dict[str, tuple[Path, WorkerRun] | Exception]:
+    """{"old": ..., "new": ...}: the old archive built, each archive unpacked and its worker run (see the tests
+    below; the new one is the session's demo archive), both at once (each is mostly one process importing
+    torch), in the background (tests/support/background.py). Each entry is its run or what it raised
+    (``background.outcome``): without the old commit, the skip."""
     def old_run() -> tuple[Path, WorkerRun]:
         tree = extract_old_handler_tree(directory / "old_tree")
         (directory / "old_store").mkdir()
@@ -287,12 +290,7 @@ def run_both_workers(directory: Path, environment: dict[str, str]) -> dict[str, 
         return model_dir, run_worker(model_dir, "old", photo_like_jpeg(320, 240, seed=1), directory, environment)
 
     def new_run() -> tuple[Path, WorkerRun]:
-        # Built by the command, in a process of its own: the archiver points tempfile at its staging
-        # directory for the whole process while it runs, which the tests in the main thread would see.
-        store = directory / "new_store"
-        subprocess.run([sys.executable, "-m", "img2pose_tools.build_mar", "--export-path", str(store), "--model-name",
-                        "new", "--force"], env=environment, capture_output=True, check=True, timeout=300)
-        model_dir = unpack(store / "new.mar", directory / "models" / "new")
+        model_dir = unpack(served_archives[DEMO_MODEL], directory / "models" / "new")
         return model_dir, run_worker(model_dir, "new", None, directory, environment)
 
     with ThreadPoolExecutor(2) as pool:
