@@ -47,7 +47,7 @@ import torch
 from img2pose_serve.nn import reference_data
 from img2pose_serve.runtime.handler_config import TORCH_THREADS_ENV
 from img2pose_tools.torchserve_launcher import REPO, ServerSettings, missing_tools, start_torchserve, stop_torchserve
-from tests.support.background import Background, background_job, fixtures_used, runs_last
+from tests.support.background import SERVER_NICE, Background, background_job, fixtures_used, runs_last
 from tests.support.served_models import (
     DEMO_MODEL,
     POISON_MODEL,
@@ -199,7 +199,8 @@ def server_settings() -> ServerSettings:
     return ServerSettings(batch_size=SESSION_BATCH_SIZE, properties={"ts_open_inference_protocol": "true"})
 
 
-@background_job("torchserve_server", inputs=["served_archives", "server_settings"], stop=stop_torchserve)
+@background_job("torchserve_server", inputs=["served_archives", "server_settings"], stop=stop_torchserve,
+                nice=SERVER_NICE)
 def start_session_server(directory: Path, environment: dict[str, str], served_archives: dict[str, Path],
                          server_settings: ServerSettings):
     """A running TorchServe serving ``served_archives`` (primary: ``img2pose``); stopped at session end."""

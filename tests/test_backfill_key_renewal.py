@@ -21,7 +21,7 @@ from img2pose_client.key_file import read_keys, renew_key, token_value_attached
 from img2pose_client.predict_client import MAX_KEY_RECOVERIES
 from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import ServerSettings, missing_tools, start_torchserve, stop_torchserve
-from tests.support.background import background_job
+from tests.support.background import SERVER_NICE, background_job
 from tests.support.photo_library import image_bytes, lines
 from tests.support.served_models import DEMO_MODEL
 from tests.support.token_stand_in import digest
@@ -155,7 +155,7 @@ def stop_short_key_server(server) -> None:
     stop_torchserve(server)
 
 
-@background_job("short_key_server", inputs=["served_archives"], stop=stop_short_key_server)
+@background_job("short_key_server", inputs=["served_archives"], stop=stop_short_key_server, nice=SERVER_NICE)
 def start_short_key_server(directory: Path, environment: dict[str, str], served_archives: dict[str, Path]):
     """Started in the background as the session starts (tests/support/background.py)."""
     if missing := missing_tools():

@@ -4,6 +4,8 @@ wanted by a fixture that exists (a job nobody names would only start when its fi
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.support import background
@@ -70,6 +72,23 @@ def test_an_error_or_a_skip_reaches_every_taker_and_a_result_is_stopped_once(reg
     jobs.stop("server")
     jobs.close()
     assert stopped == ["a server"]
+
+
+def test_each_job_runs_at_its_own_priority_whatever_ran_before_it(registry, jobs):
+    tests_value = os.nice(0)
+
+    @background.background_job("job")
+    def job(directory, environment):
+        return os.nice(0), os.getpriority(os.PRIO_PROCESS, 0)  # this thread's value, as a process started here
+
+    @background.background_job("server", nice=background.SERVER_NICE)
+    def server(directory, environment):
+        return os.nice(0)
+
+    jobs.start_wanted([{"job"}, {"server"}])  # one at a time (registry): the server's job follows in that thread
+    assert jobs.result("job") == (background.JOB_NICE, background.JOB_NICE)
+    assert jobs.result("server") == background.SERVER_NICE
+    assert os.nice(0) == tests_value
 
 
 def test_a_job_whose_tests_run_last_marks_them():

@@ -32,7 +32,7 @@ from img2pose_serve.runtime import archive_layout
 from img2pose_tools.build_mar import DEFAULT_CLIENT_TIMEOUT_MS
 from img2pose_tools.synthetic_images import photo_like_jpeg
 from img2pose_tools.torchserve_launcher import ServerSettings, missing_tools, start_torchserve, stop_torchserve
-from tests.support.background import background_job
+from tests.support.background import SERVER_NICE, background_job
 from tests.support.served_models import PRIMARY_MODEL
 from tests.support.stall_handler import STALL
 from tests.support.stamping_gateway import stamping_gateway
@@ -68,7 +68,7 @@ def queue_test_archive(demo: Path, store: Path) -> Path:
     return copy
 
 
-@background_job("queue_server", inputs=["served_archives"], stop=stop_torchserve)
+@background_job("queue_server", inputs=["served_archives"], stop=stop_torchserve, nice=SERVER_NICE)
 def start_queue_server(directory: Path, environment: dict[str, str], served_archives: dict[str, Path]):
     """The private server, started in the background as the session starts (tests/support/background.py)."""
     if missing := missing_tools():

@@ -1,7 +1,7 @@
 """Session work that is mostly a separate process (a fresh interpreter importing torch, a TorchServe worker,
 a checkpoint script), started in a thread as the session starts when a collected test will need it. It then
-runs beside the tests before that one, on what CPU they leave idle, instead of in front of it, at the lowest
-priority.
+runs beside the tests before that one, on what CPU they leave idle, instead of in front of it, at a low
+priority (a job that starts a server the tests call: a little higher than the others, SERVER_NICE).
 
 A job is a function ``(directory, environment) -> result``: a directory of its own (made in the main thread)
 and os.environ as it was when the session started (tests change it for themselves meanwhile). A fixture
@@ -13,6 +13,7 @@ several parts keeps each part's with ``outcome`` and its test raises it with ``u
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,19 +29,26 @@ class Job:
     inputs: tuple[str, ...]  # fixtures whose values the job takes after (directory, environment)
     stop: Callable[[Any], None] | None  # called on the result at the session's end (a server: stopped)
     tests_last: bool  # its tests run after the others of their tier, giving it the longest head start
+    nice: int  # the priority its thread and processes run at: SERVER_NICE or JOB_NICE
 
 
 JOBS: dict[str, Job] = {}
 CONCURRENT_JOBS = 3
+# Linux's nice values weigh 1024 (0, the tests), 110 (10) and 15 (19) in CPU share. A server keeps its
+# job's value for life (Linux keeps one per thread, a process inherits its creator's, and only root can
+# lower one), so a server's later requests would share the CPU equally with the jobs still running then.
+SERVER_NICE = 10
+JOB_NICE = 19
 
 
 def background_job(name: str, wanted_by: Iterable[str] = (), inputs: Iterable[str] = (),
-                   stop: Callable[[Any], None] | None = None, tests_last: bool = False) -> Callable:
+                   stop: Callable[[Any], None] | None = None, tests_last: bool = False,
+                   nice: int = JOB_NICE) -> Callable:
     """Register ``function`` as the job ``name``; a test using fixture ``name`` or one of ``wanted_by`` wants it.
     ``inputs``: fixtures resolved in the main thread and passed to it; ``stop``: its result's clean-up;
-    ``tests_last``: see Job."""
+    ``tests_last``, ``nice``: see Job (a job that starts a server the tests then call: SERVER_NICE)."""
     def register(function: Callable[..., Any]) -> Callable[..., Any]:
-        JOBS[name] = Job(function, frozenset({name, *wanted_by}), tuple(inputs), stop, tests_last)
+        JOBS[name] = Job(function, frozenset({name, *wanted_by}), tuple(inputs), stop, tests_last, nice)
         return function
     return register
 
@@ -60,11 +68,21 @@ def unwrapped(value: Any) -> Any:
     return value
 
 
-def _lowest_priority() -> None:
-    """Nice 19 for this thread and the processes it starts (Linux keeps a nice value per thread): the jobs
-    take only the CPU the tests leave idle, so they do not slow a test that is timing something."""
-    if hasattr(os, "nice"):
-        os.nice(19)
+def _at_priority(nice: int, run: Callable[..., Any], *args: Any) -> Any:
+    """``run(*args)`` in a thread of its own at ``nice`` (as are the processes it starts): the jobs take only
+    the CPU the tests leave idle, so they do not slow a test that is timing something. A new thread takes
+    its creator's value, and a value can only be raised: the pool's threads stay at the tests' value."""
+    kept = []
+
+    def target() -> None:
+        if hasattr(os, "nice"):
+            os.nice(max(0, nice - os.nice(0)))  # never below the tests' value (that needs root)
+        kept.append(outcome(run, *args))
+
+    thread = threading.Thread(target=target, name=f"{threading.current_thread().name}-nice{nice}")
+    thread.start()
+    thread.join()
+    return unwrapped(kept[0])
 
 
 def fixtures_used(item: pytest.Item) -> set[str]:
@@ -93,8 +111,7 @@ class Background:
         self._environment = environment
         # Three at a time, in the order the tests will need them: more would compete with each other for the
         # idle core, and a test waiting for a starved job would wait longer than if it had run in front.
-        self._pool = ThreadPoolExecutor(max_workers=CONCURRENT_JOBS, thread_name_prefix="background-job",
-                                        initializer=_lowest_priority)
+        self._pool = ThreadPoolExecutor(max_workers=CONCURRENT_JOBS, thread_name_prefix="background-job")
         self._futures: dict[str, Future] = {}
         self._stopped: set[str] = set()
 
@@ -109,8 +126,8 @@ class Background:
         if name not in self._futures:
             job = JOBS[name]
             inputs = [self._request.getfixturevalue(fixture) for fixture in job.inputs]
-            self._futures[name] = self._pool.submit(job.run, self._factory.mktemp(name), dict(self._environment),
-                                                    *inputs)
+            self._futures[name] = self._pool.submit(_at_priority, job.nice, job.run, self._factory.mktemp(name),
+                                                    dict(self._environment), *inputs)
 
     def result(self, name: str) -> Any:
         self.start(name)
