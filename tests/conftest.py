@@ -38,6 +38,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,13 +69,30 @@ SHARED = REPO.parent / "shared" / "img2pose"
 MAKE_CKPT = SHARED / "golden" / "make_ckpt.py"
 
 
+SERVER_TIER_JOBS = pytest.StashKey[Callable[[], None]]()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def background(request, tmp_path_factory):
-    """tests/support/background.py's jobs, those the collected tests will need started now."""
+    """tests/support/background.py's jobs that the collected tests will need, in the order they run: those of
+    the tests before the server tier, and the first server test's (the session server), start now; the
+    server tier's others start with that tier. The tests before it keep both cores busy, the server tier
+    leaves much of them idle (its tests mostly wait on servers), and their servers start in well under the
+    time its first tests take."""
     jobs = Background(request, tmp_path_factory, dict(os.environ))
-    jobs.start_wanted(fixtures_used(item) for item in request.session.items)  # in the order they run
+    items = request.session.items
+    tier = next((n for n, item in enumerate(items) if item.get_closest_marker("server")), len(items))
+    jobs.start_wanted(fixtures_used(item) for item in items[:tier + 1])
+    request.config.stash[SERVER_TIER_JOBS] = lambda: jobs.start_wanted(fixtures_used(item) for item in items[tier:])
     yield jobs
     jobs.close()
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("server") and SERVER_TIER_JOBS in item.config.stash:
+        start = item.config.stash[SERVER_TIER_JOBS]
+        del item.config.stash[SERVER_TIER_JOBS]
+        start()
 
 
 @background_job("golden_checkpoint", wanted_by=["detections"])  # detections asks for it by name
