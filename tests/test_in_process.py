@@ -166,19 +166,22 @@ def test_in_process_answers_equal_the_servers_on_the_golden_images(torchserve_se
     assert sum(map(len, answers.values())) > 100
 
 
-def test_img2pose_detect_prints_one_line_per_image(demo_archive, golden_alone, tmp_path, capsys):
+def test_img2pose_detect_prints_one_line_per_image(demo_archive, alone, tmp_path, capsys):
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a photo")
+    sizes = ["--min-size", str(SMALL_SIZES["min_size"]), "--max-size", str(SMALL_SIZES["max_size"])]
     status = detect.main([str(RGB_JPEG), str(bad), str(GRAY_PNG), "--archive", str(demo_archive),
-                          "--score-threshold", "0"])
+                          "--score-threshold", "0", *sizes])
     out, err = capsys.readouterr()
     records = [json.loads(line) for line in out.splitlines()]
     assert status == 1 and "DEMO ARCHIVE" in err
-    assert records[0] == {"path": str(RGB_JPEG), "faces": golden_alone[RGB_JPEG.name]}
+    assert records[0] == {"path": str(RGB_JPEG), "faces": alone[RGB_JPEG.name]}
     assert records[1]["path"] == str(bad) and records[1]["status"] == 400 and "it is text" in records[1]["error"]
-    assert records[2] == {"path": str(GRAY_PNG), "faces": golden_alone[GRAY_PNG.name]}
+    assert records[2] == {"path": str(GRAY_PNG), "faces": alone[GRAY_PNG.name]}
     assert detect.main([str(RGB_JPEG), "--archive", str(demo_archive), "--max-faces", "-5"]) == 2
     assert "max_faces must be >= -1" in capsys.readouterr().err
+    assert detect.main([str(RGB_JPEG), "--archive", str(demo_archive), "--min-size", "500", "--max-size", "400"]) == 2
+    assert "img2pose-detect: " in capsys.readouterr().err
 
 
 @pytest.mark.server

@@ -1,7 +1,7 @@
 """Detect faces in your own photos with one command, in this process (no server).
 
     img2pose-detect IMAGE... [--archive model_store/img2pose.mar] [--score-threshold X] [--max-faces N]
-        [--align 112|224 --crops-dir DIR]
+        [--min-size N --max-size N] [--align 112|224 --crops-dir DIR]
     img2pose-detect IMAGE... --checkpoint img2pose_v1.pth [--pose-mean M.npy --pose-stddev S.npy]
 
 IMAGE: files, directories (recursive) or lists of paths, as backfill takes them. Prints one JSON line
@@ -41,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--score-threshold", type=float, help="default: the archive's setting")
     parser.add_argument("--max-faces", type=int, help="default: the archive's setting (-1: all, 0: none)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument("--min-size", type=int,
+                        help="the resize's short side (default: the archive's setting; 640 as the reference)")
+    parser.add_argument("--max-size", type=int,
+                        help="the resize's long side cap (default: the archive's setting; 1400 as the reference)")
     add_crop_arguments(parser)
     args = parser.parse_args(argv)
     check_crop_arguments(args, parser)
@@ -60,9 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_detector(args: argparse.Namespace) -> Img2Pose:
+    sizes = {name: value for name, value in (("min_size", args.min_size), ("max_size", args.max_size))
+             if value is not None}
     if args.checkpoint is not None:
-        return Img2Pose.from_checkpoint(args.checkpoint, args.pose_mean, args.pose_stddev, device=args.device)
-    return Img2Pose(args.archive, device=args.device)
+        return Img2Pose.from_checkpoint(args.checkpoint, args.pose_mean, args.pose_stddev, device=args.device,
+                                        **sizes)
+    return Img2Pose(args.archive, device=args.device, **sizes)
 
 
 def main(argv: list[str] | None = None) -> int:
