@@ -40,9 +40,9 @@ from img2pose_serve.nn.openvino_stages import disable_openvino_telemetry
 disable_openvino_telemetry()  # first: TorchServe's base handler imports openvino, which then reports its use
 
 # TorchServe's base handler imports openvino.torch, torch.compile's OpenVINO backend, wherever OpenVINO is
-# installed: about 1 s of every worker start (docs/speed-and-tuning.md),
-# for a backend this handler never uses (PT2_IGNORED). That one import is skipped (TorchServe then logs
-# "OpenVINO is not enabled", about torch.compile only); the module stays importable for anyone else.
+# installed: about 1 s of every worker start (docs/speed-and-tuning.md), for a backend this handler never
+# uses (PT2_IGNORED). That one import is skipped (TorchServe then logs "OpenVINO is not enabled", about
+# torch.compile only); the module stays importable for anyone else.
 _SKIPPED_BACKEND = "openvino.torch"
 _skipping = _SKIPPED_BACKEND not in sys.modules
 if _skipping:

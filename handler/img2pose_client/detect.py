@@ -64,8 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_detector(args: argparse.Namespace) -> Img2Pose:
-    sizes = {name: value for name, value in (("min_size", args.min_size), ("max_size", args.max_size))
-             if value is not None}
+    sizes = {"min_size": args.min_size, "max_size": args.max_size}  # None: the archive's (Img2Pose drops it)
     if args.checkpoint is not None:
         return Img2Pose.from_checkpoint(args.checkpoint, args.pose_mean, args.pose_stddev, device=args.device,
                                         **sizes)

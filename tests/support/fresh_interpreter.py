@@ -1,8 +1,7 @@
 """One fresh interpreter that imports what a worker and a library user import, for the checks that need a
-process this test session has not touched (Pillow's guard, OpenVINO's telemetry, the skipped
-torch.compile backend): one torch import serves
-them all, in the background (tests/support/background.py). A pytest plugin (tests/conftest.py lists it):
-the ``fresh_interpreter`` fixture."""
+process this test session has not touched (Pillow's guard, OpenVINO's telemetry, the skipped torch.compile
+backend): one torch import serves them all, in the background (tests/support/background.py). A pytest
+plugin (tests/conftest.py lists it): the ``fresh_interpreter`` fixture."""
 
 from __future__ import annotations
 
