@@ -170,6 +170,23 @@ class WorkerRun:
     log: str
 
 
+def connect_when_listening(sock_name: Path, worker: subprocess.Popen, log_path: Path) -> socket.socket:
+    """A socket connected to the worker at ``sock_name``. The worker binds (the file appears) before it listens:
+    a connect in between is refused, so refusals are retried until it listens, exits or times out."""
+    deadline = time.monotonic() + WORKER_TIMEOUT_S
+    while True:
+        assert worker.poll() is None, f"the worker exited with {worker.returncode}:\n{log_path.read_text()}"
+        assert time.monotonic() < deadline, f"the worker did not listen:\n{log_path.read_text()}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(WORKER_TIMEOUT_S)
+        try:
+            sock.connect(str(sock_name))
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            time.sleep(0.05)
+
+
 def run_worker(model_dir: Path, model_name: str, image: bytes | None, scratch: Path,
                frontend: dict[str, str]) -> WorkerRun:
     """Start TorchServe's worker on ``model_dir`` as the frontend with environment ``frontend`` does, load the
@@ -185,14 +202,7 @@ def run_worker(model_dir: Path, model_name: str, image: bytes | None, scratch: P
         worker = subprocess.Popen(command, cwd=model_dir, env=worker_environment(model_dir, frontend),
                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + WORKER_TIMEOUT_S
-        while not sock_name.exists():
-            assert worker.poll() is None, f"the worker exited with {worker.returncode}:\n{log_path.read_text()}"
-            assert time.monotonic() < deadline, f"the worker did not listen:\n{log_path.read_text()}"
-            time.sleep(0.05)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(WORKER_TIMEOUT_S)
-            sock.connect(str(sock_name))
+        with connect_when_listening(sock_name, worker, log_path) as sock:
             reader = _Reader(sock)
             sock.sendall(load_message(model_name, model_dir, manifest["model"]["handler"]))
             load = read_load_response(reader)
@@ -330,6 +340,47 @@ def test_new_archive_worker_imports_its_own_copy_too(worker_runs, installed_pack
     assert imported_from(model_dir, "img2pose_handler") == {"img2pose_handler": True}
     runtime = model_dir / "img2pose_serve" / "runtime"
     assert imported_from(runtime, "served_model", "archive_layout") == {"served_model": True, "archive_layout": True}
+
+
+BIND_THEN_LISTEN = """
+import pathlib, socket, sys, time
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(sys.argv[1])
+while not pathlib.Path(sys.argv[2]).exists():
+    time.sleep(0.01)
+server.listen(1)
+server.accept()[0].sendall(b"listening")
+"""
+
+
+def test_a_connect_between_the_workers_bind_and_listen_is_retried(tmp_path):
+    """TorchServe's worker binds its socket, then listens: the socket file exists before a connect can succeed
+    (a CI run was refused in that gap)."""
+    sock_dir = Path(tempfile.mkdtemp(prefix="ts-sock-"))
+    sock_name, go = sock_dir / "s", tmp_path / "listen"
+    log_path = tmp_path / "log"
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen([sys.executable, "-c", BIND_THEN_LISTEN, str(sock_name), str(go)],
+                                  stdout=log, stderr=subprocess.STDOUT)
+    try:
+        while not sock_name.exists():
+            assert worker.poll() is None, log_path.read_text()
+            time.sleep(0.01)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as plain, pytest.raises(ConnectionRefusedError):
+            plain.connect(str(sock_name))
+
+        with ThreadPoolExecutor(1) as pool:
+            connecting = pool.submit(connect_when_listening, sock_name, worker, log_path)
+            time.sleep(0.2)
+            assert not connecting.done()
+            go.touch()
+            with connecting.result(timeout=30) as sock:
+                assert sock.recv(16) == b"listening"
+    finally:
+        worker.kill()
+        worker.wait(timeout=30)
+        sock_name.unlink(missing_ok=True)
+        sock_dir.rmdir()
 
 
 @pytest.mark.server
