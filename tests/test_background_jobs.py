@@ -91,12 +91,9 @@ def test_each_job_runs_at_its_own_priority_whatever_ran_before_it(registry, jobs
     assert os.nice(0) == tests_value
 
 
-def test_a_job_whose_tests_run_last_marks_them():
+def test_a_job_whose_tests_run_last_marks_them(registry):
     background.background_job("probe_job", wanted_by=["probe_fixture"], tests_last=True)(lambda d, e: None)
-    try:
-        assert background.runs_last(["tmp_path", "probe_fixture"]) and not background.runs_last(["tmp_path"])
-    finally:
-        del background.JOBS["probe_job"]
+    assert background.runs_last(["tmp_path", "probe_fixture"]) and not background.runs_last(["tmp_path"])
 
 
 @pytest.fixture
